@@ -1,0 +1,131 @@
+"""Every error wsrelay raises on purpose, in one hierarchy.
+
+::
+
+    WsrelayError                      anything wsrelay raises on purpose
+    ├── ConfigError                   a configuration file or flag is wrong (names key and line)
+    │   └── ConfigErrors              several ConfigError found in one file, reported together
+    ├── RequestRefused                a client request is refused before any upgrade
+    │   │                             (carries the HTTP status to answer with)
+    │   ├── RouteError                400 malformed / 404 unknown service host or path
+    │   ├── AuthError                 401 token missing / 403 token invalid
+    │   └── CapacityError             429 agent at max_sessions (carries Retry-After)
+    ├── UpstreamError                 no bot instance could take the session
+    │   │                             (carries the HTTP status to answer with)
+    │   ├── UpstreamUnreachable       502: every instance refused or was unreachable
+    │   ├── UpstreamTimeout           504: connecting or the bot's handshake timed out
+    │   └── UpstreamRejected          the bot answered the upgrade with an HTTP error
+    └── TokenError                    a token could not be minted (e.g. no signing key)
+
+Messages are sentences a user can act on: they say what was wrong and what to do.
+The reason given to a refused client is deliberately short; the full reason goes to the log.
+"""
+
+from __future__ import annotations
+
+
+class WsrelayError(Exception):
+    """Base class of every error wsrelay raises on purpose."""
+
+
+class ConfigError(WsrelayError):
+    """A configuration value is wrong. ``key`` is the dotted key, ``line`` its 1-based line."""
+
+    def __init__(self, message: str, *, key: str | None = None, line: int | None = None,
+                 source: str | None = None) -> None:
+        self.message = message
+        self.key = key
+        self.line = line
+        self.source = source
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        where = []
+        if self.source:
+            where.append(str(self.source) + (f":{self.line}" if self.line else ""))
+        elif self.line:
+            where.append(f"line {self.line}")
+        if self.key:
+            where.append(f"key '{self.key}'")
+        prefix = ", ".join(where)
+        return f"{prefix}: {self.message}" if prefix else self.message
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration errors found in one pass; ``errors`` lists each one."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = list(errors)
+        message = "\n".join(e.describe() for e in self.errors)
+        super().__init__(f"{len(self.errors)} error(s) in the configuration:\n{message}")
+
+    def describe(self) -> str:  # the summary is already complete
+        return self.message
+
+
+class RequestRefused(WsrelayError):
+    """A client request refused before any upgrade; ``status`` is the HTTP status to send.
+
+    ``public_reason`` is what the client is told (short, leaks nothing); ``str(self)`` is
+    the full reason for the log.
+    """
+
+    status: int = 400
+    public_reason: str = "Bad Request"
+
+    def __init__(self, reason: str, *, status: int | None = None,
+                 public_reason: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        if status is not None:
+            self.status = status
+        if public_reason is not None:
+            self.public_reason = public_reason
+        self.headers = dict(headers or {})
+
+
+class RouteError(RequestRefused):
+    """The request does not name a known agent: 400 when malformed, 404 when unknown."""
+
+
+class AuthError(RequestRefused):
+    """The token is missing (401) or not acceptable (403)."""
+
+    status = 403
+    public_reason = "Forbidden"
+
+
+class CapacityError(RequestRefused):
+    """The agent is at ``max_sessions``: 429 with ``Retry-After``."""
+
+    status = 429
+    public_reason = "Too Many Requests: the agent is at its session limit, retry later"
+
+
+class UpstreamError(WsrelayError):
+    """No bot instance took the session; ``status`` is what the client gets."""
+
+    status: int = 502
+
+
+class UpstreamUnreachable(UpstreamError):
+    """Every upstream instance refused the connection or could not be reached (502)."""
+
+    status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    """Connecting to the bot, or its WebSocket handshake, took longer than the limit (504)."""
+
+    status = 504
+
+
+class UpstreamRejected(UpstreamError):
+    """The bot answered the upgrade with an HTTP error status, which is passed through."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TokenError(WsrelayError):
+    """A token could not be minted, e.g. the relay has no signing key configured."""
