@@ -12,7 +12,7 @@ from setuptools import Extension, setup
 extensions = [
     Extension(
         "wsrelay._pump",
-        ["csrc/_pump.pyx"],
+        ["csrc/wsrelay/_pump.pyx"],
         extra_compile_args=["-O2"],
     ),
 ]

@@ -1,0 +1,90 @@
+# cython: language_level=3
+"""The compiled frame pump: picows callbacks in, the peer socket out, no Python per frame.
+
+Ownership and lifetime of a payload: ``frame.payload_ptr`` points into the *source*
+side's picows read buffer and is valid only inside ``on_ws_frame``. We hand it to
+``send_reuse_external_buffer`` on the destination transport, which
+
+* writes the outgoing frame header into the bytes just before the payload (they held
+  the incoming header of this very frame, already parsed; picows only accepts the
+  minimal length encoding, so the outgoing header is exactly as long as the incoming
+  one: 2/4/10 bytes + 4 for the mask towards the bot, same as the client's masked frame),
+* masks the payload in place when the destination is the bot (we are its client),
+* and ``send()``s header+payload in one syscall; only what the kernel does not take is
+  copied (into the transport's own buffer) before ``on_ws_frame`` returns.
+
+So a payload is read once into the source buffer and written once to the destination
+socket; no Python object is created for it. Close frames, disconnects and flow control
+happen once per session and are handled in Python by ``SessionPair``.
+"""
+
+from libc.stdint cimport uint64_t
+from picows.picows cimport WSListener, WSTransport, WSFrame, WSMsgType
+
+# Process-wide counters, read at scrape time by ``totals()``: [0] client->bot, [1] bot->client.
+cdef uint64_t _total_frames[2]
+cdef uint64_t _total_bytes[2]
+_total_frames[0] = 0
+_total_frames[1] = 0
+_total_bytes[0] = 0
+_total_bytes[1] = 0
+
+IMPLEMENTATION = "cython"
+
+
+def totals():
+    """Frames and payload bytes relayed by this process, per direction, since start."""
+    return {
+        "frames_up": _total_frames[0], "bytes_up": _total_bytes[0],
+        "frames_down": _total_frames[1], "bytes_down": _total_bytes[1],
+    }
+
+
+cdef class Side(WSListener):
+    """The listener of one socket of a session; see the module docstring for the data path."""
+
+    def __init__(self, pair, bint is_bot):
+        self.pair = pair
+        self.transport = None
+        self.peer = None
+        self.is_bot = is_bot
+        self.close_received = False
+        self.close_sent = False
+        self.disconnected = False
+        self.frames = 0
+        self.bytes = 0
+        self.dropped = 0
+        self._direction = 1 if is_bot else 0
+
+    cpdef on_ws_connected(self, WSTransport transport):
+        self.transport = transport
+        self.pair.side_connected(self)
+
+    cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
+        cdef Side peer
+        cdef WSTransport dst
+        if frame.msg_type == WSMsgType.CLOSE:
+            self.pair.close_frame(self, frame.get_payload_as_bytes())
+            return
+        self.frames += 1
+        self.bytes += <uint64_t>frame.payload_size
+        _total_frames[self._direction] += 1
+        _total_bytes[self._direction] += <uint64_t>frame.payload_size
+        peer = self.peer
+        dst = peer.transport
+        if dst is None or peer.close_sent or peer.disconnected:
+            self.dropped += 1
+            return
+        dst.send_reuse_external_buffer(frame.msg_type, frame.payload_ptr, frame.payload_size,
+                                       frame.fin, frame.rsv1, frame.rsv2, frame.rsv3)
+
+    cpdef on_ws_disconnected(self, WSTransport transport):
+        self.disconnected = True
+        self.pair.side_disconnected(self)
+
+    cpdef pause_writing(self):
+        # This side's socket cannot take more: stop reading the peer (backpressure).
+        self.pair.pause_source_of(self)
+
+    cpdef resume_writing(self):
+        self.pair.resume_source_of(self)

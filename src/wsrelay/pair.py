@@ -1,0 +1,185 @@
+"""The two linked sides of one relayed session: close handshake and flow control.
+
+The pump (compiled or pure) moves frames; everything that happens once per session
+lands here, in one place:
+
+* **Flow control.** When a side's socket write buffer passes the high-water mark, asyncio
+  calls ``pause_writing`` on it; we stop *reading* the other side until the buffer drains
+  below the low-water mark (``resume_writing``). Each direction thus holds at most about
+  one high-water mark plus one read buffer: a slow peer costs bounded memory and nothing
+  is dropped.
+* **Close.** A CLOSE from one side is forwarded byte for byte to the other; the other's
+  reply is forwarded back; a side whose close handshake is complete (sent and received)
+  is disconnected. A side that vanishes without a CLOSE gets its peer closed with 1011
+  (bot lost) or 1001 (client lost). Every close waits at most ``close_timeout`` seconds
+  for its reply, then both sockets are aborted.
+* **End.** When both sockets are gone, ``on_end(pair)`` is called exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from typing import Any, Callable
+
+from picows import WSCloseCode
+
+CLIENT_LOST = (WSCloseCode.GOING_AWAY, "client lost")     # 1001, sent to the bot
+BOT_LOST = (WSCloseCode.INTERNAL_ERROR, "bot lost")       # 1011, sent to the client
+
+
+def close_code_of(payload: bytes) -> int | None:
+    """The status code in a CLOSE payload, or None when it carries none."""
+    if len(payload) >= 2:
+        return struct.unpack("!H", payload[:2])[0]
+    return None
+
+
+class SessionPair:
+    """Links a client ``Side`` and a bot ``Side`` of one pump implementation."""
+
+    def __init__(self, pump: Any, *, on_bot_open: Callable[["SessionPair"], bool],
+                 on_end: Callable[["SessionPair"], None], close_timeout: float,
+                 write_buffer_high: int, write_buffer_low: int) -> None:
+        self.client = pump.Side(self, False)
+        self.bot = pump.Side(self, True)
+        self.client.peer = self.bot
+        self.bot.peer = self.client
+        self._on_bot_open = on_bot_open
+        self._on_end = on_end
+        self._close_timeout = close_timeout
+        self._high = write_buffer_high
+        self._low = write_buffer_low
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._ended = False
+        self.started_at = time.monotonic()
+        self.ended_at: float | None = None
+        # What each side sent us in its CLOSE (None: it sent none) and what we sent it.
+        self.close_from = {"client": None, "bot": None}
+        self.close_to = {"client": None, "bot": None}
+        self.first_closer: str | None = None      # "client", "bot" or "relay"
+        self.end_reason: str | None = None
+
+    # -- events from the pump ------------------------------------------------------
+
+    def side_connected(self, side) -> None:
+        """A side's WebSocket is open: bound its write buffer; on the bot's, attach the client."""
+        side.transport.underlying_transport.set_write_buffer_limits(self._high, self._low)
+        if side.is_bot and not self._on_bot_open(self):
+            # The client went away while the bot was answering.
+            self.client.disconnected = True
+            self._send_close(self.bot, *CLIENT_LOST)
+            self._arm_close_timer()
+            side.transport.disconnect()
+
+    def close_frame(self, side, payload: bytes) -> None:
+        """``side`` sent a CLOSE: forward it, or finish the handshake it answers."""
+        side.close_received = True
+        name = _name(side)
+        self.close_from[name] = close_code_of(payload)
+        if self.first_closer is None:
+            self.first_closer = name
+        peer = side.peer
+        if not peer.close_sent and not peer.disconnected and peer.transport is not None:
+            peer.transport.send(0x8, payload)     # exactly as received
+            peer.close_sent = True
+            self.close_to[_name(peer)] = close_code_of(payload)
+        self._disconnect_finished()
+
+    def side_disconnected(self, side) -> None:
+        """``side``'s socket is gone: close its peer if that was abrupt; end when both are gone."""
+        peer = side.peer
+        if not side.close_received and not side.close_sent and self.first_closer is None:
+            self.end_reason = "bot lost" if side.is_bot else "client lost"
+        if not peer.disconnected and peer.transport is not None:
+            if not peer.close_sent:
+                code, reason = BOT_LOST if side.is_bot else CLIENT_LOST
+                self._send_close(peer, code, reason)
+                peer.transport.disconnect()
+            else:
+                self._arm_close_timer()
+        self._maybe_end()
+
+    def pause_source_of(self, side) -> None:
+        """``side`` cannot take more: stop reading its peer."""
+        peer = side.peer
+        if peer.transport is not None and not peer.disconnected:
+            peer.transport.underlying_transport.pause_reading()
+
+    def resume_source_of(self, side) -> None:
+        peer = side.peer
+        if peer.transport is not None and not peer.disconnected:
+            peer.transport.underlying_transport.resume_reading()
+
+    # -- commands from the relay ---------------------------------------------------
+
+    def close(self, client: tuple[int, str], bot: tuple[int, str], reason: str) -> None:
+        """The relay ends the session (time limit, shutdown): close both sides."""
+        if self.first_closer is None:
+            self.first_closer = "relay"
+        self.end_reason = reason
+        for side, (code, text) in ((self.client, client), (self.bot, bot)):
+            if not side.close_sent and not side.disconnected and side.transport is not None:
+                self._send_close(side, code, text)
+        self._arm_close_timer()
+
+    def abort(self) -> None:
+        """Drop both sockets at once (second shutdown signal, close timeout)."""
+        for side in (self.client, self.bot):
+            if side.transport is not None and not side.disconnected:
+                side.transport.disconnect(False)
+            elif side.transport is None:
+                side.disconnected = True
+        self._maybe_end()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    # -- internals -----------------------------------------------------------------
+
+    def _send_close(self, side, code: int, reason: str) -> None:
+        side.transport.send_close(code, reason.encode())
+        side.close_sent = True
+        self.close_to[_name(side)] = int(code)
+
+    def _disconnect_finished(self) -> None:
+        pending = False
+        for side in (self.client, self.bot):
+            if side.disconnected or side.transport is None:
+                continue
+            if side.close_sent and side.close_received:
+                side.transport.disconnect()
+            else:
+                pending = True
+        if pending:
+            self._arm_close_timer()
+
+    def _arm_close_timer(self) -> None:
+        if self._close_timer is None and not self._ended:
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(self._close_timeout, self._close_timed_out)
+
+    def _close_timed_out(self) -> None:
+        self._close_timer = None
+        if not self._ended:
+            if self.end_reason is None:
+                self.end_reason = "close timeout"
+            self.abort()
+
+    def _maybe_end(self) -> None:
+        if self._ended:
+            return
+        client_gone = self.client.disconnected or self.client.transport is None
+        if self.bot.disconnected and client_gone:
+            self._ended = True
+            self.ended_at = time.monotonic()
+            if self._close_timer is not None:
+                self._close_timer.cancel()
+                self._close_timer = None
+            self._on_end(self)
+
+
+def _name(side) -> str:
+    return "bot" if side.is_bot else "client"

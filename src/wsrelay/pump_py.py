@@ -1,0 +1,74 @@
+"""Pure-Python twin of the compiled pump (csrc/_pump.pyx), for debugging.
+
+Same interface, same behaviour, same tests; slower, and it copies each payload into a
+``bytes`` object (``frame.get_payload_as_bytes()``) because the payload's memory belongs
+to picows' read buffer and is only valid inside ``on_ws_frame`` — a memoryview handed to
+the transport could be kept past that and read after the buffer is reused.
+Forced with ``WSRELAY_PURE_PYTHON=1``.
+"""
+
+from __future__ import annotations
+
+from picows import WSListener, WSMsgType
+
+IMPLEMENTATION = "python"
+
+# Process-wide counters: [0] client->bot, [1] bot->client.
+_total_frames = [0, 0]
+_total_bytes = [0, 0]
+
+
+def totals() -> dict[str, int]:
+    """Frames and payload bytes relayed by this process, per direction, since start."""
+    return {
+        "frames_up": _total_frames[0], "bytes_up": _total_bytes[0],
+        "frames_down": _total_frames[1], "bytes_down": _total_bytes[1],
+    }
+
+
+class Side(WSListener):
+    """The listener of one socket of a session (see csrc/_pump.pyx)."""
+
+    def __init__(self, pair, is_bot: bool) -> None:
+        self.pair = pair
+        self.transport = None
+        self.peer = None
+        self.is_bot = is_bot
+        self.close_received = False
+        self.close_sent = False
+        self.disconnected = False
+        self.frames = 0
+        self.bytes = 0
+        self.dropped = 0
+        self._direction = 1 if is_bot else 0
+
+    def on_ws_connected(self, transport) -> None:
+        self.transport = transport
+        self.pair.side_connected(self)
+
+    def on_ws_frame(self, transport, frame) -> None:
+        if frame.msg_type == WSMsgType.CLOSE:
+            self.pair.close_frame(self, frame.get_payload_as_bytes())
+            return
+        size = frame.payload_size
+        self.frames += 1
+        self.bytes += size
+        _total_frames[self._direction] += 1
+        _total_bytes[self._direction] += size
+        peer = self.peer
+        dst = peer.transport
+        if dst is None or peer.close_sent or peer.disconnected:
+            self.dropped += 1
+            return
+        dst.send(frame.msg_type, frame.get_payload_as_bytes(),
+                 frame.fin, frame.rsv1, frame.rsv2, frame.rsv3)
+
+    def on_ws_disconnected(self, transport) -> None:
+        self.disconnected = True
+        self.pair.side_disconnected(self)
+
+    def pause_writing(self) -> None:
+        self.pair.pause_source_of(self)
+
+    def resume_writing(self) -> None:
+        self.pair.resume_source_of(self)

@@ -1,0 +1,146 @@
+"""Routing, sans-I/O: a request target (path + query) to the service host it names.
+
+SPEC §1::
+
+    /ws/generic/{agent}.{org}                 service host in the path
+    /ws/generic/{agent}.{org}/{token}         ... plus the token as an extra segment
+    /ws/generic?serviceHost={agent}.{org}     service host in the query
+    /ws/generic/{token}?serviceHost=...       ... plus the token as a segment
+
+``token`` and ``serviceHost`` are taken out of the query; every other parameter reaches
+the bot exactly as the client encoded it (so ``?body=<base64 JSON>`` arrives as ``body``).
+Malformed is 400, anything that is not one of these paths is 404, and whether the
+service host exists is the registry's question, not this module's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from .errors import RouteError
+
+GENERIC_PREFIX = "/ws/generic"
+START_API = re.compile(r"^/v1/public/([^/]+)/start$")
+LABEL = re.compile(r"^[a-z0-9-]{1,63}$")
+TOKEN_CHARS = re.compile(r"^[A-Za-z0-9_.\-]+$")
+MAX_QUERY_FIELDS = 64
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a WebSocket request goes, and what of it is passed on."""
+
+    agent: str
+    organization: str
+    token: str | None             # from the path segment or ?token=; the header is separate
+    token_source: str | None      # "path", "query" or None
+    forward_query: str            # the query string for the bot, without token/serviceHost
+
+    @property
+    def service_host(self) -> str:
+        return f"{self.agent}.{self.organization}"
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """Split a request target into (path, raw query); reject absolute forms and fragments."""
+    if not target.startswith("/"):
+        raise RouteError(f"request target {target[:80]!r} is not an absolute path",
+                         status=400, public_reason="Bad Request: malformed request target")
+    if "#" in target:
+        raise RouteError("request target contains a fragment", status=400,
+                         public_reason="Bad Request: malformed request target")
+    path, _, query = target.partition("?")
+    return path, query
+
+
+def parse_service_host(value: str) -> tuple[str, str]:
+    """``agent.org`` → (agent, org), split at the last dot; 400 when malformed."""
+    value = value.lower()
+    agent, dot, org = value.rpartition(".")
+    if not dot or not LABEL.match(agent) or not LABEL.match(org):
+        raise RouteError(
+            f"malformed service host {value[:140]!r}: expected '{{agent}}.{{organization}}' "
+            "with each part 1-63 characters of a-z, 0-9 and '-'",
+            status=400, public_reason="Bad Request: malformed service host")
+    return agent, org
+
+
+def _split_query(query: str) -> list[tuple[str, str, str]]:
+    """(decoded name, decoded value, raw item) for each '&'-separated item of the query."""
+    if not query:
+        return []
+    items = query.split("&")
+    if len(items) > MAX_QUERY_FIELDS:
+        raise RouteError(f"query string has {len(items)} fields, at most {MAX_QUERY_FIELDS} allowed",
+                         status=400, public_reason="Bad Request: too many query parameters")
+    result = []
+    for raw in items:
+        if not raw:
+            continue
+        name, _, value = raw.partition("=")
+        result.append((unquote(name.replace("+", " ")), unquote(value.replace("+", " ")), raw))
+    return result
+
+
+def _check_token_shape(token: str) -> str:
+    if not TOKEN_CHARS.match(token):
+        raise RouteError("token contains characters outside base64url and '.'", status=400,
+                         public_reason="Bad Request: malformed token")
+    return token
+
+
+def route_websocket(target: str) -> Route:
+    """Route a WebSocket upgrade request's target; raises RouteError (400/404)."""
+    path, query = split_target(target)
+    if path != GENERIC_PREFIX and not path.startswith(GENERIC_PREFIX + "/"):
+        raise RouteError(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
+    segments = [s for s in path[len(GENERIC_PREFIX):].split("/")]
+    # "/ws/generic" → [""], "/ws/generic/a.b" → ["", "a.b"], "/ws/generic/a.b/tok" → ["", "a.b", "tok"]
+    segments = segments[1:]
+    if segments and segments[-1] == "" and len(segments) <= 2:
+        segments = segments[:-1]          # tolerate one trailing slash
+    if any(s == "" for s in segments) or len(segments) > 2:
+        raise RouteError(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
+    if any("%" in s for s in segments):
+        raise RouteError("percent-encoded characters in the path", status=400,
+                         public_reason="Bad Request: malformed path")
+
+    fields = _split_query(query)
+    service_hosts = [v for n, v, _ in fields if n == "serviceHost"]
+    query_tokens = [v for n, v, _ in fields if n == "token"]
+    if len(service_hosts) > 1 or len(query_tokens) > 1:
+        raise RouteError("serviceHost or token given more than once", status=400,
+                         public_reason="Bad Request: repeated serviceHost or token parameter")
+    forward = "&".join(raw for n, _, raw in fields if n not in ("serviceHost", "token"))
+
+    token = None
+    source = None
+    if service_hosts:
+        if len(segments) > 1:
+            raise RouteError("service host given both in the path and as serviceHost",
+                             status=400, public_reason="Bad Request: service host given twice")
+        agent, org = parse_service_host(service_hosts[0])
+        if segments:
+            token, source = _check_token_shape(segments[0]), "path"
+    else:
+        if not segments:
+            raise RouteError("no service host: use /ws/generic/{agent}.{org} or ?serviceHost=",
+                             status=400, public_reason="Bad Request: missing service host")
+        agent, org = parse_service_host(segments[0])
+        if len(segments) == 2:
+            token, source = _check_token_shape(segments[1]), "path"
+    if query_tokens:
+        if token is not None:
+            raise RouteError("token given both in the path and as ?token=", status=400,
+                             public_reason="Bad Request: token given twice")
+        if query_tokens[0]:
+            token, source = _check_token_shape(query_tokens[0]), "query"
+    return Route(agent, org, token, source, forward)
+
+
+def route_start_api(path: str) -> str | None:
+    """The agent name of a ``/v1/public/{agent}/start`` path, or None for other paths."""
+    match = START_API.match(path)
+    return match.group(1) if match else None

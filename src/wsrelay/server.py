@@ -1,0 +1,168 @@
+"""The relay: one public listener, the dispatcher, and the book of live sessions.
+
+``dispatch`` is the data path of SPEC §2 as a straight line of calls, each into one
+module: route (routing.py) → agent lookup (registry.py) → handshake check
+(handshake.py) → auth → capacity → session (session.py: upstream connector, pump).
+Every refusal is an HTTP answer before any upgrade and before any bot is contacted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from . import pump as pump_selector
+from .config import Config
+from .errors import RequestRefused
+from .gate import Gate
+from .handshake import parse_upgrade
+from .registry import AgentRegistry, StaticRegistry
+from .routing import GENERIC_PREFIX, route_websocket, split_target
+from .session import Session
+from .session_log import log_refusal, log_session
+from .upstream import UpstreamConnector
+
+if TYPE_CHECKING:
+    from .config import AgentConfig
+
+log = logging.getLogger("wsrelay.server")
+
+
+class Relay:
+    """Serves the public endpoint for the agents of ``registry``."""
+
+    def __init__(self, config: Config, *, registry: AgentRegistry | None = None,
+                 pump: str | None = None) -> None:
+        self.config = config
+        self.registry = registry or StaticRegistry(config.agents)
+        self.pump = pump_selector.load(pump)
+        cfg = config.relay
+        self.tls = None
+        self.upstreams = UpstreamConnector(
+            connect_timeout=cfg.upstream_connect_timeout, max_frame_size=cfg.max_frame_size,
+            read_buffer_size=cfg.read_buffer_size)
+        self.sessions: set[Session] = set()            # admitted: connecting or connected
+        self.active: Counter[str] = Counter()          # service host -> admitted sessions
+        self.rejections: Counter[int] = Counter()      # HTTP status -> refused handshakes
+        self.accepting = True
+        self._server: asyncio.Server | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self, *, sock: socket.socket | None = None) -> None:
+        """Listen on the configured host/port (or on ``sock``)."""
+        loop = asyncio.get_running_loop()
+        cfg = self.config.relay
+        if sock is not None:
+            self._server = await loop.create_server(lambda: Gate(self), sock=sock, backlog=1024)
+        else:
+            self._server = await loop.create_server(
+                lambda: Gate(self), cfg.host, cfg.port, backlog=1024,
+                reuse_port=cfg.workers > 1 or None)
+
+    @property
+    def port(self) -> int:
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self, *, drain_seconds: float = 0.0) -> None:
+        """Stop accepting; let live sessions run up to ``drain_seconds``; then close with 1012."""
+        self.accepting = False
+        if self._server is not None:
+            self._server.close()
+        if self.sessions and drain_seconds > 0:
+            try:
+                await asyncio.wait_for(self._idle.wait(), drain_seconds)
+            except TimeoutError:
+                pass
+        for session in list(self.sessions):
+            session.close(1012, "relay restarting", "shutdown")
+        if self.sessions:
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.config.relay.close_timeout + 1)
+            except TimeoutError:
+                for session in list(self.sessions):
+                    session.pair.abort()
+
+    # -- the data path --------------------------------------------------------------------
+
+    def dispatch(self, gate: Gate) -> None:
+        """Answer or admit one request; called by the gate once the request is read."""
+        request = gate.request
+        try:
+            target = request.target.decode("ascii")
+        except UnicodeDecodeError:
+            gate.refuse(400, "Bad Request: non-ASCII request target", reason="non-ASCII target")
+            return
+        try:
+            path, _ = split_target(target)
+            if path == GENERIC_PREFIX or path.startswith(GENERIC_PREFIX + "/"):
+                self._admit_websocket(gate, target)
+            else:
+                raise RequestRefused(f"no endpoint at {path[:200]!r}", status=404,
+                                     public_reason="Not Found")
+        except RequestRefused as exc:
+            gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
+
+    def _admit_websocket(self, gate: Gate, target: str) -> None:
+        request = gate.request
+        if not self.accepting:
+            raise RequestRefused("relay is draining", status=503,
+                                 public_reason="Service Unavailable: the relay is shutting down",
+                                 headers={"Retry-After": "5"})
+        route = route_websocket(target)
+        agent = self.registry.lookup(route.service_host)
+        if agent is None:
+            raise RequestRefused(f"unknown service host {route.service_host!r}", status=404,
+                                 public_reason="Not Found: unknown agent")
+        upgrade = parse_upgrade(request.method, request.headers)
+        session_id = self.authenticate(route, upgrade, agent)
+        self.admit(agent)
+        session = Session(self, gate, route, agent, upgrade, session_id)
+        self.sessions.add(session)
+        self._idle.clear()
+        gate.task = asyncio.get_running_loop().create_task(session.run())
+
+    def authenticate(self, route, upgrade, agent: "AgentConfig") -> str | None:
+        """Check the agent's token policy; returns a session id the token carries, if any."""
+        if agent.websocket_auth == "none":
+            return None
+        raise RequestRefused("token auth is not available in this build", status=503,
+                             public_reason="Service Unavailable")
+
+    def admit(self, agent: "AgentConfig") -> None:
+        """Take a capacity slot of ``agent`` or refuse with 429."""
+        host = agent.service_host
+        if agent.max_sessions is not None and self.active[host] >= agent.max_sessions:
+            raise RequestRefused(f"{host} is at max_sessions={agent.max_sessions}", status=429,
+                                 public_reason="Too Many Requests: the agent is at its session limit",
+                                 headers={"Retry-After": "1"})
+        self.active[host] += 1
+
+    def release(self, session: Session) -> None:
+        """Give back the session's capacity slot (idempotent)."""
+        if session in self.sessions:
+            self.sessions.discard(session)
+            host = session.agent.service_host
+            self.active[host] -= 1
+            if self.active[host] <= 0:
+                del self.active[host]
+            if not self.sessions:
+                self._idle.set()
+
+    # -- events -------------------------------------------------------------------------
+
+    def on_connected(self, session: Session) -> None:
+        pass
+
+    def on_session_end(self, session: Session) -> None:
+        log_session(session.summary())
+
+    def on_refused(self, gate: Gate, status: int, reason: str) -> None:
+        self.rejections[status] += 1
+        log_refusal(status=status, reason=reason, client=gate.peer,
+                    target=gate.request.target.decode("latin-1")[:200] if gate.request else None)
