@@ -66,6 +66,12 @@ cdef class Side(WSListener):
         if frame.msg_type == WSMsgType.CLOSE:
             self.pair.close_frame(self, frame.get_payload_as_bytes())
             return
+        if transport.is_close_frame_sent and not self.close_sent:
+            # picows closed this side for a protocol error (e.g. 1009, frame too big) but
+            # goes on parsing until it disconnects: relay nothing more from it.
+            self.dropped += 1
+            self.pair.protocol_error(self)
+            return
         self.frames += 1
         self.bytes += <uint64_t>frame.payload_size
         _total_frames[self._direction] += 1

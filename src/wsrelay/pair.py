@@ -87,6 +87,20 @@ class SessionPair:
             self.close_to[_name(peer)] = close_code_of(payload)
         self._disconnect_finished()
 
+    def protocol_error(self, side) -> None:
+        """picows closed ``side`` for a protocol error: close its peer with the same code."""
+        sent = side.transport.close_handshake.sent if side.transport.close_handshake else None
+        side.close_sent = True
+        self.close_to[_name(side)] = int(sent.code) if sent is not None else None
+        if self.first_closer is None:
+            self.first_closer = "relay"
+            self.end_reason = f"protocol error from {_name(side)}"
+        peer = side.peer
+        if not peer.close_sent and not peer.disconnected and peer.transport is not None:
+            code = sent.code if sent is not None else WSCloseCode.PROTOCOL_ERROR
+            self._send_close(peer, code, f"{_name(side)} broke the protocol")
+        self._arm_close_timer()
+
     def side_disconnected(self, side) -> None:
         """``side``'s socket is gone: close its peer if that was abrupt; end when both are gone."""
         peer = side.peer

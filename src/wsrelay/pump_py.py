@@ -50,6 +50,10 @@ class Side(WSListener):
         if frame.msg_type == WSMsgType.CLOSE:
             self.pair.close_frame(self, frame.get_payload_as_bytes())
             return
+        if transport.is_close_frame_sent and not self.close_sent:
+            self.dropped += 1
+            self.pair.protocol_error(self)
+            return
         size = frame.payload_size
         self.frames += 1
         self.bytes += size

@@ -1,0 +1,210 @@
+"""Real peers for the tests: recording bots and clients on picows, a relay on 127.0.0.1.
+
+Nothing here imitates wsrelay: the bots and clients are ordinary picows/websockets
+peers, the relay is the real one listening on a real socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+from dataclasses import dataclass, field, replace
+
+import uvloop
+from picows import WSListener, WSMsgType, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_connect, ws_create_server
+
+from wsrelay.config import AgentConfig, Config, RelayConfig
+from wsrelay.server import Relay
+
+
+def arun(coro, timeout: float = 60):
+    """Run ``coro`` on a fresh uvloop with a deadline (every wait is bounded)."""
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+    return uvloop.run(bounded())
+
+
+@dataclass
+class Frame:
+    """A frame as one side saw it."""
+
+    msg_type: int
+    payload: bytes
+    fin: bool = True
+    rsv1: bool = False
+    rsv2: bool = False
+    rsv3: bool = False
+
+    @classmethod
+    def of(cls, frame) -> "Frame":
+        return cls(int(frame.msg_type), frame.get_payload_as_bytes(), bool(frame.fin),
+                   bool(frame.rsv1), bool(frame.rsv2), bool(frame.rsv3))
+
+
+def send_frame(transport, f: Frame) -> None:
+    if f.msg_type == WSMsgType.CLOSE:
+        transport.send(WSMsgType.CLOSE, f.payload)
+    else:
+        transport.send(WSMsgType(f.msg_type), f.payload, f.fin, f.rsv1, f.rsv2, f.rsv3)
+
+
+class Recorder(WSListener):
+    """Records every frame and the disconnect; optionally echoes or replies to close."""
+
+    def __init__(self, *, echo: bool = False, reply_close: bool = True, on_connect=None) -> None:
+        self.frames: list[Frame] = []
+        self.transport = None
+        self.echo = echo
+        self.reply_close = reply_close
+        self.on_connect = on_connect
+        self.changed = asyncio.Event()
+        self.disconnected = asyncio.Event()
+        self.request = None
+
+    def on_ws_connected(self, transport) -> None:
+        self.transport = transport
+        if self.on_connect is not None:
+            self.on_connect(transport)
+
+    def on_ws_frame(self, transport, frame) -> None:
+        f = Frame.of(frame)
+        self.frames.append(f)
+        self.changed.set()
+        if f.msg_type == WSMsgType.CLOSE:
+            if self.reply_close and not transport.is_close_frame_sent:
+                transport.send(WSMsgType.CLOSE, f.payload)
+            return
+        if self.echo and f.msg_type not in (WSMsgType.PING, WSMsgType.PONG):
+            send_frame(transport, f)
+
+    def on_ws_disconnected(self, transport) -> None:
+        self.disconnected.set()
+        self.changed.set()
+
+    def data_frames(self) -> list[Frame]:
+        return [f for f in self.frames if f.msg_type != WSMsgType.CLOSE]
+
+    def close_frames(self) -> list[Frame]:
+        return [f for f in self.frames if f.msg_type == WSMsgType.CLOSE]
+
+    async def wait_for(self, predicate, timeout: float = 10) -> None:
+        async def loop():
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(loop(), timeout)
+
+    async def wait_frames(self, n: int, timeout: float = 10) -> list[Frame]:
+        await self.wait_for(lambda: len(self.frames) >= n or self.disconnected.is_set(), timeout)
+        return self.frames
+
+
+class Bot:
+    """A picows bot server recording its sessions (one Recorder per connection)."""
+
+    def __init__(self, *, echo: bool = False, on_connect=None, reply_close: bool = True,
+                 status: int | None = None, subprotocol_choice=None) -> None:
+        self.echo = echo
+        self.on_connect = on_connect
+        self.reply_close = reply_close
+        self.status = status
+        self.subprotocol_choice = subprotocol_choice
+        self.sessions: list[Recorder] = []
+        self.requests = []
+        self.connected = asyncio.Event()
+        self.server = None
+
+    def _factory(self, request):
+        self.requests.append(request)
+        if self.status is not None:
+            return WSUpgradeResponseWithListener(
+                WSUpgradeResponse.create_error_response(self.status, b"bot says no"), None)
+        rec = Recorder(echo=self.echo, reply_close=self.reply_close, on_connect=self.on_connect)
+        rec.request = request
+        self.sessions.append(rec)
+        self.connected.set()
+        extra = None
+        if self.subprotocol_choice is not None:
+            offered = request.headers.get("Sec-WebSocket-Protocol")
+            chosen = self.subprotocol_choice(offered)
+            if chosen:
+                extra = {"Sec-WebSocket-Protocol": chosen}
+        return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), rec)
+
+    async def start(self) -> "Bot":
+        self.server = await ws_create_server(self._factory, "127.0.0.1", 0, enable_auto_pong=False,
+                                             max_frame_size=64 * 1024 * 1024, use_aiofastnet=False)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/bot"
+
+    @property
+    def port(self) -> int:
+        return self.server.sockets[0].getsockname()[1]
+
+    async def session(self, timeout: float = 5) -> Recorder:
+        await asyncio.wait_for(self.connected.wait(), timeout)
+        return self.sessions[-1]
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def relay_config(upstreams_by_agent: dict[str, list[str]], **relay_overrides) -> Config:
+    agents = []
+    for sh, ups in upstreams_by_agent.items():
+        name, org = sh.rsplit(".", 1)
+        agents.append(AgentConfig(name, org, tuple(ups)))
+    relay = replace(RelayConfig(host="127.0.0.1", port=0, admin_port=0), **relay_overrides)
+    return Config(relay=relay, agents=tuple(agents))
+
+
+async def start_relay(config: Config, pump: str) -> Relay:
+    relay = Relay(config, pump=pump)
+    await relay.start()
+    return relay
+
+
+async def connect_client(url: str, *, subprotocols: str | None = None, headers=None,
+                         listener: Recorder | None = None):
+    """A picows client; returns (transport, recorder)."""
+    rec = listener or Recorder()
+    extra = dict(headers or {})
+    if subprotocols:
+        extra["Sec-WebSocket-Protocol"] = subprotocols
+    transport, _ = await ws_connect(lambda: rec, url, enable_auto_pong=False, extra_headers=extra,
+                                    max_frame_size=64 * 1024 * 1024, use_aiofastnet=False,
+                                    websocket_handshake_timeout=10)
+    return transport, rec
+
+
+async def raw_request(port: int, data: bytes, *, read_timeout: float = 10) -> bytes:
+    """Send raw bytes to the relay and read until it closes; for hostile-input tests."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(65536), read_timeout)
+    finally:
+        writer.close()
+
+
+def upgrade_head(path: str, *, extra: str = "", host: str = "relay.test") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n").encode()
+
+
+def status_of(response: bytes) -> int:
+    line = response.split(b"\r\n", 1)[0]
+    return int(line.split(b" ")[1])
