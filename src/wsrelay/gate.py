@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsrelay.gate")
 _picows_log = logging.LoggerAdapter(logging.getLogger("wsrelay.picows"), {})
 
+EARLY_DATA_BYTES = 65536       # client bytes buffered while its bot is being contacted
 MAX_BODY_BYTES = 8192          # the start API's JSON bodies; the platform caps body at 4 KiB
 
 
@@ -78,9 +79,12 @@ class Gate(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.state != "head":
-            # Only bytes that arrive while the pause takes effect; bounded by one read.
-            if self.state == "busy" and len(self.raw) < 2 * self._limits.max_request_head_bytes:
+            if self.state == "busy":
+                # Early frames from a client that does not wait for its 101: kept for the
+                # replay, bounded; past the bound we stop reading until the upgrade.
                 self.raw += data
+                if len(self.raw) > EARLY_DATA_BYTES:
+                    self.transport.pause_reading()
             return
         self.raw += data
         if len(self.raw) > self._limits.max_request_head_bytes + MAX_BODY_BYTES:
@@ -145,7 +149,6 @@ class Gate(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self.state = "busy"
-        self.transport.pause_reading()
         try:
             self.relay.dispatch(self)
         except Exception:
@@ -227,6 +230,8 @@ class Gate(asyncio.Protocol):
         view.release()
         self.raw = bytearray()
         if client_side.transport is None:
+            return False
+        if transport.is_closing():
             return False
         transport.resume_reading()
         return True

@@ -1,0 +1,186 @@
+"""The life of a handshake: refusals before any upgrade, upstream choice, forwarded headers."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import uuid
+
+import pytest
+import websockets
+from picows import WSMsgType
+
+from support import (Bot, arun, connect_client, free_port, raw_request, relay_config, start_relay,
+                     status_of, upgrade_head)
+
+
+async def _relay_with_bot(pump, **overrides):
+    bot = await Bot(echo=True).start()
+    relay = await start_relay(relay_config({"echo.demo": [bot.url]}, **overrides), pump)
+    return bot, relay
+
+
+REFUSALS = [
+    # (request bytes builder, expected status)
+    ("unknown agent", lambda: upgrade_head("/ws/generic/nobody.demo"), 404),
+    ("unknown organisation", lambda: upgrade_head("/ws/generic/echo.nobody"), 404),
+    ("malformed service host", lambda: upgrade_head("/ws/generic/echo_demo"), 400),
+    ("upper-case junk", lambda: upgrade_head("/ws/generic/ech%20o.demo"), 400),
+    ("empty label", lambda: upgrade_head("/ws/generic/.demo"), 400),
+    ("label too long", lambda: upgrade_head("/ws/generic/" + "a" * 64 + ".demo"), 400),
+    ("no service host", lambda: upgrade_head("/ws/generic"), 400),
+    ("serviceHost twice", lambda: upgrade_head("/ws/generic?serviceHost=echo.demo&serviceHost=echo.demo"), 400),
+    ("host in path and query", lambda: upgrade_head("/ws/generic/echo.demo/x?serviceHost=echo.demo&a=1").replace(b"/x?", b"/a/b?"), 404),
+    ("other path", lambda: upgrade_head("/ws/twilio"), 404),
+    ("root", lambda: upgrade_head("/"), 404),
+    ("too many segments", lambda: upgrade_head("/ws/generic/echo.demo/tok/extra"), 404),
+    ("not an upgrade", lambda: b"GET /ws/generic/echo.demo HTTP/1.1\r\nHost: x\r\n\r\n", 426),
+    ("wrong version", lambda: upgrade_head("/ws/generic/echo.demo").replace(b"Version: 13", b"Version: 8"), 426),
+    ("bad key", lambda: upgrade_head("/ws/generic/echo.demo").replace(b"Sec-WebSocket-Key: ", b"Sec-WebSocket-Key: zz"), 400),
+    ("POST", lambda: upgrade_head("/ws/generic/echo.demo").replace(b"GET ", b"POST ", 1), 405),
+    ("garbage", lambda: b"\x16\x03\x01\x02\x00garbage\r\n\r\n", 400),
+    ("no Host header", lambda: upgrade_head("/ws/generic/echo.demo").replace(b"Host: relay.test\r\n", b""), 400),
+    ("header without colon", lambda: upgrade_head("/ws/generic/echo.demo", extra="Broken header\r\n"), 400),
+    ("absolute-form target", lambda: upgrade_head("http://evil/ws/generic/echo.demo"), 400),
+    ("non-ascii target", lambda: upgrade_head("/ws/generic/echo.demo").replace(b"echo.demo", "écho.demo".encode()), 400),
+    ("too many query fields", lambda: upgrade_head("/ws/generic/echo.demo?" + "&".join(f"a{i}=1" for i in range(65))), 400),
+    ("oversized head", lambda: upgrade_head("/ws/generic/echo.demo", extra="X-Big: " + "a" * 9000 + "\r\n"), 431),
+    ("bad bearer scheme", lambda: upgrade_head("/ws/generic/echo.demo", extra="Authorization: Basic abc\r\n"), 401),
+]
+
+
+@pytest.mark.parametrize("name,build,status", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_refusals_answer_before_any_upgrade_and_contact_no_bot(pump, name, build, status):
+    async def main():
+        bot, relay = await _relay_with_bot(pump)
+        response = await raw_request(relay.port, build())
+        assert status_of(response) == status, response[:200]
+        assert b"Connection: close" in response
+        assert bot.requests == []                     # no bot was contacted
+        # ... and the relay is still fine for everyone else.
+        client, rec = await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo")
+        client.send(WSMsgType.TEXT, b"still here")
+        await rec.wait_frames(1)
+        assert rec.frames[0].payload == b"still here"
+        bot.close()
+    arun(main())
+
+
+def test_head_timeout_answers_408(pump):
+    async def main():
+        bot, relay = await _relay_with_bot(pump, handshake_timeout=0.3)
+        response = await raw_request(relay.port, b"GET /ws/generic/echo.demo HTTP/1.1\r\nHost: x\r\n")
+        assert status_of(response) == 408
+        bot.close()
+    arun(main())
+
+
+def test_unreachable_bot_gives_502(pump):
+    async def main():
+        dead = f"ws://127.0.0.1:{free_port()}/"
+        relay = await start_relay(relay_config({"echo.demo": [dead, dead]}), pump)
+        response = await raw_request(relay.port, upgrade_head("/ws/generic/echo.demo"))
+        assert status_of(response) == 502
+        assert not relay.sessions and not relay.active
+    arun(main())
+
+
+def test_bot_that_never_answers_gives_504(pump):
+    async def main():
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)                              # accepts TCP, never speaks
+        relay = await start_relay(relay_config(
+            {"echo.demo": [f"ws://127.0.0.1:{silent.getsockname()[1]}/"]},
+            upstream_connect_timeout=0.5), pump)
+        started = asyncio.get_running_loop().time()
+        response = await raw_request(relay.port, upgrade_head("/ws/generic/echo.demo"))
+        assert status_of(response) == 504
+        assert asyncio.get_running_loop().time() - started < 3
+        silent.close()
+    arun(main())
+
+
+@pytest.mark.parametrize("bot_status", [403, 404, 500, 503])
+def test_bot_http_error_status_is_passed_through(pump, bot_status):
+    async def main():
+        bot = await Bot(status=bot_status).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
+        response = await raw_request(relay.port, upgrade_head("/ws/generic/echo.demo"))
+        assert status_of(response) == bot_status
+        bot.close()
+    arun(main())
+
+
+def test_dead_instance_is_skipped_for_the_next(pump):
+    async def main():
+        bot = await Bot(echo=True).start()
+        dead = f"ws://127.0.0.1:{free_port()}/"
+        relay = await start_relay(relay_config({"echo.demo": [dead, bot.url]}), pump)
+        for _ in range(4):                              # whichever instance the rotation starts at
+            client, rec = await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo")
+            client.send(WSMsgType.TEXT, b"hi")
+            await rec.wait_frames(1)
+            assert rec.frames[0].payload == b"hi"
+            client.disconnect()
+        assert len(bot.sessions) == 4
+        bot.close()
+    arun(main())
+
+
+def test_sessions_are_balanced_across_upstreams(pump):
+    async def main():
+        bots = [await Bot(echo=True).start() for _ in range(3)]
+        relay = await start_relay(relay_config({"echo.demo": [b.url for b in bots]}), pump)
+        clients = [await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo") for _ in range(6)]
+        assert [len(b.sessions) for b in bots] == [2, 2, 2]
+        for t, _ in clients:
+            t.disconnect()
+        for b in bots:
+            b.close()
+    arun(main())
+
+
+def test_forwarded_headers_query_and_subprotocol(pump):
+    async def main():
+        bot = await Bot(echo=True, subprotocol_choice=lambda offer: offer.split(",")[1].strip()).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url + "?fixed=1"]}), pump)
+        url = (f"ws://127.0.0.1:{relay.port}/ws/generic?a=1&serviceHost=echo.demo"
+               f"&body=eyJ4IjoxfQ%3D%3D&b=%20x")
+        async with websockets.connect(url, subprotocols=["first", "second"],
+                                      additional_headers={"X-Forwarded-For": "6.6.6.6"}) as ws:
+            assert ws.subprotocol == "second"          # the bot's choice reaches the client
+            await ws.send("ping")
+            assert await ws.recv() == "ping"
+        request = bot.requests[0]
+        path = request.path.decode()
+        assert path == "/bot?fixed=1&a=1&body=eyJ4IjoxfQ%3D%3D&b=%20x"
+        h = request.headers
+        assert h["X-Forwarded-For"] == "127.0.0.1"     # the client's own claim is not trusted
+        assert h["X-Forwarded-Proto"] == "http"
+        assert h["X-Forwarded-Host"] == f"127.0.0.1:{relay.port}"
+        assert h["X-Service-Host"] == "echo.demo"
+        assert uuid.UUID(h["X-Session-Id"]).version == 4
+        assert h["Sec-WebSocket-Protocol"] == "first, second"
+        assert "Sec-WebSocket-Extensions" not in h    # compression is never negotiated
+        bot.close()
+    arun(main())
+
+
+def test_client_leaving_while_bot_connects_costs_nothing(pump):
+    async def main():
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        relay = await start_relay(relay_config(
+            {"echo.demo": [f"ws://127.0.0.1:{silent.getsockname()[1]}/"]},
+            upstream_connect_timeout=1), pump)
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(upgrade_head("/ws/generic/echo.demo"))
+        await asyncio.sleep(0.2)
+        assert len(relay.sessions) == 1
+        writer.close()
+        await asyncio.sleep(0.3)
+        assert not relay.sessions and not relay.active
+        silent.close()
+    arun(main())
