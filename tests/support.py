@@ -105,8 +105,9 @@ class Bot:
     """A picows bot server recording its sessions (one Recorder per connection)."""
 
     def __init__(self, *, echo: bool = False, on_connect=None, reply_close: bool = True,
-                 status: int | None = None, subprotocol_choice=None) -> None:
+                 status: int | None = None, subprotocol_choice=None, auto_pong: bool = False) -> None:
         self.echo = echo
+        self.auto_pong = auto_pong
         self.on_connect = on_connect
         self.reply_close = reply_close
         self.status = status
@@ -134,7 +135,7 @@ class Bot:
         return WSUpgradeResponseWithListener(WSUpgradeResponse.create_101_response(extra), rec)
 
     async def start(self) -> "Bot":
-        self.server = await ws_create_server(self._factory, "127.0.0.1", 0, enable_auto_pong=False,
+        self.server = await ws_create_server(self._factory, "127.0.0.1", 0, enable_auto_pong=self.auto_pong,
                                              max_frame_size=64 * 1024 * 1024, use_aiofastnet=False)
         return self
 
@@ -176,13 +177,13 @@ async def start_relay(config: Config, pump: str) -> Relay:
 
 
 async def connect_client(url: str, *, subprotocols: str | None = None, headers=None,
-                         listener: Recorder | None = None):
+                         listener: Recorder | None = None, auto_pong: bool = False):
     """A picows client; returns (transport, recorder)."""
     rec = listener or Recorder()
     extra = dict(headers or {})
     if subprotocols:
         extra["Sec-WebSocket-Protocol"] = subprotocols
-    transport, _ = await ws_connect(lambda: rec, url, enable_auto_pong=False, extra_headers=extra,
+    transport, _ = await ws_connect(lambda: rec, url, enable_auto_pong=auto_pong, extra_headers=extra,
                                     max_frame_size=64 * 1024 * 1024, use_aiofastnet=False,
                                     websocket_handshake_timeout=10)
     return transport, rec
@@ -208,3 +209,58 @@ def upgrade_head(path: str, *, extra: str = "", host: str = "relay.test") -> byt
 def status_of(response: bytes) -> int:
     line = response.split(b"\r\n", 1)[0]
     return int(line.split(b" ")[1])
+
+
+class RelayProcess:
+    """A real ``wsrelay serve`` process (for RSS, signals and the CLI)."""
+
+    def __init__(self, config_text: str, tmp_path, *, pump: str = "cython", args=(), env=None) -> None:
+        import subprocess
+        import sys
+        self.path = tmp_path / "relay.toml"
+        self.path.write_text(config_text)
+        environment = dict(os.environ)
+        environment.update(env or {})
+        if pump == "python":
+            environment["WSRELAY_PURE_PYTHON"] = "1"
+        else:
+            environment.pop("WSRELAY_PURE_PYTHON", None)
+        self.log_path = tmp_path / "relay.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "wsrelay", "serve", "--config", str(self.path),
+                                      "--log-format", "json", *args],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=environment)
+
+    async def wait_port(self, port: int, timeout: float = 15) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"relay exited with {self.proc.returncode}: {self.log()}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return
+            except OSError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+    def rss(self) -> int:
+        import psutil
+        return psutil.Process(self.proc.pid).memory_info().rss
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        import signal
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode

@@ -19,7 +19,13 @@ happen once per session and are handled in Python by ``SessionPair``.
 """
 
 from libc.stdint cimport uint64_t
+from libc.string cimport memcmp
 from picows.picows cimport WSListener, WSTransport, WSFrame, WSMsgType
+
+# The payload of the relay's own keepalive pings: their pongs are consumed, never relayed.
+cdef bytes KEEPALIVE = b"wsrelay-keepalive"
+cdef const char* KEEPALIVE_PTR = KEEPALIVE
+cdef Py_ssize_t KEEPALIVE_LEN = len(KEEPALIVE)
 
 # Process-wide counters, read at scrape time by ``totals()``: [0] client->bot, [1] bot->client.
 cdef uint64_t _total_frames[2]
@@ -87,6 +93,15 @@ cdef class Side(WSListener):
     cpdef on_ws_disconnected(self, WSTransport transport):
         self.disconnected = True
         self.pair.side_disconnected(self)
+
+    cpdef send_user_specific_ping(self, WSTransport transport):
+        # picows' keepalive (relay.keepalive_interval) pings with our own payload ...
+        transport.send_ping(KEEPALIVE)
+
+    cpdef is_user_specific_pong(self, WSFrame frame):
+        # ... and asks here, only while it waits for a pong, whether a frame is ours.
+        return (frame.msg_type == WSMsgType.PONG and frame.payload_size == KEEPALIVE_LEN
+                and memcmp(frame.payload_ptr, KEEPALIVE_PTR, KEEPALIVE_LEN) == 0)
 
     cpdef pause_writing(self):
         # This side's socket cannot take more: stop reading the peer (backpressure).

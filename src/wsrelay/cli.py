@@ -77,46 +77,110 @@ def cmd_serve(args) -> int:
     from .session_log import setup_logging
     if args.pure_python:
         os.environ["WSRELAY_PURE_PYTHON"] = "1"
-    if args.config:
-        cfg = config_mod.auth_secret_from_env(config_mod.load_config(args.config), os.environ)
-    else:
-        cfg = None
+    cfg = _load(args.config) if args.config else None
     setup_logging(args.log_format or (cfg.relay.log_format if cfg else "auto"))
+    if cfg is not None:
+        cfg = config_mod.apply_overrides(cfg, host=args.host, port=args.port, workers=args.workers)
+        config_mod.require_signing_key(cfg)
+    workers = cfg.relay.workers if cfg is not None else (args.workers or 1)
+    if workers > 1:
+        from .workers import run_workers
+        return run_workers(workers, lambda capacity: _run(cfg, args, capacity))
+    return _run(cfg, args, None)
+
+
+def _load(path):
+    return config_mod.auth_secret_from_env(config_mod.load_config(path), os.environ)
+
+
+def _run(cfg, args, capacity) -> int:
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:           # pragma: no cover - uvloop is a dependency on Linux/macOS
         runner = asyncio.run
-    return runner(serve(cfg, host=args.host, port=args.port, workers=args.workers))
+    return runner(serve(cfg, config_path=args.config, host=args.host, port=args.port,
+                        capacity=capacity))
 
 
-async def serve(cfg, *, host=None, port=None, workers=None) -> int:
-    """Run the relay until SIGTERM/SIGINT; returns the exit status."""
+async def serve(cfg, *, config_path=None, host=None, port=None, capacity=None) -> int:
+    """Run one relay process until SIGTERM/SIGINT; returns the exit status.
+
+    SIGHUP, or a change of the config file, reloads the agents without dropping sessions;
+    an invalid file is rejected with its errors logged and the running config kept.
+    SIGTERM drains: no new sessions, live ones go on up to ``drain_seconds``, then close
+    with 1012. A second SIGTERM/SIGINT stops at once.
+    """
     from .server import Relay
     echo = None
     if cfg is None:
         from .echo_bot import start_echo_bot
         echo = await start_echo_bot()
         echo_port = echo.sockets[0].getsockname()[1]
-        cfg = config_mod.demo_config(f"ws://127.0.0.1:{echo_port}/")
-    cfg = config_mod.apply_overrides(cfg, host=host, port=port, workers=workers)
-    relay = Relay(cfg)
+        cfg = config_mod.apply_overrides(
+            config_mod.demo_config(f"ws://127.0.0.1:{echo_port}/"), host=host, port=port)
+    relay = Relay(cfg, capacity=capacity)
     await relay.start()
     agents = ", ".join(a.service_host for a in relay.registry.agents()) or "none"
     log.info("wsrelay listening on ws://%s:%d (pump: %s; agents: %s)",
              cfg.relay.host, relay.port, relay.pump.IMPLEMENTATION, agents)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = None
+    if config_path:
+        reloader = Reloader(relay, config_path)
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+        watcher = loop.create_task(reloader.watch())
     await stop.wait()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: os._exit(1))   # second signal: stop at once
+    if watcher is not None:
+        watcher.cancel()
     log.info("draining %d session(s) for up to %ss", len(relay.sessions), cfg.relay.drain_seconds)
     await relay.stop(drain_seconds=cfg.relay.drain_seconds)
     if echo is not None:
         echo.close()
+    log.info("stopped")
     return 0
+
+
+class Reloader:
+    """Reloads the agents from the config file on SIGHUP or when the file changes."""
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, relay, path: str) -> None:
+        self.relay = relay
+        self.path = path
+        self._stamp = self._file_stamp()
+
+    def _file_stamp(self):
+        try:
+            st = os.stat(self.path)
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return None
+
+    def reload(self) -> bool:
+        self._stamp = self._file_stamp()
+        try:
+            new = _load(self.path)
+            config_mod.require_signing_key(new)
+        except ConfigError as exc:
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            return False
+        self.relay.reload(new)
+        log.info("config reloaded: %d agent(s)", len(new.agents))
+        return True
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.POLL_SECONDS)
+            stamp = self._file_stamp()
+            if stamp is not None and stamp != self._stamp:
+                self.reload()
 
 
 if __name__ == "__main__":       # pragma: no cover

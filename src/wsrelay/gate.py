@@ -209,7 +209,9 @@ class Gate(asyncio.Protocol):
             _picows_log,
             True,                      # disconnect_on_exception
             None,                      # handshake timeout: the gate already enforced one
-            False, 20, 20, WSAutoPingStrategy.PING_WHEN_IDLE,
+            limits.keepalive_interval > 0,  # the relay's own keepalive pings, if configured
+            limits.keepalive_interval or 20, limits.keepalive_timeout,
+            WSAutoPingStrategy.PING_WHEN_IDLE,
             False,                     # auto-pong off: pings are relayed
             limits.max_frame_size,
             None,

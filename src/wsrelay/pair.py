@@ -75,6 +75,8 @@ class SessionPair:
 
     def close_frame(self, side, payload: bytes) -> None:
         """``side`` sent a CLOSE: forward it, or finish the handshake it answers."""
+        if side.transport.is_close_frame_sent and not side.close_sent:
+            self.protocol_error(side)      # picows closed this side itself: this is the reply
         side.close_received = True
         name = _name(side)
         self.close_from[name] = close_code_of(payload)
@@ -88,22 +90,34 @@ class SessionPair:
         self._disconnect_finished()
 
     def protocol_error(self, side) -> None:
-        """picows closed ``side`` for a protocol error: close its peer with the same code."""
+        """picows itself closed ``side``: a protocol error, or no pong to a keepalive ping.
+
+        The peer is told why: the same code for a protocol error (1002, 1007, 1009), and
+        1011/1001 (bot/client lost) when the side stopped answering keepalive pings.
+        """
         sent = side.transport.close_handshake.sent if side.transport.close_handshake else None
+        code = int(sent.code) if sent is not None else int(WSCloseCode.PROTOCOL_ERROR)
         side.close_sent = True
-        self.close_to[_name(side)] = int(sent.code) if sent is not None else None
+        self.close_to[_name(side)] = code
+        if code == WSCloseCode.GOING_AWAY:
+            what = "keepalive timeout"
+            peer_code, peer_reason = BOT_LOST if side.is_bot else CLIENT_LOST
+        else:
+            what = "protocol error"
+            peer_code, peer_reason = code, f"{_name(side)} broke the protocol"
         if self.first_closer is None:
             self.first_closer = "relay"
-            self.end_reason = f"protocol error from {_name(side)}"
+            self.end_reason = f"{what} ({_name(side)})"
         peer = side.peer
         if not peer.close_sent and not peer.disconnected and peer.transport is not None:
-            code = sent.code if sent is not None else WSCloseCode.PROTOCOL_ERROR
-            self._send_close(peer, code, f"{_name(side)} broke the protocol")
+            self._send_close(peer, peer_code, peer_reason)
         self._arm_close_timer()
 
     def side_disconnected(self, side) -> None:
         """``side``'s socket is gone: close its peer if that was abrupt; end when both are gone."""
         peer = side.peer
+        if side.transport is not None and side.transport.is_close_frame_sent and not side.close_sent:
+            self.protocol_error(side)
         if not side.close_received and not side.close_sent and self.first_closer is None:
             self.end_reason = "bot lost" if side.is_bot else "client lost"
         if not peer.disconnected and peer.transport is not None:

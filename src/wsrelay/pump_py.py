@@ -12,6 +12,7 @@ from __future__ import annotations
 from picows import WSListener, WSMsgType
 
 IMPLEMENTATION = "python"
+KEEPALIVE = b"wsrelay-keepalive"      # the relay's own pings; their pongs are never relayed
 
 # Process-wide counters: [0] client->bot, [1] bot->client.
 _total_frames = [0, 0]
@@ -70,6 +71,12 @@ class Side(WSListener):
     def on_ws_disconnected(self, transport) -> None:
         self.disconnected = True
         self.pair.side_disconnected(self)
+
+    def send_user_specific_ping(self, transport) -> None:
+        transport.send_ping(KEEPALIVE)
+
+    def is_user_specific_pong(self, frame) -> bool:
+        return frame.msg_type == WSMsgType.PONG and frame.get_payload_as_bytes() == KEEPALIVE
 
     def pause_writing(self) -> None:
         self.pair.pause_source_of(self)

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from . import pump as pump_selector
+from .capacity import Capacity, LocalCapacity
 from .config import Config
 from .errors import RequestRefused
 from .gate import Gate
@@ -35,17 +36,19 @@ class Relay:
     """Serves the public endpoint for the agents of ``registry``."""
 
     def __init__(self, config: Config, *, registry: AgentRegistry | None = None,
-                 pump: str | None = None) -> None:
+                 pump: str | None = None, capacity: Capacity | None = None) -> None:
         self.config = config
+        self.capacity = capacity or LocalCapacity()
         self.registry = registry or StaticRegistry(config.agents)
         self.pump = pump_selector.load(pump)
         cfg = config.relay
         self.tls = None
         self.upstreams = UpstreamConnector(
             connect_timeout=cfg.upstream_connect_timeout, max_frame_size=cfg.max_frame_size,
-            read_buffer_size=cfg.read_buffer_size)
+            read_buffer_size=cfg.read_buffer_size, keepalive_interval=cfg.keepalive_interval,
+            keepalive_timeout=cfg.keepalive_timeout)
         self.sessions: set[Session] = set()            # admitted: connecting or connected
-        self.active: Counter[str] = Counter()          # service host -> admitted sessions
+        self.active: Counter[str] = Counter()          # service host -> this process's sessions
         self.rejections: Counter[int] = Counter()      # HTTP status -> refused handshakes
         self.accepting = True
         self._server: asyncio.Server | None = None
@@ -87,6 +90,21 @@ class Relay:
             except TimeoutError:
                 for session in list(self.sessions):
                     session.pair.abort()
+
+    def reload(self, config: Config) -> None:
+        """Take new agents and auth keys; live sessions keep the agent they started with.
+
+        Listener settings (host, port, workers, TLS) need a restart and are kept.
+        """
+        changed = [k for k in ("host", "port", "workers", "tls_cert", "tls_key", "admin_port")
+                   if getattr(config.relay, k) != getattr(self.config.relay, k)]
+        if changed:
+            log.warning("config reload: %s changed but take effect only after a restart",
+                        ", ".join(f"relay.{k}" for k in changed))
+        self.config = Config(relay=self.config.relay, auth=config.auth, agents=config.agents,
+                             source=config.source)
+        if isinstance(self.registry, StaticRegistry):
+            self.registry.replace(config.agents)
 
     # -- the data path --------------------------------------------------------------------
 
@@ -137,7 +155,7 @@ class Relay:
     def admit(self, agent: "AgentConfig") -> None:
         """Take a capacity slot of ``agent`` or refuse with 429."""
         host = agent.service_host
-        if agent.max_sessions is not None and self.active[host] >= agent.max_sessions:
+        if not self.capacity.try_acquire(host, agent.max_sessions):
             raise RequestRefused(f"{host} is at max_sessions={agent.max_sessions}", status=429,
                                  public_reason="Too Many Requests: the agent is at its session limit",
                                  headers={"Retry-After": "1"})
@@ -148,6 +166,7 @@ class Relay:
         if session in self.sessions:
             self.sessions.discard(session)
             host = session.agent.service_host
+            self.capacity.release(host)
             self.active[host] -= 1
             if self.active[host] <= 0:
                 del self.active[host]

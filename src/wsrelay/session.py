@@ -46,6 +46,8 @@ class Session:
         self.subprotocol: str | None = None
         self._bot_response = None
         self._limit_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_mark = -1
         cfg = relay.config.relay
         self.pair = SessionPair(
             relay.pump, on_bot_open=self._attach_client, on_end=self._ended,
@@ -96,10 +98,34 @@ class Session:
             return False
         self.connected_at = time.monotonic()
         self.relay.on_connected(self)
+        loop = asyncio.get_running_loop()
         limit = self.agent.max_session_seconds
         if limit:
-            self._limit_timer = asyncio.get_running_loop().call_later(limit, self._time_limit)
+            self._limit_timer = loop.call_later(limit, self._time_limit)
+        if self.agent.idle_timeout:
+            self._idle_mark = -1
+            self._idle_timer = loop.call_later(self.agent.idle_timeout, self._idle_check)
         return True
+
+    def _activity(self) -> int:
+        pair = self.pair
+        return pair.client.frames + pair.bot.frames
+
+    def _idle_check(self) -> None:
+        """Every idle_timeout: end the session if no frame moved since the last check.
+
+        Comparing the pump's C counters costs nothing per frame, unlike a timestamp.
+        """
+        self._idle_timer = None
+        if self.pair.ended:
+            return
+        mark = self._activity()
+        if mark == self._idle_mark:
+            reason = f"idle for {self.agent.idle_timeout:g}s"
+            self.pair.close((WSCloseCode.GOING_AWAY, reason), (WSCloseCode.GOING_AWAY, reason), "idle timeout")
+            return
+        self._idle_mark = mark
+        self._idle_timer = asyncio.get_running_loop().call_later(self.agent.idle_timeout, self._idle_check)
 
     def _time_limit(self) -> None:
         self._limit_timer = None
@@ -112,9 +138,10 @@ class Session:
         self.pair.close((code, reason), (code, reason), why)
 
     def _ended(self, pair: SessionPair) -> None:
-        if self._limit_timer is not None:
-            self._limit_timer.cancel()
-            self._limit_timer = None
+        for timer in (self._limit_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._limit_timer = self._idle_timer = None
         self.relay.release(self)
         self.relay.on_session_end(self)
 

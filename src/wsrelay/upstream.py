@@ -36,7 +36,9 @@ class UpstreamConnector:
     """Connects sessions to bot instances; one per relay, state is the round-robin cursor."""
 
     def __init__(self, *, connect_timeout: float, max_frame_size: int, read_buffer_size: int,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, keepalive_interval: float = 0.0,
+                 keepalive_timeout: float = 10.0) -> None:
+        self._keepalive = (keepalive_interval, keepalive_timeout)
         self._timeout = connect_timeout
         self._max_frame_size = max_frame_size
         self._read_buffer_size = read_buffer_size
@@ -64,6 +66,9 @@ class UpstreamConnector:
                         websocket_handshake_timeout=self._timeout,
                         logger_name=_picows_log,
                         enable_auto_pong=False,
+                        enable_auto_ping=self._keepalive[0] > 0,
+                        auto_ping_idle_timeout=self._keepalive[0] or 20,
+                        auto_ping_reply_timeout=self._keepalive[1],
                         max_frame_size=self._max_frame_size,
                         extra_headers=headers,
                         max_redirects=0,
