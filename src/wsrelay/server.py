@@ -24,6 +24,7 @@ from .registry import AgentRegistry, StaticRegistry
 from .routing import GENERIC_PREFIX, route_websocket, split_target
 from .session import Session
 from .session_log import log_refusal, log_session
+from .tls import server_tls_context, upstream_tls_context
 from .upstream import UpstreamConnector
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ class Relay:
         self.registry = registry or StaticRegistry(config.agents)
         self.pump = pump_selector.load(pump)
         cfg = config.relay
-        self.tls = None
+        self.tls = server_tls_context(cfg)
         self.upstreams = UpstreamConnector(
+            ssl_context=upstream_tls_context(cfg),
             connect_timeout=cfg.upstream_connect_timeout, max_frame_size=cfg.max_frame_size,
             read_buffer_size=cfg.read_buffer_size, keepalive_interval=cfg.keepalive_interval,
             keepalive_timeout=cfg.keepalive_timeout)
@@ -61,12 +63,13 @@ class Relay:
         """Listen on the configured host/port (or on ``sock``)."""
         loop = asyncio.get_running_loop()
         cfg = self.config.relay
+        tls = {"ssl": self.tls, "ssl_handshake_timeout": cfg.handshake_timeout} if self.tls else {}
         if sock is not None:
-            self._server = await loop.create_server(lambda: Gate(self), sock=sock, backlog=1024)
+            self._server = await loop.create_server(lambda: Gate(self), sock=sock, backlog=1024, **tls)
         else:
             self._server = await loop.create_server(
                 lambda: Gate(self), cfg.host, cfg.port, backlog=1024,
-                reuse_port=cfg.workers > 1 or None)
+                reuse_port=cfg.workers > 1 or None, **tls)
 
     @property
     def port(self) -> int:

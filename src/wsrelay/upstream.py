@@ -62,7 +62,7 @@ class UpstreamConnector:
                 async with asyncio.timeout(self._timeout):
                     transport, listener = await ws_connect(
                         listener_factory, full_url,
-                        ssl_context=self._ssl_context,
+                        ssl_context=self._ssl_context if full_url.startswith("wss:") else None,
                         websocket_handshake_timeout=self._timeout,
                         logger_name=_picows_log,
                         enable_auto_pong=False,
