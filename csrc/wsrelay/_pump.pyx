@@ -64,7 +64,15 @@ cdef class Side(WSListener):
 
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport
+        # picows keeps the parsed handshake (header multidicts) on the transport for the
+        # connection's whole life; the relay is done with it here. Dropping it is most of
+        # an idle session's Python memory.
         self.pair.side_connected(self)
+        transport.request = None
+        transport.response = None
+        # picows' per-transport scratch buffer (used only to frame close/ping/pong and
+        # copied sends) starts at 1 KiB; shrink it to its minimum, it grows on demand.
+        transport._write_buffer._reserve(0)
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         cdef Side peer

@@ -30,7 +30,7 @@ class RelayConfig:
     close_timeout: float = 5.0                    # how long a forwarded close may wait for its reply
     write_buffer_high: int = 256 * 1024           # pause reading the source above this
     write_buffer_low: int = 64 * 1024             # resume reading the source below this
-    read_buffer_size: int = 4096                  # initial per-socket read buffer (grows for big frames)
+    read_buffer_size: int = 2048                  # initial per-socket read buffer (grows for big frames)
     keepalive_interval: float = 0.0               # relay's own pings to each side; 0 = off
     keepalive_timeout: float = 10.0               # pong must arrive within this
     tls_cert: str | None = None                   # serve wss:// when both cert and key are set

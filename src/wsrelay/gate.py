@@ -178,6 +178,14 @@ class Gate(asyncio.Protocol):
         self.relay.on_refused(self, status, reason)
         self.respond(status, public_reason + "\n", headers)
 
+    def _forget_request(self) -> None:
+        """Drop what only the handshake needed: an idle session keeps a few hundred bytes here."""
+        self.raw = bytearray()
+        self.body = bytearray()
+        self._h11 = None
+        self.request = None
+        self.task = None
+
     def _close(self) -> None:
         self.state = "closed"
         if self._timer is not None:
@@ -230,7 +238,7 @@ class Gate(asyncio.Protocol):
             protocol.buffer_updated(n)
             pos += n
         view.release()
-        self.raw = bytearray()
+        self._forget_request()
         if client_side.transport is None:
             return False
         if transport.is_closing():

@@ -45,7 +45,7 @@ class Side(WSListener):
 
     def on_ws_connected(self, transport) -> None:
         self.transport = transport
-        self.pair.side_connected(self)
+        self.pair.side_connected(self)       # (the compiled pump also drops transport.request)
 
     def on_ws_frame(self, transport, frame) -> None:
         if frame.msg_type == WSMsgType.CLOSE:

@@ -9,19 +9,23 @@ Every refusal is an HTTP answer before any upgrade and before any bot is contact
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from collections import Counter
 from typing import TYPE_CHECKING
 
 from . import pump as pump_selector
+from .auth import Authenticator
 from .capacity import Capacity, LocalCapacity
 from .config import Config
 from .errors import RequestRefused
 from .gate import Gate
 from .handshake import parse_upgrade
+from .nonces import NonceStore
 from .registry import AgentRegistry, StaticRegistry
-from .routing import GENERIC_PREFIX, route_websocket, split_target
+from .routing import GENERIC_PREFIX, route_start_api, route_websocket, split_target
+from .start_api import StartRequest, handle_start
 from .session import Session
 from .session_log import log_refusal, log_session
 from .tls import server_tls_context, upstream_tls_context
@@ -37,13 +41,15 @@ class Relay:
     """Serves the public endpoint for the agents of ``registry``."""
 
     def __init__(self, config: Config, *, registry: AgentRegistry | None = None,
-                 pump: str | None = None, capacity: Capacity | None = None) -> None:
+                 pump: str | None = None, capacity: Capacity | None = None,
+                 nonces: NonceStore | None = None) -> None:
         self.config = config
         self.capacity = capacity or LocalCapacity()
         self.registry = registry or StaticRegistry(config.agents)
         self.pump = pump_selector.load(pump)
         cfg = config.relay
         self.tls = server_tls_context(cfg)
+        self.authenticator = Authenticator(config.auth, nonces)
         self.upstreams = UpstreamConnector(
             ssl_context=upstream_tls_context(cfg),
             connect_timeout=cfg.upstream_connect_timeout, max_frame_size=cfg.max_frame_size,
@@ -106,6 +112,7 @@ class Relay:
                         ", ".join(f"relay.{k}" for k in changed))
         self.config = Config(relay=self.config.relay, auth=config.auth, agents=config.agents,
                              source=config.source)
+        self.authenticator.auth = config.auth
         if isinstance(self.registry, StaticRegistry):
             self.registry.replace(config.agents)
 
@@ -121,7 +128,10 @@ class Relay:
             return
         try:
             path, _ = split_target(target)
-            if path == GENERIC_PREFIX or path.startswith(GENERIC_PREFIX + "/"):
+            start_agent = route_start_api(path)
+            if start_agent is not None:
+                self._answer_start_api(gate, start_agent)
+            elif path == GENERIC_PREFIX or path.startswith(GENERIC_PREFIX + "/"):
                 self._admit_websocket(gate, target)
             else:
                 raise RequestRefused(f"no endpoint at {path[:200]!r}", status=404,
@@ -141,19 +151,32 @@ class Relay:
             raise RequestRefused(f"unknown service host {route.service_host!r}", status=404,
                                  public_reason="Not Found: unknown agent")
         upgrade = parse_upgrade(request.method, request.headers)
-        session_id = self.authenticate(route, upgrade, agent)
-        self.admit(agent)
-        session = Session(self, gate, route, agent, upgrade, session_id)
+        gate.task = asyncio.get_running_loop().create_task(
+            self._authenticate_and_run(gate, route, agent, upgrade))
+
+    async def _authenticate_and_run(self, gate: Gate, route, agent: "AgentConfig", upgrade) -> None:
+        """Auth (the nonce store may be remote), capacity, then the session itself."""
+        try:
+            claims = await self.authenticator.check(route, upgrade, agent)
+            self.admit(agent)
+        except RequestRefused as exc:
+            gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
+            return
+        session = Session(self, gate, route, agent, upgrade, claims.session_id if claims else None)
         self.sessions.add(session)
         self._idle.clear()
-        gate.task = asyncio.get_running_loop().create_task(session.run())
+        await session.run()
 
-    def authenticate(self, route, upgrade, agent: "AgentConfig") -> str | None:
-        """Check the agent's token policy; returns a session id the token carries, if any."""
-        if agent.websocket_auth == "none":
-            return None
-        raise RequestRefused("token auth is not available in this build", status=503,
-                             public_reason="Service Unavailable")
+    def _answer_start_api(self, gate: Gate, agent_name: str) -> None:
+        request = gate.request
+        answer = handle_start(
+            StartRequest(method=request.method.decode("latin-1"), agent_name=agent_name,
+                         authorization=_header(request, b"authorization"),
+                         host=_header(request, b"host"), body=bytes(gate.body)),
+            registry=self.registry, config=self.config, authenticator=self.authenticator,
+            secure=self.tls is not None)
+        gate.respond(200, json.dumps(answer), {"Content-Type": "application/json",
+                                               "Cache-Control": "no-store"})
 
     def admit(self, agent: "AgentConfig") -> None:
         """Take a capacity slot of ``agent`` or refuse with 429."""
@@ -188,3 +211,10 @@ class Relay:
         self.rejections[status] += 1
         log_refusal(status=status, reason=reason, client=gate.peer,
                     target=gate.request.target.decode("latin-1")[:200] if gate.request else None)
+
+
+def _header(request, name: bytes) -> str | None:
+    for key, value in request.headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None

@@ -70,10 +70,13 @@ class Session:
     async def run(self) -> None:
         """Connect the bot; on failure answer the client with the upstream's status."""
         started = time.monotonic()
+        # picows keeps the extra headers object for the connection's life: hand it a dict
+        # and empty it once the handshake is sent.
+        headers = dict(self.forward_headers())
         try:
             await self.relay.upstreams.connect(
                 self.route.service_host, self.agent.upstreams,
-                query=self.route.forward_query, headers=self.forward_headers(),
+                query=self.route.forward_query, headers=headers,
                 listener_factory=self._bot_listener)
         except UpstreamError as exc:
             self.relay.release(self)
@@ -84,6 +87,8 @@ class Session:
             if not self.pair.bot.disconnected and self.pair.bot.transport is None:
                 self.relay.release(self)
             raise
+        finally:
+            headers.clear()
         self.upstream_seconds = time.monotonic() - started
 
     def _bot_listener(self, request, response):
@@ -94,6 +99,7 @@ class Session:
         """The bot said 101: give the client its 101 (with the bot's sub-protocol)."""
         headers = self._bot_response.headers if self._bot_response is not None else {}
         self.subprotocol = headers.get("Sec-WebSocket-Protocol")
+        self._bot_response = None
         if not self.gate.attach(pair.client, self.subprotocol):
             return False
         self.connected_at = time.monotonic()

@@ -1,0 +1,60 @@
+"""Token auth for agents with ``websocket_auth = "token"`` (SPEC §3), around tokens.py.
+
+``tokens.py`` mints and verifies (pure functions); this module adds what needs state:
+the signing keys of the running config, the clock, and the single-use nonce store.
+The token is taken from, in order, ``Authorization: Bearer``, ``?token=``, or the extra
+path segment. A missing token is 401; anything else wrong is 403; the precise reason
+goes to the log only.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from .config import AgentConfig, AuthConfig, Config
+from .errors import AuthError, TokenError
+from .handshake import UpgradeRequest
+from .nonces import MemoryNonceStore, NonceStore
+from .routing import Route
+from .tokens import TokenClaims, mint_token, missing_token_error, nonce_lifetime, verify_token
+
+
+class Authenticator:
+    """Checks a routed request's token against the agent's policy."""
+
+    def __init__(self, auth: AuthConfig, nonces: NonceStore | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.auth = auth
+        self.nonces = nonces or MemoryNonceStore()
+        self.clock = clock
+
+    async def check(self, route: Route, upgrade: UpgradeRequest, agent: AgentConfig) -> TokenClaims | None:
+        """None for an agent without auth; the verified claims otherwise (or AuthError)."""
+        if agent.websocket_auth != "token":
+            return None
+        token = upgrade.bearer_token or route.token
+        if not token:
+            raise missing_token_error()
+        now = self.clock()
+        claims = verify_token(token, service_host=route.service_host, keys=self.auth.keys,
+                              now=now, leeway=self.auth.clock_skew)
+        if not await self.nonces.claim(claims.nonce, nonce_lifetime(claims, now, self.auth.clock_skew)):
+            raise AuthError("token replayed: its nonce was already used", status=403)
+        return claims
+
+    def mint(self, service_host: str, *, ttl: int | None = None, session_id: str | None = None) -> str:
+        return mint_token(service_host, keys=self.auth.keys, active_key=self.auth.active_key or "",
+                          ttl=ttl or self.auth.token_ttl, now=self.clock(), session_id=session_id)
+
+
+def mint_for_config(config: Config, service_host: str, *, ttl: int | None = None,
+                    session_id: str | None = None) -> str:
+    """One token for ``service_host`` signed with the config's active key (``wsrelay token``)."""
+    known = {a.service_host for a in config.agents}
+    if service_host not in known:
+        raise TokenError(f"no agent {service_host!r} in the config; known: {', '.join(sorted(known)) or 'none'}")
+    if not config.auth.keys:
+        raise TokenError("no signing key: set [auth] secret (or keys + active_key) in the config, "
+                         "or WSRELAY_AUTH_SECRET in the environment")
+    return Authenticator(config.auth).mint(service_host, ttl=ttl, session_id=session_id)

@@ -1,0 +1,110 @@
+"""``POST /v1/public/{agent}/start``: the session start API of SPEC §3, sans-I/O.
+
+The caller authenticates with one of the agent's ``public_keys`` and gets a token, the
+URL to connect to and a session id (the token carries it, so the bot's ``X-Session-Id``
+equals it). With ``transport: "websocket"`` nothing is started: the bot starts when the
+client connects. A ``body`` comes back base64-encoded; the client appends it as
+``?body=`` when it connects, as the platform's clients do, and the bot receives it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import uuid
+from dataclasses import dataclass
+
+from .auth import Authenticator
+from .config import Config
+from .errors import RequestRefused
+from .registry import AgentRegistry
+
+MAX_BODY_JSON = 4096          # the platform's limit for the session body
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    method: str
+    agent_name: str
+    authorization: str | None
+    host: str | None
+    body: bytes
+
+
+def handle_start(request: StartRequest, *, registry: AgentRegistry, config: Config,
+                 authenticator: Authenticator, secure: bool) -> dict:
+    """The JSON answer for a start request, or RequestRefused with the status to send."""
+    if request.method != "POST":
+        raise RequestRefused(f"{request.method} on the start API", status=405,
+                             public_reason="Method Not Allowed: use POST", headers={"Allow": "POST"})
+    candidates = registry.find_by_name(request.agent_name)
+    if not candidates:
+        raise RequestRefused(f"start API: unknown agent {request.agent_name!r}", status=404,
+                             public_reason="Not Found: unknown agent")
+    key = _bearer(request.authorization)
+    agent = next((a for a in candidates if any(hmac.compare_digest(key.encode(), k.encode())
+                                                for k in a.public_keys)), None)
+    if agent is None:
+        raise RequestRefused(f"start API: wrong public key for {request.agent_name!r}", status=403,
+                             public_reason="Forbidden: invalid public key")
+    payload = _parse_json(request.body)
+    transport = payload.get("transport", "websocket")
+    if transport != "websocket":
+        raise RequestRefused(f"start API: transport {transport!r}", status=400,
+                             public_reason='Bad Request: this relay supports "transport": "websocket" only')
+    session_id = str(uuid.uuid4())
+    answer: dict = {"wsUrl": _ws_url(config, request.host, secure, agent.service_host),
+                    "sessionId": session_id}
+    if "body" in payload:
+        if agent.websocket_auth != "token":
+            raise RequestRefused("start API: a body for an agent without token auth", status=400,
+                                 public_reason='Bad Request: "body" needs an agent with websocket_auth = "token"')
+        body_json = json.dumps(payload["body"], separators=(",", ":")).encode()
+        if len(body_json) > MAX_BODY_JSON:
+            raise RequestRefused(f"start API: body of {len(body_json)} bytes", status=413,
+                                 public_reason=f"Content Too Large: body over {MAX_BODY_JSON} bytes")
+        answer["body"] = base64.b64encode(body_json).decode()
+    if agent.websocket_auth == "token":
+        answer["token"] = authenticator.mint(agent.service_host, session_id=session_id)
+    return answer
+
+
+def _bearer(value: str | None) -> str:
+    if value is None:
+        raise RequestRefused("start API without Authorization", status=401,
+                             public_reason="Unauthorized: send 'Authorization: Bearer <public key>'")
+    scheme, _, key = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise RequestRefused("start API: Authorization is not Bearer", status=401,
+                             public_reason="Unauthorized: send 'Authorization: Bearer <public key>'")
+    return key.strip()
+
+
+def _parse_json(body: bytes) -> dict:
+    if len(body) > 2 * MAX_BODY_JSON:
+        raise RequestRefused(f"start API: request of {len(body)} bytes", status=413,
+                             public_reason="Content Too Large")
+    if not body.strip():
+        return {}
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestRefused("start API: malformed JSON", status=400,
+                             public_reason="Bad Request: the body is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise RequestRefused("start API: JSON is not an object", status=400,
+                             public_reason="Bad Request: the body must be a JSON object")
+    return payload
+
+
+def _ws_url(config: Config, host: str | None, secure: bool, service_host: str) -> str:
+    base = config.relay.public_url
+    if base:
+        base = base.rstrip("/")
+        for old, new in (("https://", "wss://"), ("http://", "ws://")):
+            if base.startswith(old):
+                base = new + base[len(old):]
+    else:
+        base = f"{'wss' if secure else 'ws'}://{host or 'localhost'}"
+    return f"{base}/ws/generic/{service_host}"

@@ -1,0 +1,125 @@
+"""Session tokens, sans-I/O: mint and verify (SPEC §3). No clock, no state, no I/O.
+
+    token = base64url(payload_json) "." base64url(HMAC-SHA256(key, base64url(payload_json)))
+
+without padding; payload ``{"sh": "agent.org", "exp": unix seconds, "nonce": random,
+"kid": key id}`` and optionally ``"sid"`` (a session id). The signature is checked with
+``hmac.compare_digest`` *before* any claim is trusted; the key id is the only field read
+before that, to pick the key. Every failure is an ``AuthError`` (403) whose message is for
+the log; the client only learns "Forbidden". Replay protection (single-use nonces) needs
+state and lives in nonces.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import AuthError, TokenError
+
+MAX_TOKEN_CHARS = 2048
+MAX_NONCE_CHARS = 128
+MAX_SID_CHARS = 128
+_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    service_host: str
+    exp: int
+    nonce: str
+    kid: str
+    session_id: str | None = None
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: str, signed_part: str) -> bytes:
+    return hmac.new(secret.encode(), signed_part.encode("ascii"), hashlib.sha256).digest()
+
+
+def mint_token(service_host: str, *, keys: Mapping[str, str], active_key: str, ttl: int, now: float,
+               session_id: str | None = None, nonce: str | None = None) -> str:
+    """A token for ``service_host`` valid for ``ttl`` seconds from ``now``, signed with ``active_key``."""
+    if not active_key or active_key not in keys:
+        raise TokenError(f"no signing key {active_key!r}: set [auth] secret (or keys and active_key) "
+                         "or WSRELAY_AUTH_SECRET")
+    if ttl <= 0:
+        raise TokenError(f"token lifetime must be positive, got {ttl}")
+    claims = {"sh": service_host, "exp": int(now) + int(ttl),
+              "nonce": nonce or secrets.token_urlsafe(18), "kid": active_key}
+    if session_id is not None:
+        claims["sid"] = session_id
+    payload = _b64encode(json.dumps(claims, separators=(",", ":")).encode())
+    return f"{payload}.{_b64encode(_sign(keys[active_key], payload))}"
+
+
+def missing_token_error() -> AuthError:
+    return AuthError("no token: the agent requires one", status=401,
+                     public_reason="Unauthorized: this agent requires a token")
+
+
+def _refuse(reason: str) -> AuthError:
+    return AuthError(reason, status=403)
+
+
+def _decode_json(payload: str) -> dict:
+    try:
+        claims = json.loads(_b64decode(payload))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise _refuse("token payload is not base64url JSON") from None
+    if not isinstance(claims, dict):
+        raise _refuse("token payload is not a JSON object")
+    return claims
+
+
+def verify_token(token: str, *, service_host: str, keys: Mapping[str, str], now: float,
+                 leeway: int) -> TokenClaims:
+    """The claims of a valid token for ``service_host``; AuthError (403) otherwise."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+        raise _refuse(f"token longer than {MAX_TOKEN_CHARS} characters")
+    payload, dot, signature = token.partition(".")
+    if not dot or "." in signature or not _B64URL.match(payload) or not _B64URL.match(signature):
+        raise _refuse("token is not two base64url parts joined by '.'")
+    claims = _decode_json(payload)
+    kid = claims.get("kid")
+    if not isinstance(kid, str) or kid not in keys:
+        raise _refuse(f"token signed with unknown key id {str(kid)[:40]!r}")
+    try:
+        given = _b64decode(signature)
+    except (ValueError, binascii.Error):
+        raise _refuse("token signature is not base64url") from None
+    if not hmac.compare_digest(given, _sign(keys[kid], payload)):
+        raise _refuse("token signature does not match")
+    sh, exp, nonce, sid = claims.get("sh"), claims.get("exp"), claims.get("nonce"), claims.get("sid")
+    if not isinstance(sh, str):
+        raise _refuse("token has no service host claim 'sh'")
+    if not isinstance(exp, int) or isinstance(exp, bool):
+        raise _refuse("token claim 'exp' is not an integer")
+    if not isinstance(nonce, str) or not 1 <= len(nonce) <= MAX_NONCE_CHARS:
+        raise _refuse("token claim 'nonce' is missing or too long")
+    if sid is not None and (not isinstance(sid, str) or len(sid) > MAX_SID_CHARS):
+        raise _refuse("token claim 'sid' is not a short string")
+    if exp + leeway < now:
+        raise _refuse(f"token expired {int(now - exp)}s ago")
+    if sh != service_host:
+        raise _refuse(f"token is for another agent ({sh[:140]!r}, not {service_host!r})")
+    return TokenClaims(sh, exp, nonce, kid, sid)
+
+
+def nonce_lifetime(claims: TokenClaims, now: float, leeway: int) -> float:
+    """How long the nonce must be remembered: as long as the token could still verify."""
+    return max(1.0, claims.exp + leeway - now)
