@@ -250,7 +250,8 @@ class RelayProcess:
         return psutil.Process(self.proc.pid).memory_info().rss
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:

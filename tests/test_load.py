@@ -123,6 +123,7 @@ def test_slow_reader_costs_bounded_memory_and_loses_nothing(pump, slow_side, tmp
 host = "127.0.0.1"
 port = {relay_port}
 admin_port = 0
+drain_seconds = 1
 [[agents]]
 name = "bulk"
 organization = "test"

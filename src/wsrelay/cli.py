@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_check(args) -> int:
-    cfg = config_mod.load_config(args.config)
+    cfg = _load(args.config)
+    config_mod.require_signing_key(cfg)
     print(f"{args.config}: OK, {len(cfg.agents)} agent(s): "
           + ", ".join(a.service_host for a in cfg.agents))
     return 0
