@@ -86,25 +86,25 @@ def cmd_serve(args) -> int:
     workers = cfg.relay.workers if cfg is not None else (args.workers or 1)
     if workers > 1:
         from .workers import run_workers
-        return run_workers(workers, lambda capacity: _run(cfg, args, capacity))
-    return _run(cfg, args, None)
+        return run_workers(workers, lambda capacity, index: _run(cfg, args, capacity, index))
+    return _run(cfg, args, None, 0)
 
 
 def _load(path):
     return config_mod.auth_secret_from_env(config_mod.load_config(path), os.environ)
 
 
-def _run(cfg, args, capacity) -> int:
+def _run(cfg, args, capacity, worker: int) -> int:
     try:
         import uvloop
         runner = uvloop.run
     except ImportError:           # pragma: no cover - uvloop is a dependency on Linux/macOS
         runner = asyncio.run
     return runner(serve(cfg, config_path=args.config, host=args.host, port=args.port,
-                        capacity=capacity))
+                        capacity=capacity, worker=worker))
 
 
-async def serve(cfg, *, config_path=None, host=None, port=None, capacity=None) -> int:
+async def serve(cfg, *, config_path=None, host=None, port=None, capacity=None, worker: int = 0) -> int:
     """Run one relay process until SIGTERM/SIGINT; returns the exit status.
 
     SIGHUP, or a change of the config file, reloads the agents without dropping sessions;
@@ -122,6 +122,11 @@ async def serve(cfg, *, config_path=None, host=None, port=None, capacity=None) -
             config_mod.demo_config(f"ws://127.0.0.1:{echo_port}/"), host=host, port=port)
     relay = Relay(cfg, capacity=capacity)
     await relay.start()
+    admin = None
+    if cfg.relay.admin_port and worker == 0:
+        from .admin import AdminServer
+        admin = AdminServer(render_metrics=relay.metrics.render, is_ready=lambda: relay.accepting)
+        await admin.start(cfg.relay.host, cfg.relay.admin_port)
     agents = ", ".join(a.service_host for a in relay.registry.agents()) or "none"
     log.info("wsrelay listening on ws://%s:%d (pump: %s; agents: %s)",
              cfg.relay.host, relay.port, relay.pump.IMPLEMENTATION, agents)
@@ -141,6 +146,8 @@ async def serve(cfg, *, config_path=None, host=None, port=None, capacity=None) -
         watcher.cancel()
     log.info("draining %d session(s) for up to %ss", len(relay.sessions), cfg.relay.drain_seconds)
     await relay.stop(drain_seconds=cfg.relay.drain_seconds)
+    if admin is not None:
+        await admin.close()
     if echo is not None:
         echo.close()
     log.info("stopped")

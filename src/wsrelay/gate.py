@@ -34,13 +34,13 @@ EARLY_DATA_BYTES = 65536       # client bytes buffered while its bot is being co
 MAX_BODY_BYTES = 8192          # the start API's JSON bodies; the platform caps body at 4 KiB
 
 
-def http_response(status: int, body: str = "", headers: dict[str, str] | None = None) -> bytes:
+def http_response(status: int, body: str | bytes = "", headers: dict[str, str] | None = None) -> bytes:
     """A complete ``Connection: close`` HTTP/1.1 response."""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
-    data = body.encode()
+    data = body.encode() if isinstance(body, str) else body
     lines = [f"HTTP/1.1 {status} {phrase}"]
     all_headers = {"Content-Type": "text/plain; charset=utf-8"}
     all_headers.update(headers or {})

@@ -22,6 +22,7 @@ from .config import Config
 from .errors import RequestRefused
 from .gate import Gate
 from .handshake import parse_upgrade
+from .metrics import RelayMetrics
 from .nonces import NonceStore
 from .registry import AgentRegistry, StaticRegistry
 from .routing import GENERIC_PREFIX, route_start_api, route_websocket, split_target
@@ -59,6 +60,7 @@ class Relay:
         self.active: Counter[str] = Counter()          # service host -> this process's sessions
         self.rejections: Counter[int] = Counter()      # HTTP status -> refused handshakes
         self.accepting = True
+        self.metrics = RelayMetrics(self._active_by_agent)
         self._server: asyncio.Server | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -205,10 +207,20 @@ class Relay:
         pass
 
     def on_session_end(self, session: Session) -> None:
-        log_session(session.summary())
+        summary = session.summary()
+        log_session(summary)
+        if session.connected_at is not None:
+            self.metrics.session_ended(summary, summary["duration_s"])
+
+    def on_upstream_connected(self, seconds: float) -> None:
+        self.metrics.upstream_connected(seconds)
+
+    def _active_by_agent(self) -> dict[tuple[str, str], int]:
+        return {tuple(host.rsplit(".", 1)): n for host, n in self.active.items()}
 
     def on_refused(self, gate: Gate, status: int, reason: str) -> None:
         self.rejections[status] += 1
+        self.metrics.handshake_refused(status)
         log_refusal(status=status, reason=reason, client=gate.peer,
                     target=gate.request.target.decode("latin-1")[:200] if gate.request else None)
 

@@ -90,6 +90,7 @@ class Session:
         finally:
             headers.clear()
         self.upstream_seconds = time.monotonic() - started
+        self.relay.on_upstream_connected(self.upstream_seconds)
 
     def _bot_listener(self, request, response):
         self._bot_response = response

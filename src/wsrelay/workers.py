@@ -18,7 +18,7 @@ from .capacity import SharedCapacity
 log = logging.getLogger("wsrelay.workers")
 
 
-def run_workers(count: int, run_one: Callable[[SharedCapacity], int]) -> int:
+def run_workers(count: int, run_one: Callable[[SharedCapacity, int], int]) -> int:
     capacity = SharedCapacity()
     children: list[int] = []
     for index in range(count):
@@ -26,7 +26,7 @@ def run_workers(count: int, run_one: Callable[[SharedCapacity], int]) -> int:
         if pid == 0:                               # the worker
             status = 1
             try:
-                status = run_one(capacity)
+                status = run_one(capacity, index)
             except BaseException:                  # pragma: no cover - logged, then exit
                 log.exception("worker %d failed", index)
             finally:

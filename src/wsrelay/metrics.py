@@ -1,0 +1,80 @@
+"""Prometheus metrics of one relay process, in a registry of its own.
+
+Per-frame counters are C integers inside the pump; ``FrameCollector`` reads them at
+scrape time, so relaying a frame never calls into Python for metrics. Label values are
+bounded: agents come from the config, statuses and outcomes from small fixed sets.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from . import pump
+
+OUTCOMES = ("closed", "client lost", "bot lost", "time limit", "idle timeout", "shutdown",
+            "protocol error", "keepalive timeout", "close timeout", "other")
+
+
+def outcome_of(end_reason: str | None) -> str:
+    """Map a session's end reason onto the fixed outcome label set."""
+    reason = (end_reason or "closed").split(" (")[0]
+    return reason if reason in OUTCOMES else "other"
+
+
+class FrameCollector:
+    """Frames/bytes per direction and live sessions per agent, computed when scraped."""
+
+    def __init__(self, active: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self._active = active
+
+    def collect(self):
+        totals = pump.totals()
+        frames = CounterMetricFamily("wsrelay_frames", "Frames relayed, by direction", labels=["direction"])
+        data = CounterMetricFamily("wsrelay_bytes", "Payload bytes relayed, by direction", labels=["direction"])
+        for direction, key in (("client_to_bot", "up"), ("bot_to_client", "down")):
+            frames.add_metric([direction], totals[f"frames_{key}"])
+            data.add_metric([direction], totals[f"bytes_{key}"])
+        yield frames
+        yield data
+        active = GaugeMetricFamily("wsrelay_sessions_active", "Sessions relayed now",
+                                   labels=["agent", "organization"])
+        for (agent, organization), count in sorted(self._active().items()):
+            active.add_metric([agent, organization], count)
+        yield active
+
+
+class RelayMetrics:
+    """The relay's metrics; ``render()`` is the /metrics body."""
+
+    def __init__(self, active: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(FrameCollector(active))
+        self.sessions = Counter("wsrelay_sessions", "Sessions ended, by outcome",
+                                ["agent", "organization", "outcome"], registry=self.registry)
+        self.rejections = Counter("wsrelay_handshake_rejections", "Handshakes refused before upgrade",
+                                  ["status"], registry=self.registry)
+        self.upstream_connect = Histogram(
+            "wsrelay_upstream_connect_seconds", "Time to connect to a bot and get its 101",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry)
+        self.session_seconds = Histogram(
+            "wsrelay_session_seconds", "Duration of relayed sessions",
+            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200), registry=self.registry)
+
+    def session_ended(self, summary: dict, seconds: float) -> None:
+        self.sessions.labels(summary["agent"], summary["organization"],
+                             outcome_of(summary.get("end_reason"))).inc()
+        self.session_seconds.observe(seconds)
+
+    def handshake_refused(self, status: int) -> None:
+        self.rejections.labels(str(int(status))).inc()
+
+    def upstream_connected(self, seconds: float) -> None:
+        self.upstream_connect.observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

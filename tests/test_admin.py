@@ -1,0 +1,105 @@
+"""The admin listener: health, readiness, Prometheus metrics read from the pump's counters."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from picows import WSMsgType
+from prometheus_client.parser import text_string_to_metric_families
+
+from wsrelay.admin import AdminServer
+
+from support import Bot, arun, connect_client, raw_request, relay_config, start_relay, status_of, upgrade_head
+
+
+async def _get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
+    response = await raw_request(port, f"{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
+    return status_of(response), response.split(b"\r\n\r\n", 1)[1]
+
+
+def _samples(body: bytes) -> dict[tuple[str, tuple], float]:
+    result = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            result[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return result
+
+
+async def _setup(pump):
+    bot = await Bot(echo=True).start()
+    relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
+    ready = {"value": True}
+    admin = AdminServer(render_metrics=relay.metrics.render, is_ready=lambda: ready["value"], read_timeout=0.3)
+    await admin.start("127.0.0.1", 0)
+    return bot, relay, admin, ready
+
+
+def test_metrics_count_frames_bytes_sessions_and_refusals(pump):
+    async def main():
+        bot, relay, admin, _ = await _setup(pump)
+        _, before = await _get(admin.port, "/metrics")
+        before = _samples(before)
+        client, rec = await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo")
+        for _ in range(10):
+            client.send(WSMsgType.BINARY, b"x" * 100)
+        await rec.wait_frames(10)
+        status, during = await _get(admin.port, "/metrics")
+        assert status == 200
+        during = _samples(during)
+        assert during[("wsrelay_sessions_active", (("agent", "echo"), ("organization", "demo")))] == 1
+        client.send_close(1000)
+        await rec.disconnected.wait()
+        await asyncio.sleep(0.05)
+        await raw_request(relay.port, upgrade_head("/ws/generic/nobody.demo"))
+        _, after = await _get(admin.port, "/metrics")
+        after = _samples(after)
+
+        def delta(name, **labels):
+            key = (name, tuple(sorted(labels.items())))
+            return after.get(key, 0) - before.get(key, 0)
+        assert delta("wsrelay_frames_total", direction="client_to_bot") == 10
+        assert delta("wsrelay_frames_total", direction="bot_to_client") == 10
+        assert delta("wsrelay_bytes_total", direction="client_to_bot") == 1000
+        assert delta("wsrelay_bytes_total", direction="bot_to_client") == 1000
+        assert delta("wsrelay_sessions_total", agent="echo", organization="demo", outcome="closed") == 1
+        assert delta("wsrelay_handshake_rejections_total", status="404") == 1
+        assert delta("wsrelay_upstream_connect_seconds_count") == 1
+        assert delta("wsrelay_session_seconds_count") == 1
+        assert ("wsrelay_sessions_active", (("agent", "echo"), ("organization", "demo"))) not in after
+        bot.close()
+    arun(main())
+
+
+def test_health_and_readiness(pump):
+    async def main():
+        bot, relay, admin, ready = await _setup(pump)
+        assert await _get(admin.port, "/healthz") == (200, b"ok\n")
+        assert (await _get(admin.port, "/readyz"))[0] == 200
+        ready["value"] = False
+        assert await _get(admin.port, "/readyz") == (503, b"draining\n")
+        assert (await _get(admin.port, "/healthz"))[0] == 200
+        status, body = await _get(admin.port, "/metrics", method="HEAD")
+        assert status == 200 and body == b""
+        bot.close()
+    arun(main())
+
+
+BAD = [
+    (b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n", 404),
+    (b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n", 405),
+    (b"GET /metrics HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431),
+    (b"\x00\x01garbage\r\n\r\n", 400),
+    (b"GET /healthz HTTP/1.1\r\n", 408),          # never finishes its head
+]
+
+
+@pytest.mark.parametrize("request_bytes,status", BAD, ids=["404", "405", "431", "garbage", "slowloris"])
+def test_admin_refuses_bad_input(pump, request_bytes, status):
+    async def main():
+        bot, relay, admin, _ = await _setup(pump)
+        response = await raw_request(admin.port, request_bytes)
+        assert status_of(response) == status
+        assert (await _get(admin.port, "/healthz"))[0] == 200       # still serving
+        bot.close()
+    arun(main())
