@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.wsrelay-installed
 SOURCES := pyproject.toml setup.py $(wildcard csrc/wsrelay/*.pyx csrc/wsrelay/*.pxd)
 
-.PHONY: demo test install clean
+.PHONY: demo test bench install clean
 
 install: $(STAMP)
 
@@ -21,8 +21,17 @@ $(STAMP): $(SOURCES)
 demo: $(STAMP)
 	$(BIN)/wsrelay serve
 
+# The whole suite: micro-benchmarks (short), the side-by-side check against nginx (short,
+# fails only on a large regression of the ratio), then every test.
 test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider benchmarks/test_micro.py --benchmark-min-rounds=3 --benchmark-max-time=0.2
+	$(BIN)/python benchmarks/e2e.py --quick --relays wsrelay,nginx --workloads pingpong,audio --repeats 3 --check benchmarks/baseline.json
 	$(BIN)/python -m pytest -q tests
+
+# The full side-by-side benchmark (a few minutes on 2 cores): table, JSON and plot.
+bench: $(STAMP)
+	mkdir -p benchmarks/results
+	$(BIN)/python benchmarks/e2e.py --json benchmarks/results/e2e.json --plot benchmarks/results/e2e.png
 
 clean:
 	rm -rf build src/*.egg-info src/wsrelay/*.so csrc/wsrelay/*.c $(VENV)

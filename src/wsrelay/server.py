@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import socket
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -72,10 +73,15 @@ class Relay:
         loop = asyncio.get_running_loop()
         cfg = self.config.relay
         tls = {"ssl": self.tls, "ssl_handshake_timeout": cfg.handshake_timeout} if self.tls else {}
+        create_server = loop.create_server
+        if os.environ.get("WSRELAY_AIOFASTNET") == "1":
+            import functools
+            import aiofastnet
+            create_server = functools.partial(aiofastnet.create_server, loop)
         if sock is not None:
-            self._server = await loop.create_server(lambda: Gate(self), sock=sock, backlog=1024, **tls)
+            self._server = await create_server(lambda: Gate(self), sock=sock, backlog=1024, **tls)
         else:
-            self._server = await loop.create_server(
+            self._server = await create_server(
                 lambda: Gate(self), cfg.host, cfg.port, backlog=1024,
                 reuse_port=cfg.workers > 1 or None, **tls)
 
