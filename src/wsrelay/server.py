@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import socket
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -74,10 +73,6 @@ class Relay:
         cfg = self.config.relay
         tls = {"ssl": self.tls, "ssl_handshake_timeout": cfg.handshake_timeout} if self.tls else {}
         create_server = loop.create_server
-        if os.environ.get("WSRELAY_AIOFASTNET") == "1":
-            import functools
-            import aiofastnet
-            create_server = functools.partial(aiofastnet.create_server, loop)
         if sock is not None:
             self._server = await create_server(lambda: Gate(self), sock=sock, backlog=1024, **tls)
         else:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import logging
 import ssl
 from typing import Callable
@@ -74,7 +73,7 @@ class UpstreamConnector:
                         extra_headers=headers,
                         max_redirects=0,
                         read_buffer_init_size=self._read_buffer_size,
-                        use_aiofastnet=os.environ.get("WSRELAY_AIOFASTNET") == "1",
+                        use_aiofastnet=False,     # measured: no gain over uvloop here
                     )
             except WSHandshakeError as exc:
                 if exc.response is not None and int(exc.response.status) >= 300:
