@@ -83,11 +83,23 @@ def cmd_serve(args) -> int:
     if cfg is not None:
         cfg = config_mod.apply_overrides(cfg, host=args.host, port=args.port, workers=args.workers)
         config_mod.require_signing_key(cfg)
+    _raise_open_files_limit()
     workers = cfg.relay.workers if cfg is not None else (args.workers or 1)
     if workers > 1:
         from .workers import run_workers
         return run_workers(workers, lambda capacity, index: _run(cfg, args, capacity, index))
     return _run(cfg, args, None, 0)
+
+
+def _raise_open_files_limit() -> None:
+    """Each session holds two sockets: lift the soft open-files limit to the hard one."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):    # pragma: no cover - not on every platform
+        pass
 
 
 def _load(path):
