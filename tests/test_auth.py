@@ -81,7 +81,17 @@ REFUSED = [
                                        now=time.time()), 403),
     ("expired beyond leeway", lambda: _token(ttl=1, now=time.time() - 40), 403),
     ("oversized", lambda: "a" * 3000 + "." + "b" * 100, 403),
+    # Unsigned, deeply nested JSON (RecursionError inside json.loads) must still be a 403.
+    ("nested json", lambda: base64.urlsafe_b64encode(b"[" * 1400).rstrip(b"=").decode() + ".AAAA", 403),
+    ("non-canonical signature", lambda: _noncanonical(_token()), 403),
 ]
+
+
+def _noncanonical(token: str) -> str:
+    """The same signature bytes spelled with other unused low bits in the last character."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    return token[:-1] + alphabet[last ^ 1]
 
 
 @pytest.mark.parametrize("name,make,status", REFUSED, ids=[r[0] for r in REFUSED])

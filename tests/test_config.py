@@ -137,6 +137,9 @@ def test_environment_secret_overrides_the_file():
     assert auth_secret_from_env(cfg, {}).auth.keys == {"k2": "new"}
     env = auth_secret_from_env(cfg, {"WSRELAY_AUTH_SECRET": "from-env"})
     assert env.auth.keys == {"env": "from-env"} and env.auth.active_key == "env"
+    with pytest.raises(ConfigError) as info:       # undecodable bytes arrive as surrogates
+        auth_secret_from_env(cfg, {"WSRELAY_AUTH_SECRET": b"sec\xffret".decode("utf-8", "surrogateescape")})
+    assert info.value.key == "WSRELAY_AUTH_SECRET" and "UTF-8" in str(info.value)
 
 
 def test_token_agent_without_key_is_refused_at_start():

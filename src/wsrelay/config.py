@@ -467,6 +467,13 @@ def auth_secret_from_env(config: Config, environ: Mapping[str, str] = os.environ
     secret = environ.get("WSRELAY_AUTH_SECRET")
     if not secret:
         return config
+    try:
+        secret.encode("utf-8")
+    except UnicodeEncodeError:
+        # Undecodable bytes in the environment arrive as surrogates; HMAC needs real text.
+        raise ConfigError("WSRELAY_AUTH_SECRET is not valid UTF-8: set it to printable text "
+                          "(e.g. the output of 'openssl rand -hex 32')",
+                          key="WSRELAY_AUTH_SECRET") from None
     auth = dataclasses.replace(config.auth, keys={"env": secret}, active_key="env")
     return dataclasses.replace(config, auth=auth)
 

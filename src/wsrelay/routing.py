@@ -22,9 +22,10 @@ from urllib.parse import unquote
 from .errors import RouteError
 
 GENERIC_PREFIX = "/ws/generic"
-START_API = re.compile(r"^/v1/public/([^/]+)/start$")
-LABEL = re.compile(r"^[a-z0-9-]{1,63}$")
-TOKEN_CHARS = re.compile(r"^[A-Za-z0-9_.\-]+$")
+# \Z, not $: "$" also matches before a final newline, which would let "demo\n" through.
+START_API = re.compile(r"/v1/public/([^/]+)/start\Z")
+LABEL = re.compile(r"[a-z0-9-]{1,63}\Z")
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+\Z")
 MAX_QUERY_FIELDS = 64
 
 
@@ -56,7 +57,15 @@ def split_target(target: str) -> tuple[str, str]:
 
 
 def parse_service_host(value: str) -> tuple[str, str]:
-    """``agent.org`` → (agent, org), split at the last dot; 400 when malformed."""
+    """``agent.org`` → (agent, org), split at the last dot; 400 when malformed.
+
+    ASCII is checked before lower-casing: ``str.lower`` maps some non-ASCII letters to
+    ASCII ones (KELVIN SIGN → ``k``), which would route a look-alike name.
+    """
+    if not value.isascii():
+        raise RouteError(f"malformed service host {value[:140]!r}: only ASCII a-z, 0-9, '-' and "
+                         "one '.' are allowed", status=400,
+                         public_reason="Bad Request: malformed service host")
     value = value.lower()
     agent, dot, org = value.rpartition(".")
     if not dot or not LABEL.match(agent) or not LABEL.match(org):
@@ -99,7 +108,7 @@ def route_websocket(target: str) -> Route:
     segments = [s for s in path[len(GENERIC_PREFIX):].split("/")]
     # "/ws/generic" → [""], "/ws/generic/a.b" → ["", "a.b"], "/ws/generic/a.b/tok" → ["", "a.b", "tok"]
     segments = segments[1:]
-    if segments and segments[-1] == "" and len(segments) <= 2:
+    if segments and segments[-1] == "" and len(segments) <= 3:
         segments = segments[:-1]          # tolerate one trailing slash
     if any(s == "" for s in segments) or len(segments) > 2:
         raise RouteError(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")

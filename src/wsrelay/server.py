@@ -165,6 +165,10 @@ class Relay:
         except RequestRefused as exc:
             gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
             return
+        except Exception as exc:      # a bug or a failing nonce store: answer, never hang
+            log.exception("auth or admission failed unexpectedly")
+            gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
+            return
         session = Session(self, gate, route, agent, upgrade, claims.session_id if claims else None)
         self.sessions.add(session)
         self._idle.clear()

@@ -27,7 +27,7 @@ from .errors import AuthError, TokenError
 MAX_TOKEN_CHARS = 2048
 MAX_NONCE_CHARS = 128
 MAX_SID_CHARS = 128
-_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
+_B64URL = re.compile(r"[A-Za-z0-9_-]+\Z")
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ def _refuse(reason: str) -> AuthError:
 def _decode_json(payload: str) -> dict:
     try:
         claims = json.loads(_b64decode(payload))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
+        # RecursionError: deeply nested JSON ("[[[[..."), sent before any signature check.
         raise _refuse("token payload is not base64url JSON") from None
     if not isinstance(claims, dict):
         raise _refuse("token payload is not a JSON object")
@@ -98,11 +99,10 @@ def verify_token(token: str, *, service_host: str, keys: Mapping[str, str], now:
     kid = claims.get("kid")
     if not isinstance(kid, str) or kid not in keys:
         raise _refuse(f"token signed with unknown key id {str(kid)[:40]!r}")
-    try:
-        given = _b64decode(signature)
-    except (ValueError, binascii.Error):
-        raise _refuse("token signature is not base64url") from None
-    if not hmac.compare_digest(given, _sign(keys[kid], payload)):
+    # Compare the canonical text, not decoded bytes: the last base64url character of a
+    # 32-byte signature has 2 unused bits, so 4 spellings would decode to the same bytes.
+    expected = _b64encode(_sign(keys[kid], payload))
+    if not hmac.compare_digest(signature.encode("ascii"), expected.encode("ascii")):
         raise _refuse("token signature does not match")
     sh, exp, nonce, sid = claims.get("sh"), claims.get("exp"), claims.get("nonce"), claims.get("sid")
     if not isinstance(sh, str):
@@ -121,5 +121,9 @@ def verify_token(token: str, *, service_host: str, keys: Mapping[str, str], now:
 
 
 def nonce_lifetime(claims: TokenClaims, now: float, leeway: int) -> float:
-    """How long the nonce must be remembered: as long as the token could still verify."""
-    return max(1.0, claims.exp + leeway - now)
+    """How long the nonce must be remembered: as long as the token could still verify.
+
+    One second more than that: a token still verifies at the very instant
+    ``now == exp + leeway``, and the store forgets a nonce at its deadline.
+    """
+    return max(1.0, claims.exp + leeway - now + 1.0)
