@@ -265,3 +265,59 @@ class RelayProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, no persistence; for shared nonces.
+
+    Installed from Debian's packages when missing (as root), like the benchmark's nginx:
+    the suite must run on a fresh machine. Missing and not installable is a failure.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        import shutil
+        import subprocess
+        import time
+        binary = shutil.which("redis-server") or _install_redis_server()
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not listen on {self.port} within 10 s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+def _install_redis_server() -> str:
+    import shutil
+    import subprocess
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], capture_output=True,
+                       env=env, timeout=600)
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed and could not be installed: "
+                           "apt-get install redis-server")
+    return binary

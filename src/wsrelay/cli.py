@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_check(args) -> int:
     cfg = _load(args.config)
     config_mod.require_signing_key(cfg)
+    config_mod.require_shared_nonces(cfg)
     print(f"{args.config}: OK, {len(cfg.agents)} agent(s): "
           + ", ".join(a.service_host for a in cfg.agents))
     return 0
@@ -83,6 +84,7 @@ def cmd_serve(args) -> int:
     if cfg is not None:
         cfg = config_mod.apply_overrides(cfg, host=args.host, port=args.port, workers=args.workers)
         config_mod.require_signing_key(cfg)
+        config_mod.require_shared_nonces(cfg)
     _raise_open_files_limit()
     workers = cfg.relay.workers if cfg is not None else (args.workers or 1)
     if workers > 1:
@@ -188,6 +190,7 @@ class Reloader:
         try:
             new = _load(self.path)
             config_mod.require_signing_key(new)
+            config_mod.require_shared_nonces(new, self.relay.config.relay)
         except ConfigError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
             return False

@@ -485,3 +485,20 @@ def require_signing_key(config: Config) -> None:
         raise ConfigError(f"agents {', '.join(needing)} use websocket_auth = \"token\" but there is no "
                           "signing key: set [auth] secret (or keys and active_key) or WSRELAY_AUTH_SECRET",
                           key="auth.secret", source=config.source)
+
+
+def require_shared_nonces(config: Config, relay: RelayConfig | None = None) -> None:
+    """Token agents under ``workers > 1`` need a nonce store the workers share.
+
+    Each worker process would otherwise remember only its own nonces, and a replayed
+    token landing on another worker (SO_REUSEPORT spreads connections) would pass.
+    ``relay`` is the running relay's settings when checking a reload.
+    """
+    relay = relay or config.relay
+    needing = [a.service_host for a in config.agents if a.websocket_auth == "token"]
+    if needing and relay.workers > 1 and relay.nonce_store != "redis":
+        raise ConfigError(
+            f"agents {', '.join(needing)} use websocket_auth = \"token\" with {relay.workers} workers, "
+            "but each worker would remember only its own nonces, so a token could be used once per "
+            "worker: set relay.nonce_store = \"redis\" and relay.redis_url, or run one worker",
+            key="relay.nonce_store", source=config.source)

@@ -9,6 +9,7 @@
     │   │                             (carries the HTTP status to answer with)
     │   ├── RouteError                400 malformed / 404 unknown service host or path
     │   ├── AuthError                 401 token missing / 403 token invalid
+    │   │   └── NonceStoreUnavailable 503 the shared nonce store (Redis) did not answer
     │   └── CapacityError             429 agent at max_sessions (carries Retry-After)
     ├── UpstreamError                 no bot instance could take the session
     │   │                             (carries the HTTP status to answer with)
@@ -92,6 +93,16 @@ class AuthError(RequestRefused):
 
     status = 403
     public_reason = "Forbidden"
+
+
+class NonceStoreUnavailable(AuthError):
+    """The nonce store did not answer, so single use cannot be checked: 503, never a pass."""
+
+    status = 503
+    public_reason = "Service Unavailable: token check unavailable, retry later"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, headers={"Retry-After": "1"})
 
 
 class CapacityError(RequestRefused):

@@ -23,7 +23,7 @@ from .errors import RequestRefused
 from .gate import Gate
 from .handshake import parse_upgrade
 from .metrics import RelayMetrics
-from .nonces import NonceStore
+from .nonces import NonceStore, make_nonce_store
 from .registry import AgentRegistry, StaticRegistry
 from .routing import GENERIC_PREFIX, route_start_api, route_websocket, split_target
 from .start_api import StartRequest, handle_start
@@ -50,7 +50,8 @@ class Relay:
         self.pump = pump_selector.load(pump)
         cfg = config.relay
         self.tls = server_tls_context(cfg)
-        self.authenticator = Authenticator(config.auth, nonces)
+        self.authenticator = Authenticator(
+            config.auth, nonces or make_nonce_store(cfg.nonce_store, cfg.redis_url))
         self.upstreams = UpstreamConnector(
             ssl_context=upstream_tls_context(cfg),
             connect_timeout=cfg.upstream_connect_timeout, max_frame_size=cfg.max_frame_size,
@@ -102,13 +103,15 @@ class Relay:
             except TimeoutError:
                 for session in list(self.sessions):
                     session.pair.abort()
+        await self.authenticator.nonces.close()
 
     def reload(self, config: Config) -> None:
         """Take new agents and auth keys; live sessions keep the agent they started with.
 
         Listener settings (host, port, workers, TLS) need a restart and are kept.
         """
-        changed = [k for k in ("host", "port", "workers", "tls_cert", "tls_key", "admin_port")
+        changed = [k for k in ("host", "port", "workers", "tls_cert", "tls_key", "admin_port",
+                               "nonce_store", "redis_url")
                    if getattr(config.relay, k) != getattr(self.config.relay, k)]
         if changed:
             log.warning("config reload: %s changed but take effect only after a restart",
