@@ -220,7 +220,14 @@ def main() -> int:
     parser.add_argument("--plot", help="draw CPU/frame and p99 against audio connections here (PNG)")
     parser.add_argument("--sweep", help="audio connection counts for --plot (default 100,500,1000,2000,5000)")
     parser.add_argument("--check", help="baseline JSON: exit 1 on a large regression of the ratio to nginx")
+    parser.add_argument("--from-json", help="print the table (and --plot) of an earlier --json run; measure nothing")
     args = parser.parse_args()
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        print(render_table(report))
+        if args.plot and report.get("sweep"):
+            draw(report["sweep"], args.plot)
+        return 0
 
     reasons = ensure_packages()
     names = [n for n in args.relays.split(",") if n]
@@ -377,7 +384,8 @@ def draw(sweep: dict, path: str) -> None:
         xs = [p["conns"] for p in ok]
         ax1.plot(xs, [p.get("relay_cpu_us_per_frame") for p in ok], marker="o", label=name)
         ax2.plot(xs, [p.get("p99_ms") for p in ok], marker="o", label=name)
-    ax1.set(title="relay CPU per relayed frame", xlabel="audio connections (50 msg/s, 640 B)", ylabel="µs")
+    ax1.set(title="relay CPU per relayed frame", xlabel="audio connections (50 msg/s, 640 B)", ylabel="µs",
+            yscale="log")
     ax2.set(title="p99 round-trip latency", xlabel="audio connections (50 msg/s, 640 B)", ylabel="ms",
             yscale="log")
     for ax in (ax1, ax2):

@@ -45,6 +45,8 @@ def _tokens(value: str | None) -> set[str]:
 
 def parse_upgrade(method: bytes, headers: list[tuple[bytes, bytes]]) -> UpgradeRequest:
     """Validate a WebSocket upgrade request (RFC 6455 §4.2.1); 400/405/426 otherwise."""
+    # One pass over h11's header sequence (its generic __iter__ is slow), not one per lookup.
+    headers = list(headers)
     if method != b"GET":
         raise RequestRefused(f"method {method.decode('latin-1')} on a WebSocket endpoint",
                              status=405, public_reason="Method Not Allowed: use GET with a WebSocket upgrade",
