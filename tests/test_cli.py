@@ -31,11 +31,14 @@ def test_serve_without_config_runs_the_echo_demo(tmp_path):
             try:
                 async with websockets.connect(f"ws://localhost:{port}/ws/generic/echo.demo") as ws:
                     await ws.send("hello")
-                    return await ws.recv()
+                    echoed = await ws.recv()
+                break
             except OSError:
                 await asyncio.sleep(0.1)
+        refused = await raw_request(port, upgrade_head("/ws/generic/nobody.demo"))
+        return echoed, status_of(refused)
     try:
-        assert arun(main()) == "hello"
+        assert arun(main()) == ("hello", 404)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
@@ -46,6 +49,11 @@ def test_serve_without_config_runs_the_echo_demo(tmp_path):
     end = ends[0]
     assert (end["agent"], end["organization"], end["frames_up"], end["bytes_up"]) == ("echo", "demo", 1, 5)
     assert end["close_from_client"] == 1000 and end["first_closer"] == "client"
+    assert end["frames_down"] == 1 and end["bytes_down"] == 5 and end["duration_s"] >= 0
+    assert len(end["session_id"]) == 36 and end["end_reason"] == "closed"
+    refusals = [line for line in lines if line.get("event") == "handshake_refused"]
+    assert [(r["status"], r["target"]) for r in refusals] == [(404, "/ws/generic/nobody.demo")]
+    assert "unknown service host" in refusals[0]["reason"]
 
 
 def test_check_names_key_and_line_and_exits_2(tmp_path):
@@ -60,6 +68,17 @@ def test_check_names_key_and_line_and_exits_2(tmp_path):
     good.write_text('[[agents]]\nname = "a"\norganization = "b"\nupstreams = ["ws://x"]\n')
     result = _wsrelay("check", "--config", str(good))
     assert result.returncode == 0 and "a.b" in result.stdout
+
+
+def test_check_refuses_token_agents_under_workers_without_shared_nonces(tmp_path):
+    path = tmp_path / "workers.toml"
+    agent = '[[agents]]\nname = "a"\norganization = "b"\nupstreams = ["ws://x"]\nwebsocket_auth = "token"\n'
+    path.write_text('[relay]\nworkers = 2\n[auth]\nsecret = "s3cret"\n' + agent)
+    result = _wsrelay("check", "--config", str(path))
+    assert result.returncode == 2 and "relay.nonce_store" in result.stderr and "a.b" in result.stderr
+    path.write_text('[relay]\nworkers = 2\nnonce_store = "redis"\nredis_url = "redis://127.0.0.1:6379/0"\n'
+                    '[auth]\nsecret = "s3cret"\n' + agent)
+    assert _wsrelay("check", "--config", str(path)).returncode == 0
 
 
 def test_token_command_and_missing_key(tmp_path):
