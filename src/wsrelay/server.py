@@ -108,7 +108,8 @@ class Relay:
     def reload(self, config: Config) -> None:
         """Take new agents and auth keys; live sessions keep the agent they started with.
 
-        Listener settings (host, port, workers, TLS) need a restart and are kept.
+        Listener settings (host, port, workers, TLS) and the nonce store need a restart
+        and are kept.
         """
         changed = [k for k in ("host", "port", "workers", "tls_cert", "tls_key", "admin_port",
                                "nonce_store", "redis_url")
