@@ -10,7 +10,8 @@ import pytest
 
 from wsrelay.config import AuthConfig, ConfigError, require_shared_nonces
 from wsrelay.errors import NonceStoreUnavailable
-from wsrelay.nonces import RedisNonceStore, make_nonce_store, MemoryNonceStore
+from wsrelay.nonces import MemoryNonceStore, NonceStore, RedisNonceStore, make_nonce_store
+from wsrelay.server import Relay
 from wsrelay.tokens import mint_token
 
 from support import Bot, RedisServer, arun, connect_client, free_port, raw_request, relay_config, start_relay, status_of, upgrade_head
@@ -132,3 +133,26 @@ def test_workers_with_token_agents_need_the_shared_store():
     with pytest.raises(ConfigError):                                # against the running relay
         require_shared_nonces(_config("ws://127.0.0.1:1/", nonce_store="redis",
                                       redis_url="redis://x:1/0"), running)
+
+
+class FailingStore(NonceStore):
+    """A nonce store plugged in through ``Relay(nonces=...)`` that fails with a non-wsrelay error."""
+
+    async def claim(self, nonce: str, ttl: float) -> bool:
+        raise RuntimeError("store backend exploded")
+
+
+def test_an_unexpected_store_failure_answers_500_and_keeps_nothing(pump):
+    async def main():
+        bot = await Bot(echo=True).start()
+        cfg = _config(bot.url)
+        relay = Relay(cfg, pump=pump, nonces=FailingStore())
+        await relay.start()
+        response = await raw_request(relay.port, upgrade_head(f"/ws/generic/echo.demo?token={_token()}"),
+                                     read_timeout=5)
+        assert status_of(response) == 500                  # answered, not left hanging
+        assert bot.requests == [] and not relay.sessions and not relay.active
+        assert relay.rejections[500] == 1
+        await relay.stop()
+        bot.close()
+    arun(main())
