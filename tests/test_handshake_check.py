@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsrelay.errors import AuthError, RequestRefused
-from wsrelay.handshake import (MAX_SUBPROTOCOLS_HEADER, UpgradeRequest, bearer_token, header_values,
+from wsrelay.handshake import (MAX_HEADERS, MAX_SUBPROTOCOLS_HEADER, UpgradeRequest, bearer_token,
+                               canonical_upgrade_head, check_head, declares_body, header_values,
                                parse_upgrade)
 
 PROPERTY = settings(max_examples=250, deadline=None, derandomize=True, database=None)
@@ -49,7 +51,8 @@ def refused(method: bytes, headers, status: int, exc_type=RequestRefused) -> Req
 
 def test_a_valid_upgrade_request_is_accepted():
     assert parse_upgrade(b"GET", base_headers()) == UpgradeRequest(
-        host="relay.example:8443", subprotocols=None, bearer_token=None, user_agent=None)
+        host="relay.example:8443", key=KEY.decode(), subprotocols=None, bearer_token=None,
+        user_agent=None, forward=())
 
 
 @pytest.mark.parametrize("replace", [
@@ -89,8 +92,9 @@ def test_what_the_request_offers_is_returned():
         (b"sec-websocket-extensions", b"permessage-deflate"),
     ]
     assert parse_upgrade(b"GET", headers) == UpgradeRequest(
-        host="relay.example:8443", subprotocols="chat, superchat, v2", bearer_token="abc.def",
-        user_agent="test-client/1.0")
+        host="relay.example:8443", key=KEY.decode(), subprotocols="chat, superchat, v2",
+        bearer_token="abc.def", user_agent="test-client/1.0",
+        forward=(("user-agent", "test-client/1.0"),))
 
 
 def test_blank_subprotocol_headers_are_no_offer():
@@ -110,6 +114,9 @@ def test_header_values_are_latin_1():
     assert header_values(headers, b"missing") == []
     request = parse_upgrade(b"GET", base_headers() + headers)
     assert request.user_agent == "café"
+    # picows writes the bot's handshake as UTF-8: a value that is not UTF-8 is not forwarded.
+    assert ("x", "y") in request.forward
+    assert all(name != "user-agent" for name, _ in request.forward)
 
 
 # -- refused ----------------------------------------------------------------------------------------
@@ -227,3 +234,98 @@ def test_parse_upgrade_accepts_or_refuses_with_a_status(method, extra, drop):
     assert method == b"GET"
     assert isinstance(request, UpgradeRequest)
     assert request.subprotocols is None or len(request.subprotocols) <= MAX_SUBPROTOCOLS_HEADER
+
+
+# -- the one verdict: head rules, body, version, forwarding, the canonical head ----------------------
+
+@pytest.mark.parametrize("version", [b"1.0", b"0.9", b"2.0"])
+def test_only_http_1_1_upgrades(version):
+    with pytest.raises(RequestRefused) as info:
+        parse_upgrade(b"GET", base_headers(), http_version=version)
+    assert info.value.status == 400 and "HTTP/1.1" in info.value.public_reason
+
+
+@pytest.mark.parametrize("extra", [
+    [(b"content-length", b"5")], [(b"transfer-encoding", b"chunked")],
+    [(b"transfer-encoding", b"identity")], [(b"content-length", b"00001")],
+])
+def test_an_upgrade_with_a_body_is_a_400(extra):
+    assert declares_body(extra)
+    assert "no body" in refused(b"GET", base_headers() + extra, 400).public_reason
+
+
+@pytest.mark.parametrize("extra", [[(b"content-length", b"0")], [(b"content-length", b"000")], []])
+def test_an_empty_body_is_no_body(extra):
+    assert not declares_body(extra)
+    assert parse_upgrade(b"GET", base_headers() + extra).key == KEY.decode()
+
+
+def test_head_rules_header_count():
+    headers = [(b"x-h%d" % i, b"v") for i in range(MAX_HEADERS)]
+    check_head(b"GET / HTTP/1.1\r\n\r\n", headers)
+    with pytest.raises(RequestRefused) as info:
+        check_head(b"GET / HTTP/1.1\r\n\r\n", headers + [(b"one-more", b"v")])
+    assert info.value.status == 431
+
+
+@pytest.mark.parametrize("head", [b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n",
+                                  b"GET / HTTP/1.1\nX: a\n\tb\n\n"])
+def test_head_rules_folded_lines(head):
+    with pytest.raises(RequestRefused) as info:
+        check_head(head, [(b"x", b"a b")])
+    assert info.value.status == 400 and "folded" in info.value.public_reason
+
+
+@pytest.mark.parametrize("value", [b"a\x00b", b"a\x01", b"\x1b[31m", b"a\x7f", b"a\rb", b"a\nb"])
+def test_head_rules_control_characters(value):
+    with pytest.raises(RequestRefused) as info:
+        check_head(b"GET / HTTP/1.1\r\n\r\n", [(b"x", value)])
+    assert info.value.status == 400
+
+
+def test_head_rules_allow_tab_and_obs_text():
+    check_head(b"GET / HTTP/1.1\r\n\r\n", [(b"x", b"a\tb \xe9\xff")])
+
+
+def test_end_to_end_headers_are_forwarded_in_order_with_their_spelling():
+    extra = [(b"Origin", b"https://app.example"), (b"User-Agent", b"Firefox/122"),
+             (b"Cookie", b"a=1"), (b"Cookie", b"b=2"), (b"X-Custom", b"caf\xc3\xa9"),
+             (b"Connection", b"keep-alive, Upgrade, X-Hop"), (b"X-Hop", b"gone"),
+             (b"Keep-Alive", b"timeout=5"), (b"TE", b"trailers"), (b"Authorization", b"Bearer t"),
+             (b"X-Forwarded-For", b"6.6.6.6"), (b"X-Forwarded-Proto", b"https"),
+             (b"x-forwarded-anything", b"x"), (b"Forwarded", b"for=6.6.6.6"),
+             (b"X-Real-IP", b"6.6.6.6"), (b"X-Session-Id", b"forged"),
+             (b"X-Daily-Session-Id", b"forged"), (b"X-Service-Host", b"other.org"),
+             (b"Sec-WebSocket-Extensions", b"permessage-deflate"),
+             (b"Sec-WebSocket-Protocol", b"chat"), (b"Proxy-Authorization", b"Basic x")]
+    headers = [h for h in base_headers(connection=None)] + extra
+    request = parse_upgrade(b"GET", headers)
+    assert request.forward == (("Origin", "https://app.example"), ("User-Agent", "Firefox/122"),
+                               ("Cookie", "a=1"), ("Cookie", "b=2"), ("X-Custom", "café"))
+
+
+def test_canonical_head_is_what_picows_accepts():
+    from picows.picows import _parse_http_request, _validate_upgrade_request
+    head = canonical_upgrade_head(KEY.decode())
+    assert head.endswith(b"\r\n\r\n") and head.count(b"\r\n\r\n") == 1
+    request = _parse_http_request(head[:-4])
+    accept = _validate_upgrade_request(request)
+    expected = base64.b64encode(hashlib.sha1(KEY + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    assert accept == expected
+
+
+@PROPERTY
+@given(extra=st.lists(st.tuples(st.sampled_from(NAMES + [b"origin", b"cookie", b"x-forwarded-for"]),
+                                VALUES), max_size=8))
+def test_whatever_the_gate_accepts_picows_accepts_in_canonical_form(extra):
+    """The gate's verdict is final: an accepted request always yields a head picows takes."""
+    from picows.picows import _parse_http_request, _validate_upgrade_request
+    try:
+        request = parse_upgrade(b"GET", base_headers() + extra)
+    except RequestRefused:
+        return
+    head = canonical_upgrade_head(request.key)
+    _validate_upgrade_request(_parse_http_request(head[:-4]))
+    for name, value in request.forward:
+        assert name.lower() not in ("host", "upgrade", "connection", "authorization")
+        value.encode("utf-8")

@@ -1,6 +1,11 @@
-"""The client's upgrade request, sans-I/O: is it a valid WebSocket handshake, what it offers.
+"""The client's request head and upgrade, sans-I/O: the relay's one verdict on a handshake.
 
-Checked before any bot is contacted, so a bad handshake costs nothing upstream.
+The gate parses a request head with h11; the checks here decide, once, whether it is
+acceptable. picows never sees the client's own head: for an accepted upgrade the gate
+hands it a canonical one (``canonical_upgrade_head``) built from what was checked here,
+so the two can never disagree (a head refused by picows' stricter parser after the bot
+was contacted was a real bug: ``Connection: keep-alive, Upgrade``, LF-only line ends).
+
 Compression extensions are never negotiated (frames are relayed, not re-encoded), so
 ``Sec-WebSocket-Extensions`` is simply not forwarded.
 """
@@ -9,11 +14,29 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 from .errors import AuthError, RequestRefused
 
 MAX_SUBPROTOCOLS_HEADER = 1024
+MAX_HEADERS = 100               # header lines per request head (431 beyond); picows allows 128
+
+# Headers that never reach the bot (SPEC §1): hop-by-hop ones (RFC 9110 §7.6.1), the
+# handshake's own, the token's Authorization, and everything the relay itself asserts
+# (a client must not be able to forge where it came from or which session it is).
+NOT_FORWARDED = frozenset({
+    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+    "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length",
+    "sec-websocket-key", "sec-websocket-accept", "sec-websocket-extensions",
+    "sec-websocket-version", "sec-websocket-protocol", "authorization",
+    "forwarded", "x-real-ip", "x-session-id", "x-service-host", "x-daily-session-id",
+})
+NOT_FORWARDED_PREFIXES = ("x-forwarded-",)
+
+# Field values may hold visible ASCII, space, tab and obs-text; any other control byte
+# (NUL, CR, ESC, DEL ...) is refused rather than passed to a bot that may choke on it.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -21,9 +44,11 @@ class UpgradeRequest:
     """What the relay needs from a client's handshake."""
 
     host: str
+    key: str                       # Sec-WebSocket-Key, validated: 16 bytes in base64
     subprotocols: str | None       # the Sec-WebSocket-Protocol offer, as sent
     bearer_token: str | None       # from Authorization: Bearer
     user_agent: str | None
+    forward: tuple[tuple[str, str], ...] = field(default=())   # end-to-end headers for the bot
 
 
 def header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]:
@@ -43,14 +68,51 @@ def _tokens(value: str | None) -> set[str]:
     return {t.strip().lower() for t in (value or "").split(",") if t.strip()}
 
 
-def parse_upgrade(method: bytes, headers: list[tuple[bytes, bytes]]) -> UpgradeRequest:
+def check_head(head: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    """Rules for every request head, whatever the endpoint; RequestRefused otherwise.
+
+    ``head`` is the raw head as received (h11 unfolds obsolete line folding silently, so
+    folding is looked for in the bytes); ``headers`` is h11's parsed list.
+    """
+    if len(headers) > MAX_HEADERS:
+        raise RequestRefused(f"{len(headers)} header lines, at most {MAX_HEADERS} allowed", status=431,
+                             public_reason="Request Header Fields Too Large: too many headers")
+    if b"\n " in head or b"\n\t" in head:
+        raise RequestRefused("obsolete line folding in the request head", status=400,
+                             public_reason="Bad Request: folded header lines are not allowed")
+    for name, value in headers:
+        if _CONTROL.search(value):
+            raise RequestRefused(f"control character in header {name.decode('latin-1')}", status=400,
+                                 public_reason="Bad Request: control character in a header value")
+
+
+def declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """True when the head announces a body (any Transfer-Encoding, or a non-zero length)."""
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return True
+        if name == b"content-length" and value.strip(b"0"):
+            return True
+    return False
+
+
+def parse_upgrade(method: bytes, headers: list[tuple[bytes, bytes]], *,
+                  http_version: bytes = b"1.1") -> UpgradeRequest:
     """Validate a WebSocket upgrade request (RFC 6455 §4.2.1); 400/405/426 otherwise."""
-    # One pass over h11's header sequence (its generic __iter__ is slow), not one per lookup.
-    headers = list(headers)
+    # h11's Headers keep the client's spelling in raw_items(); a plain list (the tests)
+    # is taken as given. One pass over it, not one per lookup (h11's __iter__ is slow).
+    raw = list(headers.raw_items()) if hasattr(headers, "raw_items") else list(headers)
+    headers = [(name.lower(), value) for name, value in raw]
     if method != b"GET":
         raise RequestRefused(f"method {method.decode('latin-1')} on a WebSocket endpoint",
                              status=405, public_reason="Method Not Allowed: use GET with a WebSocket upgrade",
                              headers={"Allow": "GET"})
+    if http_version != b"1.1":
+        raise RequestRefused(f"HTTP/{http_version.decode('latin-1')} upgrade request", status=400,
+                             public_reason="Bad Request: a WebSocket upgrade needs HTTP/1.1")
+    if declares_body(headers):
+        raise RequestRefused("upgrade request with a body", status=400,
+                             public_reason="Bad Request: a WebSocket upgrade request has no body")
     upgrade = _tokens(", ".join(header_values(headers, b"upgrade")))
     connection = _tokens(", ".join(header_values(headers, b"connection")))
     if "websocket" not in upgrade or "upgrade" not in connection:
@@ -76,10 +138,44 @@ def parse_upgrade(method: bytes, headers: list[tuple[bytes, bytes]]) -> UpgradeR
                              public_reason="Bad Request: Sec-WebSocket-Protocol too long")
     return UpgradeRequest(
         host=_single(headers, b"host") or "",
+        key=key.strip(),
         subprotocols=offer,
         bearer_token=bearer_token(headers),
         user_agent=_single(headers, b"user-agent"),
+        forward=end_to_end_headers(raw, connection),
     )
+
+
+def end_to_end_headers(raw_headers, connection_tokens: set[str]) -> tuple[tuple[str, str], ...]:
+    """The client's headers the bot gets, in order and with their original spelling.
+
+    ``raw_headers`` holds (name, value) pairs as the client cased them. Left out: the
+    ``NOT_FORWARDED`` set, any ``X-Forwarded-*``, and headers the client itself named
+    as hop-by-hop in ``Connection``. Values are forwarded byte for byte; picows writes the
+    bot's handshake as UTF-8, so a value that is not UTF-8 could not be, and is left out.
+    """
+    forward = []
+    for raw_name, raw_value in raw_headers:
+        name = raw_name.decode("ascii").lower()
+        if (name in NOT_FORWARDED or name.startswith(NOT_FORWARDED_PREFIXES)
+                or name in connection_tokens):
+            continue
+        try:
+            value = raw_value.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        forward.append((raw_name.decode("ascii"), value))
+    return tuple(forward)
+
+
+def canonical_upgrade_head(key: str) -> bytes:
+    """The request head picows is handed for an accepted upgrade (see module docstring).
+
+    Only the key matters to picows (it answers with its accept hash); the path and the
+    rest were already decided by the relay.
+    """
+    return (b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key.encode("ascii") + b"\r\n\r\n")
 
 
 def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:

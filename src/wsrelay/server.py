@@ -157,7 +157,7 @@ class Relay:
         if agent is None:
             raise RequestRefused(f"unknown service host {route.service_host!r}", status=404,
                                  public_reason="Not Found: unknown agent")
-        upgrade = parse_upgrade(request.method, request.headers)
+        upgrade = parse_upgrade(request.method, request.headers, http_version=request.http_version)
         gate.task = asyncio.get_running_loop().create_task(
             self._authenticate_and_run(gate, route, agent, upgrade))
 

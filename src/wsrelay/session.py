@@ -55,12 +55,18 @@ class Session:
             write_buffer_low=cfg.write_buffer_low)
 
     def forward_headers(self) -> list[tuple[str, str]]:
-        """Headers added to the bot's handshake (SPEC §2.3)."""
-        headers = [
+        """The bot's handshake headers: the client's end-to-end ones, then the relay's own.
+
+        SPEC §1-§2.3. ``X-Daily-Session-Id`` is what the hosted platform's bot image
+        reads, so such bots work behind the relay unchanged.
+        """
+        headers = list(self.upgrade.forward)
+        headers += [
             ("X-Forwarded-For", self.gate.peer),
             ("X-Forwarded-Proto", "https" if self.relay.tls else "http"),
             ("X-Forwarded-Host", self.upgrade.host),
             ("X-Session-Id", self.id),
+            ("X-Daily-Session-Id", self.id),
             ("X-Service-Host", self.route.service_host),
         ]
         if self.upgrade.subprotocols:
@@ -70,9 +76,9 @@ class Session:
     async def run(self) -> None:
         """Connect the bot; on failure answer the client with the upstream's status."""
         started = time.monotonic()
-        # picows keeps the extra headers object for the connection's life: hand it a dict
-        # and empty it once the handshake is sent.
-        headers = dict(self.forward_headers())
+        # picows keeps the extra headers object for the connection's life: hand it a list
+        # (a header such as Cookie may repeat) and empty it once the handshake is sent.
+        headers = self.forward_headers()
         try:
             await self.relay.upstreams.connect(
                 self.route.service_host, self.agent.upstreams,
@@ -101,7 +107,7 @@ class Session:
         headers = self._bot_response.headers if self._bot_response is not None else {}
         self.subprotocol = headers.get("Sec-WebSocket-Protocol")
         self._bot_response = None
-        if not self.gate.attach(pair.client, self.subprotocol):
+        if not self.gate.attach(pair.client, self.subprotocol, self.upgrade.key):
             return False
         self.connected_at = time.monotonic()
         self.relay.on_connected(self)

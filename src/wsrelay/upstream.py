@@ -52,7 +52,7 @@ class UpstreamConnector:
         return list(upstreams[start:] + upstreams[:start])
 
     async def connect(self, service_host: str, upstreams: tuple[str, ...], *, query: str,
-                      headers: dict[str, str],
+                      headers: list[tuple[str, str]],
                       listener_factory: Callable[[object, object], WSListener]):
         """Open the bot's WebSocket; returns its WSTransport or raises UpstreamError."""
         timed_out = False
