@@ -1,7 +1,7 @@
 """The built-in echo bot behind the demo agent ``echo.demo``.
 
 It answers every data frame with the same payload, opcode, fin and rsv bits, replies
-to pings (picows' auto-pong) and to close frames (same code and reason). It is what
+to pings (picows' auto-pong) and to close frames (the same payload: code and reason, or none). It is what
 ``wsrelay serve`` without a config relays to, and a real bot for the tests.
 """
 
@@ -13,7 +13,10 @@ from picows import WSListener, WSMsgType, ws_create_server
 class EchoListener(WSListener):
     def on_ws_frame(self, transport, frame) -> None:
         if frame.msg_type == WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            # Echo the close payload as it came: a close without a status code is answered
+            # without one (send_close would invent code 0, which clients such as wscat
+            # rightly reject as an invalid frame).
+            transport.send(WSMsgType.CLOSE, frame.get_payload_as_bytes())
             transport.disconnect()
             return
         if frame.msg_type in (WSMsgType.PING, WSMsgType.PONG):
