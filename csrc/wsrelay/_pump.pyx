@@ -46,6 +46,22 @@ def totals():
     }
 
 
+cdef inline int _relay(Side src, WSFrame frame) except -1:
+    """Send ``frame`` from ``src``'s read buffer to its peer (see the module docstring)."""
+    cdef Side peer = src.peer
+    cdef WSTransport dst = peer.transport
+    src.frames += 1
+    src.bytes += <uint64_t>frame.payload_size
+    _total_frames[src._direction] += 1
+    _total_bytes[src._direction] += <uint64_t>frame.payload_size
+    if dst is None or peer.close_sent or peer.disconnected:
+        src.dropped += 1
+        return 0
+    dst.send_reuse_external_buffer(frame.msg_type, frame.payload_ptr, frame.payload_size,
+                                   frame.fin, frame.rsv1, frame.rsv2, frame.rsv3)
+    return 0
+
+
 cdef class Side(WSListener):
     """The listener of one socket of a session; see the module docstring for the data path."""
 
@@ -75,28 +91,24 @@ cdef class Side(WSListener):
         transport._write_buffer._reserve(0)
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
-        cdef Side peer
-        cdef WSTransport dst
         if frame.msg_type == WSMsgType.CLOSE:
             self.pair.close_frame(self, frame.get_payload_as_bytes())
             return
         if transport.is_close_frame_sent and not self.close_sent:
-            # picows closed this side for a protocol error (e.g. 1009, frame too big) but
-            # goes on parsing until it disconnects: relay nothing more from it.
-            self.dropped += 1
+            # picows closed this side itself (a protocol error such as 1009, or no pong to
+            # a keepalive ping). picows parses one frame ahead: an error in the *next*
+            # frame is found before this one is delivered. Such a frame is the last one
+            # parsed from its read with the bad bytes right behind it (last_in_buffer,
+            # tail_size > 0): it is valid and is relayed. Any other frame may be the bad
+            # one itself (an oversized frame is still delivered after its 1009) and is
+            # dropped. Handling the error closes the peer, so nothing later is relayed.
+            if frame.last_in_buffer and frame.tail_size > 0:
+                _relay(self, frame)
+            else:
+                self.dropped += 1
             self.pair.protocol_error(self)
             return
-        self.frames += 1
-        self.bytes += <uint64_t>frame.payload_size
-        _total_frames[self._direction] += 1
-        _total_bytes[self._direction] += <uint64_t>frame.payload_size
-        peer = self.peer
-        dst = peer.transport
-        if dst is None or peer.close_sent or peer.disconnected:
-            self.dropped += 1
-            return
-        dst.send_reuse_external_buffer(frame.msg_type, frame.payload_ptr, frame.payload_size,
-                                       frame.fin, frame.rsv1, frame.rsv2, frame.rsv3)
+        _relay(self, frame)
 
     cpdef on_ws_disconnected(self, WSTransport transport):
         self.disconnected = True

@@ -52,9 +52,17 @@ class Side(WSListener):
             self.pair.close_frame(self, frame.get_payload_as_bytes())
             return
         if transport.is_close_frame_sent and not self.close_sent:
-            self.dropped += 1
+            # picows closed this side itself; it parses one frame ahead, so the frame
+            # right before a bad one is valid (see csrc/_pump.pyx for the rule).
+            if frame.last_in_buffer and frame.tail_size > 0:
+                self._relay(frame)
+            else:
+                self.dropped += 1
             self.pair.protocol_error(self)
             return
+        self._relay(frame)
+
+    def _relay(self, frame) -> None:
         size = frame.payload_size
         self.frames += 1
         self.bytes += size
