@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import uuid
 
@@ -183,4 +184,114 @@ def test_client_leaving_while_bot_connects_costs_nothing(pump):
         await asyncio.sleep(0.3)
         assert not relay.sessions and not relay.active
         silent.close()
+    arun(main())
+
+
+# -- one verdict: what the gate accepts picows never refuses -------------------------------------
+
+LF_HEAD = (b"GET /ws/generic/echo.demo HTTP/1.1\nHost: relay.test\nUpgrade: websocket\n"
+           b"Connection: keep-alive, Upgrade\nSec-WebSocket-Version: 13\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\n")
+
+
+def test_lf_only_heads_are_sessions_within_max_sessions(pump):
+    """LF-only heads once held a socket and a bot connection each, outside max_sessions."""
+    async def main():
+        bot = await Bot(echo=True).start()
+        config = relay_config({"echo.demo": [bot.url]})
+        config = dataclasses.replace(config, agents=(dataclasses.replace(config.agents[0], max_sessions=5),))
+        relay = await start_relay(config, pump)
+
+        async def one():
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            writer.write(LF_HEAD)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            return head, writer
+        results = await asyncio.gather(*(one() for _ in range(40)))
+        statuses = sorted(status_of(head) for head, _ in results)
+        assert statuses == [101] * 5 + [429] * 35
+        assert len(bot.requests) == 5                  # the refused ones never reached the bot
+        assert sum(relay.active.values()) == 5
+        for _, writer in results:
+            writer.close()
+        deadline = asyncio.get_running_loop().time() + 5
+        while relay.sessions and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        assert not relay.sessions and not relay.active
+        bot.close()
+    arun(main())
+
+
+def test_early_frames_do_not_count_as_head(pump):
+    """20 KiB of frames written with the head: 101, and every frame reaches the bot in order."""
+    async def main():
+        bot = await Bot().start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
+        frames = b""
+        payloads = [bytes([i]) * 1000 for i in range(20)]
+        mask = b"\x01\x02\x03\x04"
+        for p in payloads:
+            masked = bytes(b ^ mask[i % 4] for i, b in enumerate(p))
+            frames += bytes([0x82, 0x80 | 126]) + len(p).to_bytes(2, "big") + mask + masked
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(upgrade_head("/ws/generic/echo.demo") + frames)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        rec = await bot.session()
+        await rec.wait_for(lambda: len(rec.frames) >= 20, 5)
+        assert [f.payload for f in rec.frames] == payloads
+        writer.close()
+        bot.close()
+    arun(main())
+
+
+def test_client_end_to_end_headers_reach_the_bot(pump):
+    async def main():
+        bot = await Bot(echo=True).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
+        extra = ("Origin: https://app.example\r\nUser-Agent: Mozilla/5.0 test\r\nCookie: a=1\r\n"
+                 "Cookie: b=2\r\nX-Custom: yes\r\nConnection: X-Hop\r\nX-Hop: secret\r\n"
+                 "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nForwarded: for=6.6.6.6\r\n"
+                 "X-Session-Id: forged\r\nX-Daily-Session-Id: forged\r\nX-Service-Host: other.org\r\n"
+                 "Sec-WebSocket-Extensions: permessage-deflate\r\nKeep-Alive: 5\r\n")
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(upgrade_head("/ws/generic/echo.demo", extra=extra))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        h = bot.requests[0].headers
+        assert h["Origin"] == "https://app.example"
+        assert h["User-Agent"] == "Mozilla/5.0 test"
+        assert h.getall("Cookie") == ["a=1", "b=2"]
+        assert h["X-Custom"] == "yes"
+        for absent in ("X-Hop", "Forwarded", "Sec-WebSocket-Extensions", "Keep-Alive"):
+            assert absent not in h, absent
+        assert h.getall("X-Forwarded-For") == ["127.0.0.1"]
+        assert h["X-Forwarded-Host"] == "relay.test"
+        assert h.getall("X-Session-Id") == h.getall("X-Daily-Session-Id")
+        assert uuid.UUID(h["X-Session-Id"]).version == 4
+        assert h.getall("X-Service-Host") == ["echo.demo"]
+        assert h["Connection"] == "Upgrade"            # the relay's own handshake, not the client's
+        writer.close()
+        bot.close()
+    arun(main())
+
+
+@pytest.mark.parametrize("name,head,status", [
+    ("HTTP/1.0", upgrade_head("/ws/generic/echo.demo").replace(b"HTTP/1.1", b"HTTP/1.0"), 400),
+    ("body on GET", upgrade_head("/ws/generic/echo.demo", extra="Content-Length: 4\r\n") + b"abcd", 400),
+    ("chunked GET", upgrade_head("/ws/generic/echo.demo", extra="Transfer-Encoding: chunked\r\n"), 400),
+    ("folded header", upgrade_head("/ws/generic/echo.demo", extra="X-A: a\r\n b\r\n"), 400),
+    ("control byte", upgrade_head("/ws/generic/echo.demo", extra="X-A: a\x01b\r\n"), 400),
+    ("101 headers", upgrade_head("/ws/generic/echo.demo", extra="".join(f"X-{i}: v\r\n" for i in range(96))), 431),
+    ("head over limit, frames after", upgrade_head("/ws/generic/echo.demo", extra="X-Big: " + "a" * 8300 + "\r\n"), 431),
+])
+def test_heads_picows_would_refuse_are_refused_before_the_bot_and_counted(pump, name, head, status):
+    async def main():
+        bot, relay = await _relay_with_bot(pump)
+        response = await raw_request(relay.port, head)
+        assert status_of(response) == status, response[:200]
+        assert bot.requests == []
+        assert relay.rejections[status] == 1
+        assert not relay.sessions
+        bot.close()
     arun(main())

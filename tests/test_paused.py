@@ -1,0 +1,197 @@
+"""Sides whose reading is paused by backpressure, and frames around protocol errors.
+
+A paused side is still watched: its EOF or reset is noticed, and a destination that
+takes nothing for ``stall_timeout`` ends the session with a reason (SPEC §2.5-2.6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+import socket
+import struct
+
+from picows import WSMsgType
+
+from support import Bot, arun, connect_client, relay_config, start_relay, upgrade_head
+
+B = WSMsgType.BINARY
+CHUNK = b"x" * 65536
+
+
+def _masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A client frame (masked), built by hand so the test controls every byte."""
+    mask = os.urandom(4)
+    first = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        head = bytes([first, 0x80 | n])
+    elif n < 65536:
+        head = bytes([first, 0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head = bytes([first, 0x80 | 127]) + struct.pack("!Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+async def _raw_client(port: int, path: str = "/ws/generic/echo.demo"):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(upgrade_head(path))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+async def _wait(predicate, timeout: float) -> float:
+    """Wait until ``predicate()``; returns the seconds it took (fails past ``timeout``)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        if loop.time() - start > timeout:
+            raise AssertionError(f"not within {timeout}s")
+        await asyncio.sleep(0.02)
+    return loop.time() - start
+
+
+def _flood(writer) -> None:
+    for _ in range(256):                              # 16 MiB: far over every buffer on the way
+        writer.write(_masked(B, CHUNK))
+
+
+def _reset(transport) -> None:
+    """Vanish as a killed process with unread data or a broken network does: with a RST.
+
+    (A FIN queued behind unsent data cannot reach a peer that is not reading; that case
+    is what the stall deadline is for, tested below.)
+    """
+    sock = transport.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def test_client_leaving_while_paused_is_noticed(pump):
+    """The bot stopped reading, so the client is paused; the client leaves: session ends."""
+    async def main():
+        bot = await Bot(on_connect=lambda t: t.underlying_transport.pause_reading()).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}, write_buffer_high=16384,
+                                               write_buffer_low=4096, close_timeout=1), pump)
+        reader, writer = await _raw_client(relay.port)
+        bot_rec = await bot.session()
+        _flood(writer)
+        await asyncio.sleep(1.0)                       # the relay is now paused on the client
+        assert len(relay.sessions) == 1
+        _reset(writer.transport)                       # the client vanishes
+        took = await _wait(lambda: not relay.sessions, 6)
+        assert took < 4                                # a watch period + close_timeout, not 2 h
+        bot_rec.transport.underlying_transport.resume_reading()
+        await asyncio.wait_for(bot_rec.disconnected.wait(), 5)   # the bot's socket was released
+        bot.close()
+    arun(main())
+
+
+def test_bot_dying_while_paused_is_noticed(pump):
+    """The client stopped reading, so the bot is paused; the bot dies: session ends."""
+    async def main():
+        def flood(transport):
+            for _ in range(256):
+                transport.send(B, CHUNK)
+        bot = await Bot(on_connect=flood).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}, write_buffer_high=16384,
+                                               write_buffer_low=4096, close_timeout=1), pump)
+        reader, writer = await _raw_client(relay.port)   # and never reads again
+        bot_rec = await bot.session()
+        await asyncio.sleep(1.0)
+        assert len(relay.sessions) == 1
+        _reset(bot_rec.transport.underlying_transport)   # the bot vanishes
+        took = await _wait(lambda: not relay.sessions, 6)
+        assert took < 4
+        writer.close()
+        bot.close()
+    arun(main())
+
+
+def test_a_stalled_bot_is_dropped_after_stall_timeout(pump):
+    """The bot reads nothing for stall_timeout: the client (still reading) gets 1011."""
+    async def main():
+        bot = await Bot(on_connect=lambda t: t.underlying_transport.pause_reading()).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}, write_buffer_high=16384,
+                                               write_buffer_low=4096, close_timeout=0.5,
+                                               stall_timeout=1.0), pump)
+        client, client_rec = await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo")
+        await bot.session()
+        for _ in range(256):
+            client.send(B, CHUNK)
+        await asyncio.wait_for(client_rec.disconnected.wait(), 8)
+        closes = client_rec.close_frames()
+        assert closes, "the client was told why"
+        assert struct.unpack("!H", closes[0].payload[:2])[0] == 1011
+        assert b"bot stalled" in closes[0].payload
+        await _wait(lambda: not relay.sessions, 5)
+        bot.close()
+    arun(main())
+
+
+def test_valid_frame_before_an_invalid_one_in_the_same_read_is_relayed(pump):
+    """picows parses one frame ahead; the frame before a bad one must still reach the bot."""
+    async def main():
+        bot = await Bot().start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
+        reader, writer = await _raw_client(relay.port)
+        bot_rec = await bot.session()
+        bad = bytes([0x83, 0x80]) + os.urandom(4)      # reserved opcode 0x3: a protocol error
+        writer.write(_masked(WSMsgType.TEXT, b"first") + _masked(WSMsgType.TEXT, b"second") + bad)
+        await asyncio.wait_for(bot_rec.disconnected.wait(), 5)
+        assert [f.payload for f in bot_rec.data_frames()] == [b"first", b"second"]
+        codes = [struct.unpack("!H", f.payload[:2])[0] for f in bot_rec.close_frames()]
+        assert codes == [1002]                         # then the bot is told why
+        reply = await asyncio.wait_for(reader.read(), 5)
+        assert reply[:2] == bytes([0x88, len(reply) - 2]) and struct.unpack("!H", reply[2:4])[0] == 1002
+        writer.close()
+        bot.close()
+    arun(main())
+
+
+def test_protocol_error_from_the_bot_leaves_no_unretrieved_future(pump):
+    """A bot breaking the protocol is one session_end, not a 'never retrieved' traceback."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        seen = []
+        loop.set_exception_handler(lambda _loop, context: seen.append(context.get("message")))
+
+        def send_masked(transport):
+            # A server must not mask its frames: the relay's bot side fails it with 1002.
+            transport.underlying_transport.write(_masked(WSMsgType.TEXT, b"masked by a server"))
+        bot = await Bot(on_connect=send_masked).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
+        client, client_rec = await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo")
+        await asyncio.wait_for(client_rec.disconnected.wait(), 5)
+        codes = [struct.unpack("!H", f.payload[:2])[0] for f in client_rec.close_frames()]
+        assert codes == [1002]
+        await _wait(lambda: not relay.sessions, 5)
+        import gc
+        for _ in range(3):
+            gc.collect()
+            await asyncio.sleep(0.05)
+        assert seen == []
+        bot.close()
+    arun(main())
+
+
+def test_accept_header_is_computed_from_the_clients_key(pump):
+    """The canonical head handed to picows carries the client's own key."""
+    async def main():
+        bot = await Bot(echo=True).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
+        key = base64.b64encode(os.urandom(16))
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(b"GET /ws/generic/echo.demo HTTP/1.1\nHost: r\nUpgrade: websocket\n"
+                     b"Connection: keep-alive, Upgrade\nSec-WebSocket-Version: 13\n"
+                     b"Sec-WebSocket-Key: " + key + b"\n\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        assert head.startswith(b"HTTP/1.1 101")
+        assert b"Sec-WebSocket-Accept: " + accept + b"\r\n" in head
+        writer.close()
+        bot.close()
+    arun(main())
