@@ -48,9 +48,12 @@ def http_response(status: int, body: str | bytes = "", headers: dict[str, str] |
         phrase = "Error"
     data = body.encode() if isinstance(body, str) else body
     lines = [f"HTTP/1.1 {status} {phrase}"]
-    all_headers = {"Content-Type": "text/plain; charset=utf-8"}
+    all_headers = {"Content-Type": "text/plain; charset=utf-8"} if status != 204 else {}
     all_headers.update(headers or {})
-    all_headers["Content-Length"] = str(len(data))
+    if status != 204:                        # a 204 has no body and no Content-Length
+        all_headers["Content-Length"] = str(len(data))
+    else:
+        data = b""
     all_headers["Connection"] = "close"
     lines += [f"{k}: {v}" for k, v in all_headers.items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data

@@ -19,6 +19,7 @@ from . import pump as pump_selector
 from .auth import Authenticator
 from .capacity import Capacity, LocalCapacity
 from .config import Config
+from .cors import CorsPolicy, is_preflight
 from .errors import RequestRefused
 from .gate import Gate
 from .handshake import parse_upgrade
@@ -179,15 +180,36 @@ class Relay:
         await session.run()
 
     def _answer_start_api(self, gate: Gate, agent_name: str) -> None:
+        """The start API, callable from a browser page of a ``cors_origins`` origin."""
         request = gate.request
-        answer = handle_start(
+        cors = CorsPolicy(self.config.relay.cors_origins)
+        origin = _header(request, b"origin")
+        if is_preflight(request.method, origin, _header(request, b"access-control-request-method")):
+            preflight = cors.preflight(origin, _header(request, b"access-control-request-method"),
+                                       _header(request, b"access-control-request-headers"))
+            if preflight.status != 204:
+                raise RequestRefused(f"CORS preflight from {origin[:100]!r} refused: {preflight.reason}",
+                                     status=403, public_reason=f"Forbidden: {preflight.reason}",
+                                     headers=preflight.headers)
+            gate.respond(204, "", preflight.headers)
+            return
+        cors_headers = cors.response_headers(origin)
+        try:
+            answer = self._start(gate, agent_name)
+        except RequestRefused as exc:
+            exc.headers.update(cors_headers)      # so the page can read why it was refused
+            raise
+        gate.respond(200, json.dumps(answer), {"Content-Type": "application/json",
+                                               "Cache-Control": "no-store", **cors_headers})
+
+    def _start(self, gate: Gate, agent_name: str) -> dict:
+        request = gate.request
+        return handle_start(
             StartRequest(method=request.method.decode("latin-1"), agent_name=agent_name,
                          authorization=_header(request, b"authorization"),
                          host=_header(request, b"host"), body=bytes(gate.body)),
             registry=self.registry, config=self.config, authenticator=self.authenticator,
             secure=self.tls is not None)
-        gate.respond(200, json.dumps(answer), {"Content-Type": "application/json",
-                                               "Cache-Control": "no-store"})
 
     def admit(self, agent: "AgentConfig") -> None:
         """Take a capacity slot of ``agent`` or refuse with 429."""
