@@ -5,6 +5,10 @@ URL to connect to and a session id (the token carries it, so the bot's ``X-Sessi
 equals it). With ``transport: "websocket"`` nothing is started: the bot starts when the
 client connects. A ``body`` comes back base64-encoded; the client appends it as
 ``?body=`` when it connects, as the platform's clients do, and the bot receives it.
+
+The request body is untrusted: whatever it holds (nesting thousands deep, NaN, bytes
+that are not UTF-8), the answer is a RequestRefused with a 4xx status, never an
+exception that would become a 500.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ def handle_start(request: StartRequest, *, registry: AgentRegistry, config: Conf
         raise RequestRefused(f"start API: unknown agent {request.agent_name!r}", status=404,
                              public_reason="Not Found: unknown agent")
     key = _bearer(request.authorization)
-    agent = next((a for a in candidates if any(hmac.compare_digest(key.encode(), k.encode())
+    presented = key.encode("utf-8", "surrogatepass")     # header text may hold anything
+    agent = next((a for a in candidates if any(hmac.compare_digest(presented, k.encode("utf-8", "surrogatepass"))
                                                 for k in a.public_keys)), None)
     if agent is None:
         raise RequestRefused(f"start API: wrong public key for {request.agent_name!r}", status=403,
@@ -60,7 +65,7 @@ def handle_start(request: StartRequest, *, registry: AgentRegistry, config: Conf
         if agent.websocket_auth != "token":
             raise RequestRefused("start API: a body for an agent without token auth", status=400,
                                  public_reason='Bad Request: "body" needs an agent with websocket_auth = "token"')
-        body_json = json.dumps(payload["body"], separators=(",", ":")).encode()
+        body_json = _encode_body(payload["body"])
         if len(body_json) > MAX_BODY_JSON:
             raise RequestRefused(f"start API: body of {len(body_json)} bytes", status=413,
                                  public_reason=f"Content Too Large: body over {MAX_BODY_JSON} bytes")
@@ -88,14 +93,31 @@ def _parse_json(body: bytes) -> dict:
     if not body.strip():
         return {}
     try:
-        payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise RequestRefused("start API: malformed JSON", status=400,
+        payload = json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise RequestRefused("start API: JSON nested too deeply", status=400,
+                             public_reason="Bad Request: the JSON body is nested too deeply") from None
+    except Exception as exc:          # ValueError, UnicodeDecodeError, or anything else json may raise
+        raise RequestRefused(f"start API: malformed JSON ({type(exc).__name__})", status=400,
                              public_reason="Bad Request: the body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise RequestRefused("start API: JSON is not an object", status=400,
                              public_reason="Bad Request: the body must be a JSON object")
     return payload
+
+
+def _refuse_constant(name: str):
+    """NaN and Infinity are not JSON; Python's parser accepts them unless told not to."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _encode_body(body) -> bytes:
+    """The session body as compact JSON; a body too deep to write again is a 400, not a 500."""
+    try:
+        return json.dumps(body, separators=(",", ":")).encode()
+    except Exception as exc:          # RecursionError near the parser's own depth limit
+        raise RequestRefused(f"start API: body cannot be encoded ({type(exc).__name__})", status=400,
+                             public_reason='Bad Request: "body" is nested too deeply') from None
 
 
 def _ws_url(config: Config, host: str | None, secure: bool, service_host: str) -> str:
