@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .cors import origin_problem
 from .errors import ConfigError, ConfigErrors
 
 DEFAULT_PORT = 8765
@@ -38,6 +39,7 @@ class RelayConfig:
     max_frame_size: int = 16 * 1024 * 1024        # larger frames close the session with 1009
     upstream_connect_timeout: float = 5.0         # TCP connect + the bot's 101, per instance
     close_timeout: float = 5.0                    # how long a forwarded close may wait for its reply
+    stall_timeout: float = 60.0                   # a peer that reads nothing for this long is dropped
     write_buffer_high: int = 256 * 1024           # pause reading the source above this
     write_buffer_low: int = 64 * 1024             # resume reading the source below this
     read_buffer_size: int = 2048                  # initial per-socket read buffer (grows for big frames)
@@ -50,6 +52,7 @@ class RelayConfig:
     log_format: str = "auto"                      # "auto" | "json" | "text"
     nonce_store: str = "memory"                   # "memory" (later: "redis")
     redis_url: str | None = None
+    cors_origins: tuple[str, ...] = ()            # start API: exact origins, ("*",) = any; () = no CORS
 
 
 @dataclass(frozen=True)
@@ -87,144 +90,551 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     agents: tuple[AgentConfig, ...] = ()
     source: str | None = None                     # file path, for messages
+    lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)  # key -> line
 
 
 # -- locating keys: tomllib gives values, not lines ---------------------------------------
+#
+# One forward pass over the text, position-aware, never backtracking: every step either
+# consumes characters with a regex that cannot backtrack (character classes, possessive
+# repeats) or a str.find, so the time is linear in the file whatever its shape. It only
+# maps where things start; tomllib decides whether the text is valid TOML. On text that
+# is not, the pass still ends (every step consumes at least one character), and the
+# lines it found are simply not used.
 
-_HEADER = re.compile(r'^\s*(\[\[?)\s*([A-Za-z0-9_.\-"\' ]+?)\s*(\]\]?)\s*(#.*)?$')
-_ASSIGN = re.compile(r'^\s*("[^"]*"|\'[^\']*\'|[A-Za-z0-9_\-]+)\s*=')
-_INLINE_KEY = re.compile(r'("[^"]*"|\'[^\']*\'|[A-Za-z0-9_\-]+)\s*=')
+_SPACES = re.compile(r"[ \t]*+")
+_BLANKS = re.compile(r"(?:[ \t\r\n]++|#[^\n]*+)*+")        # whitespace, newlines, comments
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]++")
+_SCALAR = re.compile(r"[^,\[\]{}#\n\"']++")                 # numbers, booleans, dates, inf, nan
+_ARRAY_RUN = re.compile(r"[^\[\]{}#\n\"']++")               # scalars and commas inside an array
+_BASIC_STOP = re.compile(r'["\\\n]')
+_ML_BASIC_STOP = re.compile(r'["\\]')
+_LITERAL_STOP = re.compile(r"['\n]")
+_QUOTES = re.compile(r'"++')
+_APOSTROPHES = re.compile(r"'++")
+_ESCAPE = re.compile(r"\\(?:u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|(.))", re.S)
+MAX_KEY_PARTS = 64                    # tomllib's time and memory grow with the square of a key's parts
+MAX_NESTING = 100                     # arrays and inline tables; tomllib itself recurses
+MAX_PATH_CHARS = 1024                 # longer dotted paths are not recorded (nor built: their cost
+                                      # would grow with the square of the nesting)
+_ESCAPED = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\"}
+
+
+def _unescape(match: re.Match) -> str:
+    """One TOML basic-string escape, decoded (a quoted key must match tomllib's key)."""
+    code = match.group(1) or match.group(2)
+    if code is not None:
+        value = int(code, 16)
+        return chr(value) if value <= 0x10FFFF else match.group(0)
+    return _ESCAPED.get(match.group(3), match.group(0))
+
+
+def _child(path: str | None, suffix: str) -> str | None:
+    """``path + suffix``, or None (not recorded) once the path is absurdly long."""
+    if path is None or len(path) + len(suffix) > MAX_PATH_CHARS:
+        return None
+    return path + suffix
+
+
+class _Frame:
+    """An open array or inline table while the pass is inside a value."""
+
+    __slots__ = ("kind", "path", "commas")
+
+    def __init__(self, kind: str, path: str | None) -> None:
+        self.kind = kind          # "array" or "table"
+        self.path = path
+        self.commas = 0           # in an array: the index of the next element
+
+
+class _Locator:
+    """The single pass behind ``locate_keys``; ``where`` is its answer."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.where: dict[str, int] = {}
+        self.arrays: dict[str, int] = {}       # resolved [[name]] -> index of its last table
+        self.table = ""
+        self.too_deep: tuple[int, str] | None = None      # (line, why) of a key or value too deep
+        self._line_pos = 0                     # line numbers are counted incrementally:
+        self._line_no = 1                      # positions only ever move forward
+
+    def run(self) -> dict[str, int]:
+        text, size = self.text, len(self.text)
+        while True:
+            self.pos = _BLANKS.match(text, self.pos).end()
+            if self.pos >= size or self.too_deep:
+                return self.where
+            start = self.pos
+            if text[start] == "[":
+                self._header()
+            else:
+                self._key_value()
+            # Only a comment may follow a statement on its line; skip whatever does.
+            newline = text.find("\n", max(self.pos, start + 1))
+            self.pos = size if newline < 0 else newline + 1
+
+    # -- lines --------------------------------------------------------------------------
+
+    def _line(self, pos: int) -> int:
+        if pos < self._line_pos:                            # not reached; kept correct anyway
+            self._line_pos, self._line_no = 0, 1
+        self._line_no += self.text.count("\n", self._line_pos, pos)
+        self._line_pos = pos
+        return self._line_no
+
+    def _record(self, path: str | None, pos: int) -> None:
+        if path is None or path in self.where:
+            return
+        self.where[path] = self._line(pos)
+
+    def _refuse(self, pos: int, why: str) -> None:
+        """Stop the pass: the file is too deep for tomllib to be asked (parse_config says so)."""
+        if self.too_deep is None:
+            self.too_deep = (self._line(pos), why)
+
+
+    # -- statements -----------------------------------------------------------------------
+
+    def _header(self) -> None:
+        """``[a.b]`` or ``[[a.b]]``: the table the following keys belong to."""
+        start = self.pos
+        is_array = self.text.startswith("[[", start)
+        self.pos += 2 if is_array else 1
+        segments = self._key()
+        if not segments:
+            return
+        path = ""
+        for segment in segments[:-1]:
+            path = f"{path}.{segment}" if path else segment
+            if path in self.arrays:                         # [[agents]] then [agents.x]
+                path = f"{path}[{self.arrays[path]}]"
+        name = f"{path}.{segments[-1]}" if path else segments[-1]      # as long as its own line
+        if is_array:
+            index = self.arrays.get(name, -1) + 1
+            self.arrays[name] = index
+            name = f"{name}[{index}]"
+        elif name in self.arrays:
+            name = f"{name}[{self.arrays[name]}]"
+        self.table = name
+        self._record(name, start)
+
+    def _key_value(self) -> None:
+        """``key = value`` (``key`` may be dotted or quoted) in the current table."""
+        start = self.pos
+        segments = self._key()
+        if not segments:
+            return
+        self.pos = _SPACES.match(self.text, self.pos).end()
+        if not self.text.startswith("=", self.pos):
+            return
+        self.pos = _SPACES.match(self.text, self.pos + 1).end()
+        key = ".".join(segments)
+        path = _child(self.table, "." + key) if self.table else key
+        self._record(path, start)
+        self._value(path)
+
+    def _key(self) -> list[str]:
+        """A dotted key's segments, as tomllib decodes them; [] when there is none."""
+        text = self.text
+        segments: list[str] = []
+        start = self.pos
+        while True:
+            self.pos = _SPACES.match(text, self.pos).end()
+            if text.startswith('"', self.pos):
+                begin = self.pos + 1
+                end = self._skip_basic()
+                segment = text[begin:end]
+                if "\\" in segment:
+                    segment = _ESCAPE.sub(_unescape, segment)
+            elif text.startswith("'", self.pos):
+                begin = self.pos + 1
+                end = self._skip_literal()
+                segment = text[begin:end]
+            else:
+                bare = _BARE_KEY.match(text, self.pos)
+                if bare is None:
+                    return segments
+                segment = bare.group()
+                self.pos = bare.end()
+            segments.append(segment)
+            if len(segments) > MAX_KEY_PARTS:
+                self._refuse(start, f"a key of over {MAX_KEY_PARTS} dotted parts")
+                return []
+            self.pos = _SPACES.match(text, self.pos).end()
+            if not text.startswith(".", self.pos):
+                return segments
+            self.pos += 1
+
+    # -- values -----------------------------------------------------------------------------
+
+    def _value(self, path: str | None) -> None:
+        """Skip one value, recording array elements and the keys of inline tables.
+
+        Iterative, with an explicit stack, so no nesting depth can exhaust Python's stack.
+        """
+        text, size = self.text, len(self.text)
+        stack: list[_Frame] = []
+        starting = True                    # a value starts at self.pos; its path is ``current``
+        current = path
+        while self.pos < size:
+            if starting:
+                starting = False
+                char = text[self.pos]
+                if char == "[" or char == "{":
+                    if len(stack) >= MAX_NESTING:
+                        self._refuse(self.pos, f"values nested over {MAX_NESTING} levels deep")
+                        return
+                    stack.append(_Frame("array" if char == "[" else "table", current))
+                    self.pos += 1
+                elif char == '"' or char == "'":
+                    self._skip_string()
+                else:
+                    scalar = _SCALAR.match(text, self.pos)
+                    if scalar is not None:             # else a missing value: leave the ',', ']'
+                        self.pos = scalar.end()        # or '}' to the container below
+                if not stack:
+                    return
+                continue
+            frame = stack[-1]
+            self.pos = _BLANKS.match(text, self.pos).end()
+            if self.pos >= size:
+                return
+            char = text[self.pos]
+            if char == ("]" if frame.kind == "array" else "}"):
+                self.pos += 1
+                stack.pop()
+                if not stack:
+                    return
+            elif frame.kind == "array":
+                starting, current = self._array_item(frame, char)
+            else:
+                starting, current = self._table_item(frame, char)
+
+    def _array_item(self, frame: _Frame, char: str) -> tuple[bool, str | None]:
+        """Inside ``[...]``: (True, path) for a string or container element; scalars are skipped."""
+        if char in "[{\"'":
+            path = _child(frame.path, f"[{frame.commas}]")
+            self._record(path, self.pos)
+            return True, path
+        run = _ARRAY_RUN.match(self.text, self.pos)
+        if run is None:
+            self.pos += 1                              # a stray '}'
+        else:                                          # bare scalars: no line of their own
+            frame.commas += self.text.count(",", self.pos, run.end())
+            self.pos = run.end()
+        return False, None
+
+    def _table_item(self, frame: _Frame, char: str) -> tuple[bool, str | None]:
+        """Inside ``{...}``: (True, path) at the value of the next ``key = value``."""
+        if char == ",":
+            self.pos += 1
+            return False, None
+        start = self.pos
+        segments = self._key()
+        if not segments:
+            self.pos = max(self.pos, start + 1)
+            return False, None
+        self.pos = _SPACES.match(self.text, self.pos).end()
+        if not self.text.startswith("=", self.pos):
+            return False, None
+        self.pos = _BLANKS.match(self.text, self.pos + 1).end()
+        path = _child(frame.path, "." + ".".join(segments))
+        self._record(path, start)
+        return True, path
+
+    # -- strings ----------------------------------------------------------------------------
+
+    def _skip_string(self) -> None:
+        text, pos = self.text, self.pos
+        if text.startswith('"""', pos):
+            self._skip_multiline_basic()
+        elif text.startswith("'''", pos):
+            self._skip_multiline_literal()
+        elif text[pos] == '"':
+            self._skip_basic()
+        else:
+            self._skip_literal()
+
+    def _skip_basic(self) -> int:
+        """Past a ``"..."`` string; returns where its content ends."""
+        pos = self.pos + 1
+        while True:
+            stop = _BASIC_STOP.search(self.text, pos)
+            if stop is None:
+                self.pos = len(self.text)
+                return self.pos
+            pos = stop.start()
+            char = self.text[pos]
+            if char == "\\":
+                pos += 2
+                continue
+            self.pos = pos + 1 if char == '"' else pos      # an unclosed string ends its line
+            return pos
+
+    def _skip_literal(self) -> int:
+        """Past a ``'...'`` string (no escapes); returns where its content ends."""
+        stop = _LITERAL_STOP.search(self.text, self.pos + 1)
+        if stop is None:
+            self.pos = len(self.text)
+            return self.pos
+        end = stop.start()
+        self.pos = end + 1 if self.text[end] == "'" else end
+        return end
+
+    def _skip_multiline_basic(self) -> None:
+        """Past ``\"\"\"...\"\"\"``: a run of three or more quotes closes it (up to two are content)."""
+        pos = self.pos + 3
+        while True:
+            stop = _ML_BASIC_STOP.search(self.text, pos)
+            if stop is None:
+                self.pos = len(self.text)
+                return
+            pos = stop.start()
+            if self.text[pos] == "\\":
+                pos += 2
+                continue
+            end = _QUOTES.match(self.text, pos).end()
+            if end - pos >= 3:
+                self.pos = end
+                return
+            pos = end
+
+    def _skip_multiline_literal(self) -> None:
+        """Past ``'''...'''`` (no escapes): the first run of three or more quotes closes it."""
+        found = self.text.find("'''", self.pos + 3)
+        if found < 0:
+            self.pos = len(self.text)
+            return
+        self.pos = _APOSTROPHES.match(self.text, found).end()
 
 
 def locate_keys(text: str) -> dict[str, int]:
     """Map dotted keys (``relay.port``, ``agents[1].name``, ``auth.keys.k2``) to 1-based lines.
 
-    A table header maps too (``relay``, ``agents[0]``). Sans-I/O, line based: good enough to
-    point at the line of every key a config file states, which is all error messages need.
+    Table headers map too (``relay``, ``agents[0]``), as do array elements that are strings
+    or containers (``agents[0].upstreams[1]``) and the keys of inline tables. One linear
+    pass: a file's shape (long strings, deep arrays, many tables) cannot make it slow.
     """
-    where: dict[str, int] = {}
-    table = ""
-    arrays: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = _HEADER.match(line)
-        if header and not _ASSIGN.match(line):
-            name = header.group(2).replace('"', "").replace("'", "").strip()
-            if header.group(1) == "[[":
-                index = arrays.get(name, -1) + 1
-                arrays[name] = index
-                table = f"{name}[{index}]"
-            else:
-                table = name
-            where.setdefault(table, number)
-            continue
-        assign = _ASSIGN.match(line)
-        if assign:
-            key = assign.group(1).strip("\"'")
-            dotted = f"{table}.{key}" if table else key
-            where.setdefault(dotted, number)
-            rest = line[assign.end():]
-            if rest.strip().startswith("{"):
-                for inner in _INLINE_KEY.finditer(rest):
-                    where.setdefault(f"{dotted}.{inner.group(1).strip(chr(34) + chr(39))}", number)
-    return where
+    return _Locator(text).run()
 
 
 # -- validation -------------------------------------------------------------------------
 
 MAX_CONFIG_BYTES = 1024 * 1024
-NAME = re.compile(r"^[a-z0-9-]{1,63}$")
-KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+MAX_ERRORS = 100                      # a hostile file cannot make the report (or the work) huge
+NAME = re.compile(r"[a-z0-9-]{1,63}")            # always fullmatch: '$' would let "a\n" pass
+KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_LONG_NUMBER = re.compile(r"[0-9A-Fa-f_]{4300,}")
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a message quotes values, not megabytes."""
+    if isinstance(value, str) and len(value) > 4 * limit:
+        value = value[:4 * limit]                    # repr of the head only: linear, bounded
+    text = repr(value) if not isinstance(value, (list, dict)) or len(value) <= 8 else \
+        f"<{type(value).__name__} of {len(value)} items>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class _Checker:
-    """Collects every error of one file, each with its dotted key and line."""
+    """Collects the errors of one file, each with its dotted key and line.
+
+    Rules between two keys are checked only on values that passed their own check
+    (``valid``), and name a key present in the table, so that an error always points at
+    something the user wrote and can change, never at a default.
+    """
 
     def __init__(self, lines: dict[str, int], source: str | None) -> None:
         self.lines = lines
         self.source = source
         self.errors: list[ConfigError] = []
+        self.failed: set[str] = set()                # keys with an error: no second one about them
+        self.dropped = 0
+
+    @property
+    def full(self) -> bool:
+        return len(self.errors) >= MAX_ERRORS
 
     def line_of(self, key: str) -> int | None:
+        """The line of ``key``, or of the nearest enclosing key or table that has one."""
         probe = key
-        while probe:
+        for _ in range(16):                          # depth is small; a key can be long
             if probe in self.lines:
                 return self.lines[probe]
-            if probe.endswith("]") and "[" in probe and not probe.startswith("agents[") or \
-                    re.search(r"\.[^.]*\[\d+\]$", probe):
-                probe = probe[:probe.rindex("[")]          # upstreams[1] -> upstreams
-            else:
-                probe = probe.rpartition(".")[0] if "." in probe else ""
+            cut = max(probe.rfind("."), probe.rfind("[") if probe.endswith("]") else -1)
+            if cut <= 0:
+                return None
+            probe = probe[:cut]
         return None
 
+    def valid(self, *keys: str) -> bool:
+        """None of ``keys`` had an error (a rule between keys is checked on good values only)."""
+        return not self.failed.intersection(keys)
+
     def error(self, key: str, message: str) -> None:
-        self.errors.append(ConfigError(message, key=key, line=self.line_of(key), source=self.source))
+        self.failed.add(key)
+        if self.full:
+            self.dropped += 1
+            return
+        line = self.line_of(key)
+        shown = key if len(key) <= 120 else key[:117] + "..."
+        self.errors.append(ConfigError(message, key=shown, line=line, source=self.source))
+
+    def finish(self) -> None:
+        """Raise ConfigErrors when anything was found."""
+        if self.dropped:
+            self.errors.append(ConfigError(f"... and {self.dropped} more error(s); fix these first",
+                                           source=self.source))
+        if self.errors:
+            raise ConfigErrors(self.errors)
 
     def unknown_keys(self, table: Mapping, allowed: list[str], prefix: str, label: str) -> None:
         for key in table:
-            if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1)
-                suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(allowed)}"
-                self.error(f"{prefix}.{key}", f"unknown key '{key}' in {label}{suggestion}")
+            if key in allowed:
+                continue
+            if self.full:                            # difflib is not free: skip once full
+                self.dropped += 1
+                continue
+            hint = difflib.get_close_matches(key, allowed, n=1) if len(key) <= 64 else []
+            suggestion = f"; did you mean '{hint[0]}'?" if hint else f"; allowed: {', '.join(allowed)}"
+            self.error(f"{prefix}.{key}", f"unknown key {_show(key)} in {label}{suggestion}")
 
     def integer(self, table, key, prefix, default, lo, hi):
-        value = table.get(key, default)
-        if value is default:
-            return value
+        if key not in table:
+            return default
+        value = table[key]
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-            self.error(f"{prefix}.{key}", f"{prefix}.{key} must be an integer from {lo} to {hi}, got {value!r}")
+            self.error(f"{prefix}.{key}", f"{prefix}.{key} must be an integer from {lo} to {hi}, got {_show(value)}")
             return default
         return value
 
     def number(self, table, key, prefix, default, lo, hi, *, lo_open=False):
-        value = table.get(key, default)
-        if value is default:
-            return value
+        if key not in table:
+            return default
+        value = table[key]
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if ok:
             ok = (value > lo if lo_open else value >= lo) and value <= hi
         if not ok:
             low = f"above {lo:g}" if lo_open else f"from {lo:g}"
-            self.error(f"{prefix}.{key}", f"{prefix}.{key} must be a number {low} to {hi:g} (seconds), got {value!r}")
+            self.error(f"{prefix}.{key}",
+                       f"{prefix}.{key} must be a number {low} to {hi:g} (seconds), got {_show(value)}")
             return default
         return float(value)
 
     def string(self, table, key, prefix, default, choices=None):
-        value = table.get(key, default)
-        if value is default:
-            return value
+        if key not in table:
+            return default
+        value = table[key]
         if not isinstance(value, str) or (choices is not None and value not in choices):
             want = f"one of {', '.join(repr(c) for c in choices)}" if choices else "a string"
-            self.error(f"{prefix}.{key}", f"{prefix}.{key} must be {want}, got {value!r}")
+            self.error(f"{prefix}.{key}", f"{prefix}.{key} must be {want}, got {_show(value)}")
+            return default
+        return value
+
+    def path(self, table, key, prefix, default):
+        """A file name: a string without NUL (the OS would refuse it later, less clearly)."""
+        value = self.string(table, key, prefix, default)
+        if isinstance(value, str) and "\x00" in value:
+            self.error(f"{prefix}.{key}", f"{prefix}.{key} must be a file path, without NUL characters")
             return default
         return value
 
     def boolean(self, table, key, prefix, default):
-        value = table.get(key, default)
+        if key not in table:
+            return default
+        value = table[key]
         if not isinstance(value, bool):
-            self.error(f"{prefix}.{key}", f"{prefix}.{key} must be true or false, got {value!r}")
+            self.error(f"{prefix}.{key}", f"{prefix}.{key} must be true or false, got {_show(value)}")
             return default
         return value
 
 
-def _check_ws_url(check: _Checker, key: str, value) -> str | None:
-    if not isinstance(value, str):
-        check.error(key, f"{key} must be a string like 'ws://10.0.0.5:7860/ws', got {value!r}")
+def _url_parts(check: _Checker, key: str, value: str):
+    """``urlsplit(value)`` and its port, or None after an error naming ``key``.
+
+    urlsplit raises ValueError on some text ('http://[', a port that is not a number):
+    every URL of the file goes through here so that none can escape as a traceback.
+    """
+    if _SPACE_OR_CONTROL.search(value):
+        check.error(key, f"{key}: {_show(value)} must not contain spaces or control characters")
         return None
     try:
         parts = urlsplit(value)
         port = parts.port
-    except ValueError:
-        check.error(key, f"{key}: {value!r} is not a valid URL (bad port?)")
+        hostname = parts.hostname
+    except ValueError as exc:           # e.g. "Invalid IPv6 URL", "Port out of range 0-65535"
+        reason = str(exc)[:1].lower() + str(exc)[1:]
+        check.error(key, f"{key}: {_show(value)} is not a valid URL ({reason})")
         return None
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        check.error(key, f"{key}: {value!r} must be a ws:// or wss:// URL with a host")
-    elif parts.fragment or parts.username or parts.password:
-        check.error(key, f"{key}: {value!r} must not contain a fragment or user:password@")
-    elif port is not None and not 1 <= port <= 65535:
+    if port is not None and not 1 <= port <= 65535:
         check.error(key, f"{key}: port must be from 1 to 65535")
+        return None
+    return parts, hostname
+
+
+def _check_ws_url(check: _Checker, key: str, value) -> str | None:
+    if not isinstance(value, str):
+        check.error(key, f"{key} must be a string like 'ws://10.0.0.5:7860/ws', got {_show(value)}")
+        return None
+    parsed = _url_parts(check, key, value)
+    if parsed is None:
+        return None
+    parts, hostname = parsed
+    if parts.scheme not in ("ws", "wss") or not hostname:
+        check.error(key, f"{key}: {_show(value)} must be a ws:// or wss:// URL with a host")
+    elif parts.fragment or parts.username or parts.password:
+        check.error(key, f"{key}: {_show(value)} must not contain a fragment or user:password@")
     else:
         return value
     return None
+
+
+def _check_public_url(check: _Checker, value: str) -> None:
+    """``public_url`` is the base of the start API's wsUrl: scheme and host, maybe a path."""
+    key = "relay.public_url"
+    parsed = _url_parts(check, key, value)
+    if parsed is None:
+        return
+    parts, hostname = parsed
+    if parts.scheme not in ("ws", "wss", "http", "https") or not hostname:
+        check.error(key, f"relay.public_url must look like 'wss://relay.example.com', got {_show(value)}")
+    elif parts.query or parts.fragment or parts.username or parts.password:
+        check.error(key, "relay.public_url must not contain a query, fragment or user:password@ "
+                         "(the start API appends /ws/generic/{agent}.{org} to it)")
+
+
+def _check_redis_url(check: _Checker, value: str) -> None:
+    key = "relay.redis_url"
+    parsed = _url_parts(check, key, value)
+    if parsed is None:
+        return
+    parts, hostname = parsed
+    if parts.scheme not in ("redis", "rediss") or not hostname:
+        check.error(key, f"relay.redis_url must look like 'redis://127.0.0.1:6379/0', got {_show(value)}")
+
+
+def _check_cors_origins(check: _Checker, value) -> tuple[str, ...]:
+    """A list of exact origins, or ``["*"]`` for any origin; [] (the default) is CORS off."""
+    key = "relay.cors_origins"
+    if not isinstance(value, list) or len(value) > 256:
+        check.error(key, f"{key} must be a list of origins such as [\"https://app.example.com\"] "
+                         "(at most 256), or [\"*\"] for any origin")
+        return ()
+    if "*" in value and len(value) > 1:
+        check.error(key, f"{key}: \"*\" already allows every origin; give it alone, or list origins without it")
+        return ()
+    good = []
+    for index, origin in enumerate(value):
+        problem = None if origin == "*" else origin_problem(origin)
+        if problem:
+            check.error(f"{key}[{index}]", f"{key}[{index}] {_show(origin)} {problem}")
+        else:
+            good.append(origin)
+    return tuple(good)
 
 
 def _relay(check: _Checker, table) -> RelayConfig:
@@ -244,37 +654,75 @@ def _relay(check: _Checker, table) -> RelayConfig:
         "max_frame_size": check.integer(table, "max_frame_size", p, d.max_frame_size, 1, 1 << 30),
         "upstream_connect_timeout": check.number(table, "upstream_connect_timeout", p, d.upstream_connect_timeout, 0, 3600, lo_open=True),
         "close_timeout": check.number(table, "close_timeout", p, d.close_timeout, 0, 3600, lo_open=True),
+        "stall_timeout": check.number(table, "stall_timeout", p, d.stall_timeout, 0, 86400, lo_open=True),
         "write_buffer_high": check.integer(table, "write_buffer_high", p, d.write_buffer_high, 1024, 1 << 30),
         "write_buffer_low": check.integer(table, "write_buffer_low", p, d.write_buffer_low, 1024, 1 << 30),
         "read_buffer_size": check.integer(table, "read_buffer_size", p, d.read_buffer_size, 2048, 1 << 24),
         "keepalive_interval": check.number(table, "keepalive_interval", p, d.keepalive_interval, 0, 86400),
         "keepalive_timeout": check.number(table, "keepalive_timeout", p, d.keepalive_timeout, 0, 3600, lo_open=True),
-        "tls_cert": check.string(table, "tls_cert", p, d.tls_cert),
-        "tls_key": check.string(table, "tls_key", p, d.tls_key),
-        "upstream_ca_file": check.string(table, "upstream_ca_file", p, d.upstream_ca_file),
+        "tls_cert": check.path(table, "tls_cert", p, d.tls_cert),
+        "tls_key": check.path(table, "tls_key", p, d.tls_key),
+        "upstream_ca_file": check.path(table, "upstream_ca_file", p, d.upstream_ca_file),
         "upstream_tls_verify": check.boolean(table, "upstream_tls_verify", p, d.upstream_tls_verify),
         "log_format": check.string(table, "log_format", p, d.log_format, ("auto", "json", "text")),
         "nonce_store": check.string(table, "nonce_store", p, d.nonce_store, ("memory", "redis")),
         "redis_url": check.string(table, "redis_url", p, d.redis_url),
+        "cors_origins": _check_cors_origins(check, table["cors_origins"]) if "cors_origins" in table
+        else d.cors_origins,
     }
-    if "admin_port" in table and values["admin_port"] and values["admin_port"] == values["port"]:
-        check.error("relay.admin_port", "relay.admin_port must differ from relay.port (the admin endpoints are not public)")
-    if values["write_buffer_low"] >= values["write_buffer_high"]:
-        check.error("relay.write_buffer_low", "relay.write_buffer_low must be below relay.write_buffer_high")
-    if values["keepalive_interval"] and values["keepalive_timeout"] > values["keepalive_interval"]:
-        check.error("relay.keepalive_timeout", "relay.keepalive_timeout must not exceed relay.keepalive_interval")
-    if bool(values["tls_cert"]) != bool(values["tls_key"]):
-        check.error("relay.tls_cert" if not values["tls_cert"] else "relay.tls_key",
-                    "set both relay.tls_cert and relay.tls_key to serve wss://, or neither")
-    if values["nonce_store"] == "redis":
-        url = values["redis_url"]
-        if not url or not url.startswith(("redis://", "rediss://")):
-            check.error("relay.redis_url", "relay.nonce_store = 'redis' needs relay.redis_url = 'redis://host:6379/0'")
+    host = values["host"]
+    if _SPACE_OR_CONTROL.search(host) or len(host) > 255:
+        check.error("relay.host", f"relay.host must be an address or name like '0.0.0.0' or '127.0.0.1', "
+                                  f"got {_show(host)}")
+        values["host"] = d.host
+    _derive_defaults(table, values)
+    _check_pairs(check, table, values)
     if values["public_url"] is not None:
-        parts = urlsplit(values["public_url"])
-        if parts.scheme not in ("ws", "wss", "http", "https") or not parts.netloc:
-            check.error("relay.public_url", f"relay.public_url must look like 'wss://relay.example.com', got {values['public_url']!r}")
+        _check_public_url(check, values["public_url"])
+    if values["redis_url"] is not None:
+        _check_redis_url(check, values["redis_url"])
     return RelayConfig(**values)
+
+
+def _derive_defaults(table, values: dict) -> None:
+    """Defaults of keys the user left out follow the keys the user wrote.
+
+    So that setting one key never makes the file invalid because of a default it does not
+    see: ``keepalive_interval = 5`` alone gets a 5 s timeout, ``write_buffer_high = 32768``
+    alone gets a low-water mark of a quarter of it.
+    """
+    if "keepalive_timeout" not in table and values["keepalive_interval"] > 0:
+        values["keepalive_timeout"] = min(RelayConfig.keepalive_timeout, values["keepalive_interval"])
+    if "write_buffer_low" not in table:
+        values["write_buffer_low"] = values["write_buffer_high"] // 4
+    elif "write_buffer_high" not in table:
+        values["write_buffer_high"] = min(1 << 30, max(RelayConfig.write_buffer_high, 4 * values["write_buffer_low"]))
+
+
+def _check_pairs(check: _Checker, table, values: dict) -> None:
+    """Rules between two keys; each error names a key the user wrote."""
+    port, admin = values["port"], values["admin_port"]
+    if admin and admin == port and check.valid("relay.port", "relay.admin_port"):
+        if "admin_port" in table:
+            check.error("relay.admin_port", "relay.admin_port must differ from relay.port "
+                                            "(the admin endpoints are not public)")
+        else:
+            check.error("relay.port", f"relay.port = {port} is also the default relay.admin_port: "
+                                      "set relay.admin_port to another port, or 0 to turn it off")
+    if values["write_buffer_low"] >= values["write_buffer_high"] and \
+            check.valid("relay.write_buffer_low", "relay.write_buffer_high"):
+        key = "relay.write_buffer_low" if "write_buffer_low" in table else "relay.write_buffer_high"
+        check.error(key, f"relay.write_buffer_low ({values['write_buffer_low']}) must be below "
+                         f"relay.write_buffer_high ({values['write_buffer_high']})")
+    if values["keepalive_interval"] and values["keepalive_timeout"] > values["keepalive_interval"] and \
+            check.valid("relay.keepalive_interval", "relay.keepalive_timeout"):
+        check.error("relay.keepalive_timeout", "relay.keepalive_timeout must not exceed relay.keepalive_interval")
+    if bool(values["tls_cert"]) != bool(values["tls_key"]) and check.valid("relay.tls_cert", "relay.tls_key"):
+        given, missing = ("tls_cert", "tls_key") if values["tls_cert"] else ("tls_key", "tls_cert")
+        check.error(f"relay.{given}", f"relay.{given} is set but relay.{missing} is not: set both "
+                                      "to serve wss://, or neither")
+    if values["nonce_store"] == "redis" and not values["redis_url"] and check.valid("relay.redis_url"):
+        check.error("relay.nonce_store", "relay.nonce_store = 'redis' needs relay.redis_url = 'redis://host:6379/0'")
 
 
 def _auth(check: _Checker, table) -> AuthConfig:
@@ -296,8 +744,9 @@ def _auth(check: _Checker, table) -> AuthConfig:
             check.error("auth.keys", 'auth.keys must be a table of key id = "secret", e.g. { k2 = "...", k1 = "..." }')
         else:
             for kid, secret in raw.items():
-                if not KEY_ID.match(kid):
-                    check.error(f"auth.keys.{kid}", f"key id {kid!r} must be 1-32 characters of A-Z, a-z, 0-9, '_' and '-'")
+                if not KEY_ID.fullmatch(kid):
+                    check.error(f"auth.keys.{kid}",
+                                f"key id {_show(kid)} must be 1-32 characters of A-Z, a-z, 0-9, '_' and '-'")
                 elif not isinstance(secret, str) or not secret:
                     check.error(f"auth.keys.{kid}", f"auth.keys.{kid} must be a non-empty string")
                 else:
@@ -307,9 +756,11 @@ def _auth(check: _Checker, table) -> AuthConfig:
                 if len(raw) == 1:
                     active = next(iter(raw))
                 else:
-                    check.error("auth.active_key", "with several auth.keys, set auth.active_key to the id new tokens use")
+                    check.error("auth.keys", "with several auth.keys, set auth.active_key to the id new tokens use")
             elif not isinstance(active, str) or active not in raw:
-                check.error("auth.active_key", f"auth.active_key must name one of auth.keys ({', '.join(raw)}), got {active!r}")
+                ids = ", ".join(_show(k, 40) for k in list(raw)[:8])
+                check.error("auth.active_key",
+                            f"auth.active_key must name one of auth.keys ({ids}), got {_show(active)}")
                 active = None
     if "active_key" in table and "keys" not in table:
         check.error("auth.active_key", "auth.active_key goes with auth.keys")
@@ -335,8 +786,9 @@ def _agent(check: _Checker, index: int, table) -> AgentConfig | None:
         if value is None:
             check.error(p, f"{p}.{key} is required")
             ok = False
-        elif not isinstance(value, str) or not NAME.match(value):
-            check.error(f"{p}.{key}", f"{p}.{key} must be 1-63 characters of a-z, 0-9 and '-' (no dots), got {value!r}")
+        elif not isinstance(value, str) or not NAME.fullmatch(value):
+            check.error(f"{p}.{key}",
+                        f"{p}.{key} must be 1-63 characters of a-z, 0-9 and '-' (no dots), got {_show(value)}")
             ok = False
         names[key] = value
     upstreams = table.get("upstreams")
@@ -344,8 +796,8 @@ def _agent(check: _Checker, index: int, table) -> AgentConfig | None:
     if upstreams is None:
         check.error(p, f"{p}.upstreams is required: a list of the bot's ws:// or wss:// URLs")
         ok = False
-    elif not isinstance(upstreams, list) or not upstreams:
-        check.error(f"{p}.upstreams", f"{p}.upstreams must be a non-empty list of ws:// or wss:// URLs")
+    elif not isinstance(upstreams, list) or not upstreams or len(upstreams) > 256:
+        check.error(f"{p}.upstreams", f"{p}.upstreams must be a non-empty list of at most 256 ws:// or wss:// URLs")
         ok = False
     else:
         for i, url in enumerate(upstreams):
@@ -360,12 +812,11 @@ def _agent(check: _Checker, index: int, table) -> AgentConfig | None:
         public_keys = []
     max_sessions = table.get("max_sessions")
     if max_sessions is not None and (not isinstance(max_sessions, int) or isinstance(max_sessions, bool)
-                                     or max_sessions < 1):
-        check.error(f"{p}.max_sessions", f"{p}.max_sessions must be a positive integer (leave it out for no limit), got {max_sessions!r}")
+                                     or not 1 <= max_sessions <= 1 << 31):
+        check.error(f"{p}.max_sessions", f"{p}.max_sessions must be a positive integer (leave it out for no "
+                                         f"limit), got {_show(max_sessions)}")
         max_sessions = None
-    idle = table.get("idle_timeout")
-    if idle is not None:
-        idle = check.number(table, "idle_timeout", p, None, 0, 86400, lo_open=True)
+    idle = check.number(table, "idle_timeout", p, None, 0, 86400, lo_open=True)
     agent = AgentConfig(
         name=names.get("name") or "", organization=names.get("organization") or "",
         upstreams=tuple(good),
@@ -376,25 +827,42 @@ def _agent(check: _Checker, index: int, table) -> AgentConfig | None:
     return agent if ok else None
 
 
-def parse_config(text: str, source: str | None = None) -> Config:
-    """Parse and validate a config file's text; ConfigErrors lists every problem found."""
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
-        raise ConfigErrors([ConfigError(f"the file is over {MAX_CONFIG_BYTES} bytes; is it the right file?",
-                                        source=source)])
+def _load_toml(text: str, source: str | None) -> dict:
+    """tomllib's answer, or ConfigErrors: the only exception a hostile text can cause."""
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         match = re.search(r"\(at line (\d+), column \d+\)", str(exc))
         raise ConfigErrors([ConfigError(f"not valid TOML: {exc}", line=int(match.group(1)) if match else None,
                                         source=source)]) from None
     except RecursionError:
         raise ConfigErrors([ConfigError("not valid TOML: nested too deeply", source=source)]) from None
-    check = _Checker(locate_keys(text), source)
+    except ValueError as exc:
+        # Python refuses to convert integers of over 4300 digits: a plain ValueError.
+        long = _LONG_NUMBER.search(text) if "digits" in str(exc) else None
+        if long is None:
+            raise ConfigErrors([ConfigError(f"not valid TOML: {exc}", source=source)]) from None
+        raise ConfigErrors([ConfigError("a number with thousands of digits; write a number of sensible size",
+                                        line=text.count("\n", 0, long.start()) + 1, source=source)]) from None
+
+
+def parse_config(text: str, source: str | None = None) -> Config:
+    """Parse and validate a config file's text; ConfigErrors lists every problem found."""
+    if len(text) > MAX_CONFIG_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
+        raise ConfigErrors([ConfigError(f"the file is over {MAX_CONFIG_BYTES} bytes; is it the right file?",
+                                        source=source)])
+    locator = _Locator(text)
+    lines = locator.run()                     # before tomllib: it also finds keys too deep for it
+    if locator.too_deep is not None:
+        line, why = locator.too_deep
+        raise ConfigErrors([ConfigError(f"{why}; is it the right file?", line=line, source=source)])
+    data = _load_toml(text, source)
+    check = _Checker(lines, source)
     for key in data:
         if key not in ("relay", "auth", "agents"):
-            hint = difflib.get_close_matches(key, ["relay", "auth", "agents"], n=1)
-            check.error(key, f"unknown table '{key}'" + (f"; did you mean '{hint[0]}'?" if hint
-                                                         else "; allowed: [relay], [auth], [[agents]]"))
+            hint = difflib.get_close_matches(key, ["relay", "auth", "agents"], n=1) if len(key) <= 64 else []
+            check.error(key, f"unknown table {_show(key)}" + (f"; did you mean '{hint[0]}'?" if hint
+                                                             else "; allowed: [relay], [auth], [[agents]]"))
     relay_table, auth_table = data.get("relay", {}), data.get("auth", {})
     for name, table in (("relay", relay_table), ("auth", auth_table)):
         if not isinstance(table, dict):
@@ -418,9 +886,8 @@ def parse_config(text: str, source: str | None = None) -> Config:
             continue
         seen[agent.service_host] = len(agents)
         agents.append(agent)
-    if check.errors:
-        raise ConfigErrors(check.errors)
-    return Config(relay=relay, auth=auth, agents=tuple(agents), source=source)
+    check.finish()
+    return Config(relay=relay, auth=auth, agents=tuple(agents), source=source, lines=lines)
 
 
 def load_config(path) -> Config:
@@ -444,17 +911,34 @@ def load_config(path) -> Config:
 
 
 def apply_overrides(config: Config, *, host: str | None = None, port: int | None = None,
-                    workers: int | None = None) -> Config:
-    """Command-line flags win over the file; they are validated the same way."""
+                    workers: int | None = None, admin_port: int | None = None) -> Config:
+    """Command-line flags win over the file; they are validated the same way.
+
+    ``port`` 0 picks a free port; ``admin_port`` 0 turns the admin listener off.
+    """
     errors = []
     if port is not None and not 0 <= port <= 65535:
         errors.append(ConfigError(f"--port must be from 0 to 65535, got {port}", key="relay.port"))
+    if admin_port is not None and not 0 <= admin_port <= 65535:
+        errors.append(ConfigError(f"--admin-port must be from 0 (off) to 65535, got {admin_port}",
+                                  key="relay.admin_port"))
     if workers is not None and not 1 <= workers <= 64:
         errors.append(ConfigError(f"--workers must be from 1 to 64, got {workers}", key="relay.workers"))
+    if host is not None and (not host or _SPACE_OR_CONTROL.search(host) or len(host) > 255):
+        errors.append(ConfigError(f"--host must be an address or name like 127.0.0.1, got {_show(host)}",
+                                  key="relay.host"))
     if errors:
         raise ConfigErrors(errors)
-    changes = {k: v for k, v in (("host", host), ("port", port), ("workers", workers)) if v is not None}
-    return dataclasses.replace(config, relay=dataclasses.replace(config.relay, **changes)) if changes else config
+    changes = {k: v for k, v in (("host", host), ("port", port), ("workers", workers),
+                                 ("admin_port", admin_port)) if v is not None}
+    relay = dataclasses.replace(config.relay, **changes) if changes else config.relay
+    if (port is not None or admin_port is not None) and relay.admin_port and relay.admin_port == relay.port:
+        flag = "--admin-port" if admin_port is not None else "--port"
+        raise ConfigErrors([ConfigError(
+            f"{flag} {relay.port if flag == '--port' else relay.admin_port}: the public port and the "
+            "admin port must differ; choose another, or --admin-port 0 to turn the admin port off",
+            key="relay.admin_port" if flag == "--admin-port" else "relay.port")])
+    return dataclasses.replace(config, relay=relay) if changes else config
 
 
 def demo_config(echo_upstream: str) -> Config:
@@ -482,9 +966,16 @@ def require_signing_key(config: Config) -> None:
     """A relay with token agents must have a key; say which agents need one."""
     needing = [a.service_host for a in config.agents if a.websocket_auth == "token"]
     if needing and not (config.auth.keys and config.auth.active_key in config.auth.keys):
+        key = _first_token_agent_key(config)
         raise ConfigError(f"agents {', '.join(needing)} use websocket_auth = \"token\" but there is no "
                           "signing key: set [auth] secret (or keys and active_key) or WSRELAY_AUTH_SECRET",
-                          key="auth.secret", source=config.source)
+                          key=key, line=config.lines.get(key), source=config.source)
+
+
+def _first_token_agent_key(config: Config) -> str:
+    """The ``websocket_auth`` key of the first token agent: what the user wrote to need a key."""
+    index = next(i for i, a in enumerate(config.agents) if a.websocket_auth == "token")
+    return f"agents[{index}].websocket_auth"
 
 
 def require_shared_nonces(config: Config, relay: RelayConfig | None = None) -> None:
@@ -497,8 +988,16 @@ def require_shared_nonces(config: Config, relay: RelayConfig | None = None) -> N
     relay = relay or config.relay
     needing = [a.service_host for a in config.agents if a.websocket_auth == "token"]
     if needing and relay.workers > 1 and relay.nonce_store != "redis":
+        # Point at what the user wrote: workers (file or --workers), else the token agent;
+        # a config built in code has no lines, so name the key to set.
+        if "relay.workers" in config.lines:
+            key = "relay.workers"
+        elif config.lines:
+            key = _first_token_agent_key(config)
+        else:
+            key = "relay.nonce_store"
         raise ConfigError(
             f"agents {', '.join(needing)} use websocket_auth = \"token\" with {relay.workers} workers, "
             "but each worker would remember only its own nonces, so a token could be used once per "
             "worker: set relay.nonce_store = \"redis\" and relay.redis_url, or run one worker",
-            key="relay.nonce_store", source=config.source)
+            key=key, line=config.lines.get(key), source=config.source)
