@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 
 from . import config as config_mod
-from .errors import ConfigError, WsrelayError
+from .errors import ConfigError, ListenError, WsrelayError
 
 log = logging.getLogger("wsrelay.cli")
 
@@ -28,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (SPEC §4)")
     serve.add_argument("--host", help="listen address (overrides [relay] host)")
     serve.add_argument("--port", type=int, help="listen port (overrides [relay] port)")
+    serve.add_argument("--admin-port", type=int,
+                       help="admin port for /metrics, /healthz, /readyz (overrides [relay] admin_port; 0 = off)")
     serve.add_argument("--workers", type=int, help="worker processes sharing the port")
     serve.add_argument("--log-format", choices=("auto", "json", "text"), help="log line format")
     serve.add_argument("--pure-python", action="store_true",
@@ -81,16 +85,35 @@ def cmd_serve(args) -> int:
         os.environ["WSRELAY_PURE_PYTHON"] = "1"
     cfg = _load(args.config) if args.config else None
     setup_logging(args.log_format or (cfg.relay.log_format if cfg else "auto"))
+    overrides = dict(host=args.host, port=args.port, workers=args.workers, admin_port=args.admin_port)
     if cfg is not None:
-        cfg = config_mod.apply_overrides(cfg, host=args.host, port=args.port, workers=args.workers)
+        cfg = config_mod.apply_overrides(cfg, **overrides)
         config_mod.require_signing_key(cfg)
         config_mod.require_shared_nonces(cfg)
+    else:               # the demo: check the flags now, before anything starts
+        config_mod.apply_overrides(config_mod.demo_config("ws://127.0.0.1:1/"), **overrides)
     _raise_open_files_limit()
     workers = cfg.relay.workers if cfg is not None else (args.workers or 1)
     if workers > 1:
         from .workers import run_workers
-        return run_workers(workers, lambda capacity, index: _run(cfg, args, capacity, index))
-    return _run(cfg, args, None, 0)
+        return run_workers(workers, lambda capacity, index: _run_worker(cfg, args, capacity, index))
+    try:
+        return _run(cfg, args, None, 0)
+    except WsrelayError:
+        raise
+    except Exception:
+        # A bug, not a user error: still one structured line (traceback in its "exc" field).
+        log.critical("wsrelay stopped by an unexpected error", exc_info=True)
+        return 1
+
+
+def _run_worker(cfg, args, capacity, index: int) -> int:
+    """One worker: a user error is one line on stderr, as without workers."""
+    try:
+        return _run(cfg, args, capacity, index)
+    except WsrelayError as exc:
+        print(f"wsrelay: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
 
 
 def _raise_open_files_limit() -> None:
@@ -115,40 +138,58 @@ def _run(cfg, args, capacity, worker: int) -> int:
     except ImportError:           # pragma: no cover - uvloop is a dependency on Linux/macOS
         runner = asyncio.run
     return runner(serve(cfg, config_path=args.config, host=args.host, port=args.port,
-                        capacity=capacity, worker=worker))
+                        admin_port=args.admin_port, capacity=capacity, worker=worker))
 
 
-async def serve(cfg, *, config_path=None, host=None, port=None, capacity=None, worker: int = 0) -> int:
+async def serve(cfg, *, config_path=None, host=None, port=None, admin_port=None, capacity=None,
+                worker: int = 0) -> int:
     """Run one relay process until SIGTERM/SIGINT; returns the exit status.
 
     SIGHUP, or a change of the config file, reloads the agents without dropping sessions;
     an invalid file is rejected with its errors logged and the running config kept.
     SIGTERM drains: no new sessions, live ones go on up to ``drain_seconds``, then close
-    with 1012. A second SIGTERM/SIGINT stops at once.
+    with 1012. A second SIGTERM/SIGINT stops at once. A port that cannot be listened on
+    is a ListenError (one line for the user), not a traceback.
     """
     from .server import Relay
+    from .session_log import log_loop_exception
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(log_loop_exception)
     echo = None
     if cfg is None:
         from .echo_bot import start_echo_bot
         echo = await start_echo_bot()
         echo_port = echo.sockets[0].getsockname()[1]
         cfg = config_mod.apply_overrides(
-            config_mod.demo_config(f"ws://127.0.0.1:{echo_port}/"), host=host, port=port)
+            config_mod.demo_config(f"ws://127.0.0.1:{echo_port}/"), host=host, port=port, admin_port=admin_port)
     relay = Relay(cfg, capacity=capacity)
-    await relay.start()
+    try:
+        await _listen(relay.start(), cfg.relay.host, cfg.relay.port, "relay.port", "--port",
+                      "pick a free port, or 0 for any free port")
+    except ListenError:
+        if echo is not None:
+            echo.close()
+        raise
     admin = None
     if cfg.relay.admin_port and worker == 0:
         from .admin import AdminServer
         admin = AdminServer(render_metrics=relay.metrics.render, is_ready=lambda: relay.accepting)
-        await admin.start(cfg.relay.host, cfg.relay.admin_port)
+        try:
+            await _listen(admin.start(cfg.relay.host, cfg.relay.admin_port), cfg.relay.host,
+                          cfg.relay.admin_port, "relay.admin_port", "--admin-port",
+                          "pick a free port, or 0 to turn the admin port off")
+        except ListenError:
+            await relay.stop()
+            if echo is not None:
+                echo.close()
+            raise
     agents = ", ".join(a.service_host for a in relay.registry.agents()) or "none"
     log.info("wsrelay listening on ws://%s:%d (pump: %s; agents: %s)",
              cfg.relay.host, relay.port, relay.pump.IMPLEMENTATION, agents)
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    watcher = None
+    watcher = reloader = None
     if config_path:
         reloader = Reloader(relay, config_path)
         loop.add_signal_handler(signal.SIGHUP, reloader.reload)
@@ -158,6 +199,7 @@ async def serve(cfg, *, config_path=None, host=None, port=None, capacity=None, w
         loop.add_signal_handler(sig, lambda: os._exit(1))   # second signal: stop at once
     if watcher is not None:
         watcher.cancel()
+        reloader.cancel()
     log.info("draining %d session(s) for up to %ss", len(relay.sessions), cfg.relay.drain_seconds)
     await relay.stop(drain_seconds=cfg.relay.drain_seconds)
     if admin is not None:
@@ -168,8 +210,45 @@ async def serve(cfg, *, config_path=None, host=None, port=None, capacity=None, w
     return 0
 
 
+async def _listen(start, host: str, port: int, key: str, flag: str, advice: str) -> None:
+    """Await ``start`` (a listener's start); an OSError becomes one ListenError sentence.
+
+    The sentence names the address, the key and the flag to change, and what to do,
+    instead of the thirty lines of traceback the OSError would print.
+    """
+    try:
+        await start
+    except OSError as exc:
+        about_host = isinstance(exc, socket.gaierror) or exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+        if about_host:
+            key, flag, advice = "relay.host", "--host", "use an address of this machine, or 0.0.0.0"
+        reason = _listen_reason(exc)
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ListenError(f"cannot listen on {address} ({key}, {flag}): {reason}; {advice}") from None
+
+
+def _listen_reason(exc: OSError) -> str:
+    """The OS's reason in a few words (uvloop's message repeats the address)."""
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror or exc})"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "the address is not one of this machine's"
+    text = os.strerror(exc.errno) if exc.errno else (str(exc).splitlines() or [""])[0][:200]
+    return (text[:1].lower() + text[1:]) or type(exc).__name__
+
+
 class Reloader:
-    """Reloads the agents from the config file on SIGHUP or when the file changes."""
+    """Reloads the agents from the config file on SIGHUP or when the file changes.
+
+    The file is read and parsed in a worker thread, so a big file never stalls the event
+    loop (and with it every live session); only the result is applied on the loop. A
+    reload asked for while one is in flight is coalesced: one more runs after it, reading
+    the file as it is then, however many were asked for meanwhile.
+    """
 
     POLL_SECONDS = 1.0
 
@@ -177,6 +256,8 @@ class Reloader:
         self.relay = relay
         self.path = path
         self._stamp = self._file_stamp()
+        self._task: asyncio.Task | None = None
+        self._again = False
 
     def _file_stamp(self):
         try:
@@ -185,18 +266,48 @@ class Reloader:
         except OSError:
             return None
 
-    def reload(self) -> bool:
+    def reload(self) -> None:
+        """Ask for a reload (SIGHUP, file change); returns at once, on the loop."""
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._reload_until_settled())
+
+    def cancel(self) -> None:
+        """At shutdown: drop a reload in flight (its thread ends alone; nothing is applied)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _reload_until_settled(self) -> None:
+        """One reload, then one more for as long as more were asked for meanwhile."""
+        while True:
+            self._again = False
+            await self.reload_now()
+            if not self._again:
+                return
+
+    async def reload_now(self) -> bool:
+        """Read and check the file in a thread, then apply it here; False if rejected."""
         self._stamp = self._file_stamp()
+        running = self.relay.config.relay
         try:
-            new = _load(self.path)
-            config_mod.require_signing_key(new)
-            config_mod.require_shared_nonces(new, self.relay.config.relay)
+            new = await asyncio.to_thread(self._read, running)
         except ConfigError as exc:
             log.error("config reload rejected, keeping the running config: %s", exc)
+            return False
+        except Exception:                    # a bug: say so, keep serving with the running config
+            log.exception("config reload failed, keeping the running config")
             return False
         self.relay.reload(new)
         log.info("config reloaded: %d agent(s)", len(new.agents))
         return True
+
+    def _read(self, running):
+        """The new config, checked against the running relay (in a worker thread)."""
+        new = _load(self.path)
+        config_mod.require_signing_key(new)
+        config_mod.require_shared_nonces(new, running)
+        return new
 
     async def watch(self) -> None:
         while True:

@@ -16,7 +16,8 @@
     │   ├── UpstreamUnreachable       502: every instance refused or was unreachable
     │   ├── UpstreamTimeout           504: connecting or the bot's handshake timed out
     │   └── UpstreamRejected          the bot answered the upgrade with an HTTP error
-    └── TokenError                    a token could not be minted (e.g. no signing key)
+    ├── TokenError                    a token could not be minted (e.g. no signing key)
+    └── ListenError                   a listener could not be opened (port busy, address not here)
 
 Messages are sentences a user can act on: they say what was wrong and what to do.
 The reason given to a refused client is deliberately short; the full reason goes to the log.
@@ -140,3 +141,7 @@ class UpstreamRejected(UpstreamError):
 
 class TokenError(WsrelayError):
     """A token could not be minted, e.g. the relay has no signing key configured."""
+
+
+class ListenError(WsrelayError):
+    """A listener could not be opened; the message names the address, the key and the flag."""

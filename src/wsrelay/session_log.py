@@ -3,6 +3,11 @@
 Lines go to the ``wsrelay.session`` logger as JSON objects (``--log-format json``, the
 default when stderr is not a terminal) or as ``key=value`` pairs for people reading a
 terminal (``text``). The formatter below renders a record's ``fields`` either way.
+
+Every line the relay process prints goes through that one formatter: ``setup_logging``
+puts it on the root logger, so asyncio's own messages ("Task exception was never
+retrieved"), Python warnings and any library's log lines are structured too, with a
+traceback folded into one field rather than spread over thirty lines.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ class StructuredFormatter(logging.Formatter):
             fields.update(extra)
         else:
             fields["msg"] = record.getMessage()
-        if record.exc_info:
+        if record.exc_info and record.exc_info[0] is not None:
+            fields.setdefault("exc_type", record.exc_info[0].__name__)
             fields["exc"] = self.formatException(record.exc_info)
         if self.style == "json":
             return json.dumps(fields, separators=(",", ":"), default=str)
@@ -49,19 +55,60 @@ class StructuredFormatter(logging.Formatter):
 
 
 def _text(value) -> str:
+    """One ``key=value`` value: quoted (JSON-escaped) when it has spaces, '=', quotes or line breaks."""
     text = str(value)
-    return json.dumps(text) if (" " in text or not text) else text
+    if not text or any(c.isspace() or c in '="' or not c.isprintable() for c in text):
+        return json.dumps(text)
+    return text
 
 
 def setup_logging(fmt: str = "auto", level: int = logging.INFO) -> None:
-    """Route wsrelay's logs to stderr in ``fmt`` ("auto" = json unless stderr is a TTY)."""
+    """Route every log line of the process to stderr in ``fmt`` ("auto" = json unless a TTY).
+
+    The handler sits on the root logger, so records of ``asyncio`` and other libraries
+    are rendered like wsrelay's own; other loggers show warnings and errors only.
+    Python warnings become log records too.
+    """
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(StructuredFormatter(fmt))
-    root = logging.getLogger("wsrelay")
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    root.setLevel(logging.WARNING)
+    ours = logging.getLogger("wsrelay")
+    ours.handlers[:] = []
+    ours.setLevel(level)
+    ours.propagate = True
     # picows logs every connection at INFO; keep only its warnings.
     logging.getLogger("wsrelay.picows").setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+
+
+def log_loop_exception(loop, context: dict) -> None:
+    """The event loop's exception handler: one structured line per unhandled error.
+
+    asyncio's default handler writes the message, the future's repr and the traceback
+    over many lines; here they are fields of one record (``exc`` holds the traceback).
+    """
+    exception = context.get("exception")
+    fields = {"event": "loop_exception", "msg": str(context.get("message") or "unhandled error in the event loop")}
+    for key in ("future", "task", "handle", "protocol", "transport", "socket"):
+        if context.get(key) is not None:
+            fields[key] = _short_repr(context[key])
+    if exception is not None:
+        fields["exc_type"] = type(exception).__name__
+        fields["exc_text"] = str(exception)
+        exc_info = (type(exception), exception, exception.__traceback__)
+    else:
+        exc_info = None
+    logging.getLogger("wsrelay.loop").error(fields["msg"], exc_info=exc_info, extra={"fields": fields})
+
+
+def _short_repr(value, limit: int = 300) -> str:
+    """``repr`` of a loop object, bounded; a broken ``__repr__`` must not lose the line."""
+    try:
+        text = repr(value)
+    except Exception as exc:                 # pragma: no cover - a repr that raises
+        text = f"<unrepresentable {type(value).__name__}: {type(exc).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
