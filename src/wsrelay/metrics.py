@@ -16,7 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from . import pump
 
 OUTCOMES = ("closed", "client lost", "bot lost", "time limit", "idle timeout", "shutdown",
-            "protocol error", "keepalive timeout", "close timeout", "other")
+            "protocol error", "keepalive timeout", "close timeout", "stalled", "other")
 
 
 def outcome_of(end_reason: str | None) -> str:

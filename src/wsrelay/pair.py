@@ -51,8 +51,7 @@ class SessionPair:
 
     def __init__(self, pump: Any, *, on_bot_open: Callable[["SessionPair"], bool],
                  on_end: Callable[["SessionPair"], None], close_timeout: float,
-                 write_buffer_high: int, write_buffer_low: int,
-                 stall_timeout: float = 60.0) -> None:
+                 write_buffer_high: int, write_buffer_low: int, stall_timeout: float) -> None:
         self.client = pump.Side(self, False)
         self.bot = pump.Side(self, True)
         self.client.peer = self.bot

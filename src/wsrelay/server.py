@@ -9,6 +9,7 @@ Every refusal is an HTTP answer before any upgrade and before any bot is contact
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import socket
@@ -109,8 +110,8 @@ class Relay:
     def reload(self, config: Config) -> None:
         """Take new agents and auth keys; live sessions keep the agent they started with.
 
-        Listener settings (host, port, workers, TLS) and the nonce store need a restart
-        and are kept.
+        Listener settings (host, port, workers, TLS), the nonce store and the other
+        ``[relay]`` bounds need a restart and are kept; ``cors_origins`` follows the file.
         """
         changed = [k for k in ("host", "port", "workers", "tls_cert", "tls_key", "admin_port",
                                "nonce_store", "redis_url")
@@ -118,7 +119,9 @@ class Relay:
         if changed:
             log.warning("config reload: %s changed but take effect only after a restart",
                         ", ".join(f"relay.{k}" for k in changed))
-        self.config = Config(relay=self.config.relay, auth=config.auth, agents=config.agents,
+        # cors_origins is read per request, so it follows the file like the agents do.
+        relay = dataclasses.replace(self.config.relay, cors_origins=config.relay.cors_origins)
+        self.config = Config(relay=relay, auth=config.auth, agents=config.agents,
                              source=config.source)
         self.authenticator.auth = config.auth
         if isinstance(self.registry, StaticRegistry):

@@ -52,7 +52,7 @@ class Session:
         self.pair = SessionPair(
             relay.pump, on_bot_open=self._attach_client, on_end=self._ended,
             close_timeout=cfg.close_timeout, write_buffer_high=cfg.write_buffer_high,
-            write_buffer_low=cfg.write_buffer_low)
+            write_buffer_low=cfg.write_buffer_low, stall_timeout=cfg.stall_timeout)
 
     def forward_headers(self) -> list[tuple[str, str]]:
         """The bot's handshake headers: the client's end-to-end ones, then the relay's own.
