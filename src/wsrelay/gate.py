@@ -268,28 +268,28 @@ class Gate(asyncio.Protocol):
         )
         self.state = "upgraded"
         transport = self.transport
-        transport.set_protocol(protocol)
+        stream = self.relay.pump.ClientStream(protocol)    # stops at the client's close frame
+        transport.set_protocol(stream)
         protocol.connection_made(transport)
-        self._feed(protocol, canonical_upgrade_head(key))
+        self._feed(protocol, canonical_upgrade_head(key))    # HTTP: straight to picows
         if protocol.listener is not client_side:
             # Cannot happen for a head the relay built; never leave a socket half-open.
             log.error("picows refused the relay's canonical upgrade head; dropping the client")
             transport.abort()
             self._forget_request()
             return False
-        self._feed(protocol, self.early)
+        self._feed(stream, self.early)                       # frames: through the stream
         self._forget_request()
         if client_side.transport is None or transport.is_closing():
             return False
         transport.resume_reading()
         return True
 
-    @staticmethod
-    def _feed(protocol, data) -> None:
-        """Replay ``data`` into picows as if the socket had just read it."""
+    def _feed(self, protocol, data) -> None:
+        """Replay ``data`` into ``protocol`` as if the socket had just read it."""
         view = memoryview(data)
         pos = 0
-        transport = protocol.transport.underlying_transport
+        transport = self.transport
         while pos < len(view) and not transport.is_closing():
             buffer = protocol.get_buffer(-1)
             n = min(len(buffer), len(view) - pos)

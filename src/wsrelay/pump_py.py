@@ -91,3 +91,89 @@ class Side(WSListener):
 
     def resume_writing(self) -> None:
         self.pair.resume_source_of(self)
+
+
+class ClientStream:
+    """The client socket's protocol: picows gets every byte up to the client's close frame.
+
+    Same behaviour as the compiled ``ClientStream`` (see csrc/_pump.pyx for why): frame
+    headers are tracked in the client's byte stream, and bytes after the first close
+    frame are read and dropped instead of reaching picows' parser.
+    """
+
+    def __init__(self, protocol) -> None:
+        self._protocol = protocol
+        self._get_buffer = protocol.get_buffer
+        self._buffer_updated = protocol.buffer_updated
+        self._view = None
+        self._head = bytearray()
+        self._skip = 0
+        self._in_close = False
+        self._closed = False
+
+    @property
+    def protocol(self):
+        return self._protocol
+
+    def get_buffer(self, size_hint: int):
+        if self._closed:
+            return memoryview(bytearray(4096))
+        self._view = self._get_buffer(size_hint)
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._closed:
+            return
+        keep = self._scan(self._view[:nbytes])
+        self._view = None
+        self._buffer_updated(keep)
+
+    def _scan(self, data) -> int:
+        pos, n = 0, len(data)
+        while pos < n:
+            if self._skip:
+                take = min(self._skip, n - pos)
+                pos += take
+                self._skip -= take
+                if self._skip == 0 and self._in_close:
+                    self._closed = True
+                    return pos
+                continue
+            self._head.append(data[pos])
+            pos += 1
+            head = self._head
+            if len(head) < 2:
+                continue
+            flag = head[1] & 0x7F
+            need = 2 + {126: 2, 127: 8}.get(flag, 0) + (4 if head[1] & 0x80 else 0)
+            if len(head) < need:
+                continue
+            length = int.from_bytes(head[2:need - (4 if head[1] & 0x80 else 0)], "big") if flag >= 126 else flag
+            self._in_close = (head[0] & 0x0F) == 0x8
+            self._head = bytearray()
+            self._skip = length
+            if length == 0 and self._in_close:
+                self._closed = True
+                return pos
+        return pos
+
+    def eof_received(self):
+        return self._protocol.eof_received()
+
+    def connection_lost(self, exc) -> None:
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()
+
+    def data_received(self, data) -> None:      # only if a transport ignores get_buffer
+        pos = 0
+        while pos < len(data) and not self._closed:
+            buf = self.get_buffer(len(data) - pos)
+            take = min(len(buf), len(data) - pos)
+            buf[:take] = data[pos:pos + take]
+            self.buffer_updated(take)
+            pos += take
