@@ -39,6 +39,15 @@ WATCH_SECONDS = 1.0          # how often the socket of a side whose reading is p
 _GONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 
+def legal_close_code(code: int) -> bool:
+    """May ``code`` stand in a close frame on the wire (RFC 6455 §7.4)?
+
+    1000-1003 and 1007-1014 are defined for use, 3000-4999 are for libraries and
+    applications. 1004 is reserved, and 1005, 1006 and 1015 must never be sent.
+    """
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 def close_code_of(payload: bytes) -> int | None:
     """The status code in a CLOSE payload, or None when it carries none."""
     if len(payload) >= 2:
@@ -92,13 +101,31 @@ class SessionPair:
             self.protocol_error(side)      # picows closed this side itself: this is the reply
         side.close_received = True
         name = _name(side)
-        self.close_from[name] = close_code_of(payload)
+        code = close_code_of(payload)
+        self.close_from[name] = code
         if self.first_closer is None:
             self.first_closer = name
         peer = side.peer
+        if code is not None and not legal_close_code(code):
+            # picows refuses most illegal codes itself; 0, 1006 and 5000 and up it lets
+            # through. Such a close is a protocol error like any other, never relayed.
+            self._illegal_close(side, code)
+            return
         if not peer.close_sent and not peer.disconnected and peer.transport is not None:
             peer.transport.send(0x8, payload)     # exactly as received
             self._close_sent_to(peer, close_code_of(payload))
+        self._disconnect_finished()
+
+    def _illegal_close(self, side, code: int) -> None:
+        name = _name(side)
+        if self.first_closer == name and self.end_reason is None:     # it closed first
+            self.first_closer = "relay"
+            self.end_reason = f"protocol error ({name})"
+        if not side.close_sent and not side.disconnected:
+            self._send_close(side, WSCloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+        peer = side.peer
+        if not peer.close_sent and not peer.disconnected and peer.transport is not None:
+            self._send_close(peer, WSCloseCode.PROTOCOL_ERROR, f"{name} broke the protocol")
         self._disconnect_finished()
 
     def protocol_error(self, side) -> None:
