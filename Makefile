@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.wsrelay-installed
-SOURCES := pyproject.toml setup.py $(wildcard csrc/wsrelay/*.pyx csrc/wsrelay/*.pxd)
+SOURCES := pyproject.toml setup.py $(wildcard csrc/wsrelay/pump/*.pyx csrc/wsrelay/pump/*.pxd csrc/wsrelay/pump/*.pxi)
 
 .PHONY: demo test bench install clean
 
@@ -34,4 +34,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/e2e.py --json benchmarks/results/e2e.json --plot benchmarks/results/e2e.png
 
 clean:
-	rm -rf build src/*.egg-info src/wsrelay/*.so csrc/wsrelay/*.c $(VENV)
+	rm -rf build src/*.egg-info src/wsrelay/pump/*.so csrc/wsrelay/pump/*.c $(VENV)

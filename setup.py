@@ -1,4 +1,4 @@
-"""Builds the Cython frame pump (csrc/) into ``wsrelay._pump``.
+"""Builds the Cython frame pump (csrc/wsrelay/pump/) into ``wsrelay.pump._compiled``.
 
 Everything else is declared in pyproject.toml. ``WSRELAY_CYTHON_ANNOTATE=1`` writes the
 HTML annotation next to the .pyx, to check the hot path stays free of Python calls.
@@ -11,8 +11,10 @@ from setuptools import Extension, setup
 
 extensions = [
     Extension(
-        "wsrelay._pump",
-        ["csrc/wsrelay/_pump.pyx"],
+        "wsrelay.pump._compiled",
+        ["csrc/wsrelay/pump/_compiled.pyx"],
+        depends=["csrc/wsrelay/pump/side.pxi", "csrc/wsrelay/pump/client_stream.pxi",
+                 "csrc/wsrelay/pump/_compiled.pxd"],
         extra_compile_args=["-O2"],
     ),
 ]

@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from wsrelay.config import AgentConfig, Config, RelayConfig          # noqa: E402
 from wsrelay.echo_bot import start_echo_bot                          # noqa: E402
-from wsrelay.handshake import parse_upgrade                          # noqa: E402
-from wsrelay.routing import route_websocket                          # noqa: E402
-from wsrelay.server import Relay                                     # noqa: E402
-from wsrelay.tokens import mint_token, verify_token                  # noqa: E402
+from wsrelay.core.upgrade import parse_upgrade                          # noqa: E402
+from wsrelay.core.routing import route_websocket                          # noqa: E402
+from wsrelay.edge.relay import Relay                                     # noqa: E402
+from wsrelay.core.tokens import mint_token, verify_token                  # noqa: E402
 
 KEYS = {"k1": "benchmark-secret"}
 

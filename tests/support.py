@@ -16,7 +16,7 @@ import uvloop
 from picows import WSListener, WSMsgType, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_connect, ws_create_server
 
 from wsrelay.config import AgentConfig, Config, RelayConfig
-from wsrelay.server import Relay
+from wsrelay.edge.relay import Relay
 
 
 def arun(coro, timeout: float = 60):

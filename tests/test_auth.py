@@ -14,7 +14,7 @@ import websockets
 from picows import WSMsgType
 
 from wsrelay.config import AuthConfig
-from wsrelay.tokens import mint_token
+from wsrelay.core.tokens import mint_token
 
 from support import Bot, arun, connect_client, raw_request, relay_config, start_relay, status_of, upgrade_head
 

@@ -90,7 +90,7 @@ def test_token_command_and_missing_key(tmp_path):
     env = dict(os.environ, WSRELAY_AUTH_SECRET="env-secret")
     result = _wsrelay("token", "a.b", "--config", str(path), "--ttl", "60", env=env)
     assert result.returncode == 0
-    from wsrelay.tokens import verify_token
+    from wsrelay.core.tokens import verify_token
     claims = verify_token(result.stdout.strip(), service_host="a.b", keys={"env": "env-secret"},
                           now=time.time(), leeway=0)
     assert 55 <= claims.exp - time.time() <= 61
@@ -456,7 +456,7 @@ def test_check_hostile_files_one_clean_error_per_problem(tmp_path):
 _PROVOKE_ASYNCIO = r'''
 import asyncio, gc, logging, sys, warnings
 import uvloop
-from wsrelay.session_log import log_loop_exception, setup_logging
+from wsrelay.edge.logs import log_loop_exception, setup_logging
 
 setup_logging(sys.argv[1])
 

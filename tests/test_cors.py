@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from wsrelay.cors import CorsPolicy, is_preflight, origin_problem
+from wsrelay.core.cors import CorsPolicy, is_preflight, origin_problem
 
 APP = "https://app.example.com"
 LOCAL = "http://localhost:3000"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsrelay.errors import AuthError, RequestRefused
-from wsrelay.handshake import (MAX_HEADERS, MAX_SUBPROTOCOLS_HEADER, UpgradeRequest, bearer_token,
+from wsrelay.core.upgrade import (MAX_HEADERS, MAX_SUBPROTOCOLS_HEADER, UpgradeRequest, bearer_token,
                                canonical_upgrade_head, check_head, declares_body, header_values,
                                parse_upgrade)
 

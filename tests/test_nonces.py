@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from wsrelay.nonces import MemoryNonceStore, NonceStore
+from wsrelay.admission.nonces import MemoryNonceStore, NonceStore
 
 
 class FakeClock:

@@ -10,9 +10,9 @@ import pytest
 
 from wsrelay.config import AuthConfig, ConfigError, require_shared_nonces
 from wsrelay.errors import NonceStoreUnavailable
-from wsrelay.nonces import MemoryNonceStore, NonceStore, RedisNonceStore, make_nonce_store
-from wsrelay.server import Relay
-from wsrelay.tokens import mint_token
+from wsrelay.admission.nonces import MemoryNonceStore, NonceStore, RedisNonceStore, make_nonce_store
+from wsrelay.edge.relay import Relay
+from wsrelay.core.tokens import mint_token
 
 from support import Bot, RedisServer, arun, connect_client, free_port, raw_request, relay_config, start_relay, status_of, upgrade_head
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsrelay.errors import RequestRefused, RouteError
-from wsrelay.routing import (GENERIC_PREFIX, MAX_QUERY_FIELDS, Route, parse_service_host,
+from wsrelay.core.routing import (GENERIC_PREFIX, MAX_QUERY_FIELDS, Route, parse_service_host,
                              route_start_api, route_websocket, split_target)
 
 PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, database=None)

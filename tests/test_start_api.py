@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsrelay.auth import Authenticator
+from wsrelay.admission.auth import Authenticator
 from wsrelay.config import parse_config
 from wsrelay.errors import RequestRefused
-from wsrelay.registry import StaticRegistry
-from wsrelay.start_api import MAX_BODY_JSON, StartRequest, handle_start
-from wsrelay.tokens import verify_token
+from wsrelay.admission.registry import StaticRegistry
+from wsrelay.admission.start_api import MAX_BODY_JSON, StartRequest, handle_start
+from wsrelay.core.tokens import verify_token
 
 CONFIG = parse_config('''
 [relay]

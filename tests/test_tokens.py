@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from wsrelay import tokens
+from wsrelay.core import tokens
 from wsrelay.errors import AuthError, TokenError, WsrelayError
-from wsrelay.tokens import (MAX_NONCE_CHARS, MAX_SID_CHARS, MAX_TOKEN_CHARS, TokenClaims,
+from wsrelay.core.tokens import (MAX_NONCE_CHARS, MAX_SID_CHARS, MAX_TOKEN_CHARS, TokenClaims,
                             missing_token_error, mint_token, nonce_lifetime, verify_token)
 
 KEYS = {"k1": "old-secret-0123456789", "k2": "new-secret-9876543210"}

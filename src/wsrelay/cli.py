@@ -73,14 +73,14 @@ def cmd_check(args) -> int:
 
 
 def cmd_token(args) -> int:
-    from .auth import mint_for_config
+    from .admission.auth import mint_for_config
     cfg = config_mod.auth_secret_from_env(config_mod.load_config(args.config), os.environ)
     print(mint_for_config(cfg, args.service_host, ttl=args.ttl))
     return 0
 
 
 def cmd_serve(args) -> int:
-    from .session_log import setup_logging
+    from .edge.logs import setup_logging
     if args.pure_python:
         os.environ["WSRELAY_PURE_PYTHON"] = "1"
     cfg = _load(args.config) if args.config else None
@@ -95,7 +95,7 @@ def cmd_serve(args) -> int:
     _raise_open_files_limit()
     workers = cfg.relay.workers if cfg is not None else (args.workers or 1)
     if workers > 1:
-        from .workers import run_workers
+        from .edge.workers import run_workers
         return run_workers(workers, lambda capacity, index: _run_worker(cfg, args, capacity, index))
     try:
         return _run(cfg, args, None, 0)
@@ -151,8 +151,8 @@ async def serve(cfg, *, config_path=None, host=None, port=None, admin_port=None,
     with 1012. A second SIGTERM/SIGINT stops at once. A port that cannot be listened on
     is a ListenError (one line for the user), not a traceback.
     """
-    from .server import Relay
-    from .session_log import log_loop_exception
+    from .edge.relay import Relay
+    from .edge.logs import log_loop_exception
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(log_loop_exception)
     echo = None
@@ -172,7 +172,7 @@ async def serve(cfg, *, config_path=None, host=None, port=None, admin_port=None,
         raise
     admin = None
     if cfg.relay.admin_port and worker == 0:
-        from .admin import AdminServer
+        from .edge.admin import AdminServer
         admin = AdminServer(render_metrics=relay.metrics.render, is_ready=lambda: relay.accepting)
         try:
             await _listen(admin.start(cfg.relay.host, cfg.relay.admin_port), cfg.relay.host,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .cors import origin_problem
+from .core.cors import origin_problem
 from .errors import ConfigError, ConfigErrors
 
 DEFAULT_PORT = 8765

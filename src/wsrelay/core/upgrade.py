@@ -17,7 +17,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 
-from .errors import AuthError, RequestRefused
+from ..errors import AuthError, RequestRefused
 
 MAX_SUBPROTOCOLS_HEADER = 1024
 MAX_HEADERS = 100               # header lines per request head (431 beyond); picows allows 128

@@ -16,7 +16,7 @@ import heapq
 import time
 from typing import Callable
 
-from .errors import NonceStoreUnavailable
+from ..errors import NonceStoreUnavailable
 
 
 class NonceStore(abc.ABC):

@@ -11,19 +11,64 @@ SPEC §1::
 the bot exactly as the client encoded it (so ``?body=<base64 JSON>`` arrives as ``body``).
 Malformed is 400, anything that is not one of these paths is 404, and whether the
 service host exists is the registry's question, not this module's.
+
+``ENDPOINTS`` is the table of every path the relay serves: each entry says what kind of
+endpoint it is and when its requests are routed (before the upgrade, from the path and
+query; or, for the provider endpoints to come, after the client's first messages). The
+relay dispatches on it; no other module spells a path prefix.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from .errors import RouteError
+from ..errors import RouteError
 
-GENERIC_PREFIX = "/ws/generic"
 # \Z, not $: "$" also matches before a final newline, which would let "demo\n" through.
+GENERIC_PREFIX = "/ws/generic"
 START_API = re.compile(r"/v1/public/([^/]+)/start\Z")
+
+
+class EndpointKind(enum.Enum):
+    GENERIC = "generic"          # the generic WebSocket endpoint (SPEC §1)
+    START_API = "start api"      # POST /v1/public/{agent}/start (SPEC §3)
+
+
+class RouteAt(enum.Enum):
+    """When a request to an endpoint learns its agent."""
+
+    BEFORE_UPGRADE = "before upgrade"              # from the path and query
+    AFTER_FIRST_MESSAGES = "after first messages"  # from the client's first frames (Twilio)
+    NOT_ROUTED = "not routed"                      # plain HTTP, answered at once
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    kind: EndpointKind
+    pattern: re.Pattern          # the whole path must match
+    websocket: bool
+    route_at: RouteAt
+
+    def matches(self, path: str) -> bool:
+        return self.pattern.match(path) is not None
+
+
+ENDPOINTS = (
+    Endpoint(EndpointKind.GENERIC, re.compile(re.escape(GENERIC_PREFIX) + r"(/.*)?\Z", re.S),
+             websocket=True, route_at=RouteAt.BEFORE_UPGRADE),
+    Endpoint(EndpointKind.START_API, START_API, websocket=False, route_at=RouteAt.NOT_ROUTED),
+)
+
+
+def find_endpoint(path: str) -> Endpoint | None:
+    """The endpoint serving ``path``, or None (404)."""
+    for endpoint in ENDPOINTS:
+        if endpoint.matches(path):
+            return endpoint
+    return None
 LABEL = re.compile(r"[a-z0-9-]{1,63}\Z")
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+\Z")
 MAX_QUERY_FIELDS = 64

@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Callable
 
-from .capacity import SharedCapacity
+from ..admission.capacity import SharedCapacity
 
 log = logging.getLogger("wsrelay.workers")
 

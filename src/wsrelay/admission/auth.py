@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from .config import AgentConfig, AuthConfig, Config
-from .errors import AuthError, TokenError
-from .handshake import UpgradeRequest
+from ..config import AgentConfig, AuthConfig, Config
+from ..errors import AuthError, TokenError
+from ..core.upgrade import UpgradeRequest
 from .nonces import MemoryNonceStore, NonceStore
-from .routing import Route
-from .tokens import TokenClaims, mint_token, missing_token_error, nonce_lifetime, verify_token
+from ..core.routing import Route
+from ..core.tokens import TokenClaims, mint_token, missing_token_error, nonce_lifetime, verify_token
 
 
 class Authenticator:

@@ -1,9 +1,11 @@
 """The relay: one public listener, the dispatcher, and the book of live sessions.
 
 ``dispatch`` is the data path of SPEC §2 as a straight line of calls, each into one
-module: route (routing.py) → agent lookup (registry.py) → handshake check
-(handshake.py) → auth → capacity → session (session.py: upstream connector, pump).
-Every refusal is an HTTP answer before any upgrade and before any bot is contacted.
+module: endpoint (core/routing.py's table) → route → agent lookup (admission/registry.py)
+→ upgrade check (core/upgrade.py) → auth (admission/auth.py) → capacity → session
+(edge/session.py: upstream connector, hand-over, pump). Every refusal is an HTTP answer
+before any upgrade and before any bot is contacted. The capacity slot is taken and
+given back in one place, ``_admit_and_run``, around the session's whole life.
 """
 
 from __future__ import annotations
@@ -16,28 +18,36 @@ import socket
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from . import pump as pump_selector
-from .auth import Authenticator
-from .capacity import Capacity, LocalCapacity
-from .config import Config
-from .cors import CorsPolicy, is_preflight
-from .errors import RequestRefused
+from .. import pump as pump_selector
+from ..admission.auth import Authenticator
+from ..admission.capacity import Capacity, LocalCapacity
+from ..admission.nonces import NonceStore, make_nonce_store
+from ..admission.registry import AgentRegistry, StaticRegistry
+from ..admission.start_api import StartRequest, handle_start
+from ..config import Config
+from ..core.cors import CorsPolicy, is_preflight
+from ..core.routing import EndpointKind, find_endpoint, route_start_api, route_websocket, split_target
+from ..core.session_machine import Outcome
+from ..core.upgrade import parse_upgrade
+from ..errors import CapacityError, RequestRefused, UpstreamError
 from .gate import Gate
-from .handshake import parse_upgrade
+from .http import header
+from .logs import log_refusal, log_session
 from .metrics import RelayMetrics
-from .nonces import NonceStore, make_nonce_store
-from .registry import AgentRegistry, StaticRegistry
-from .routing import GENERIC_PREFIX, route_start_api, route_websocket, split_target
-from .start_api import StartRequest, handle_start
 from .session import Session
-from .session_log import log_refusal, log_session
 from .tls import server_tls_context, upstream_tls_context
 from .upstream import UpstreamConnector
 
 if TYPE_CHECKING:
-    from .config import AgentConfig
+    from ..config import AgentConfig
+    from ..core.routing import Route
+    from ..core.upgrade import UpgradeRequest
 
-log = logging.getLogger("wsrelay.server")
+log = logging.getLogger("wsrelay.relay")
+
+SHUTDOWN_CLOSE = (1012, "relay restarting")     # to both sides once the drain period is over
+DRAINING_RETRY_AFTER = "5"
+CAPACITY_RETRY_AFTER = "1"
 
 
 class Relay:
@@ -60,10 +70,9 @@ class Relay:
             read_buffer_size=cfg.read_buffer_size, keepalive_interval=cfg.keepalive_interval,
             keepalive_timeout=cfg.keepalive_timeout)
         self.sessions: set[Session] = set()            # admitted: connecting or connected
-        self.active: Counter[str] = Counter()          # service host -> this process's sessions
         self.rejections: Counter[int] = Counter()      # HTTP status -> refused handshakes
         self.accepting = True
-        self.metrics = RelayMetrics(self._active_by_agent)
+        self.metrics = RelayMetrics(active=self._active_by_agent, rejections=lambda: self.rejections)
         self._server: asyncio.Server | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -77,11 +86,15 @@ class Relay:
         tls = {"ssl": self.tls, "ssl_handshake_timeout": cfg.handshake_timeout} if self.tls else {}
         create_server = loop.create_server
         if sock is not None:
-            self._server = await create_server(lambda: Gate(self), sock=sock, backlog=1024, **tls)
+            self._server = await create_server(self._new_gate, sock=sock, backlog=1024, **tls)
         else:
             self._server = await create_server(
-                lambda: Gate(self), cfg.host, cfg.port, backlog=1024,
+                self._new_gate, cfg.host, cfg.port, backlog=1024,
                 reuse_port=cfg.workers > 1 or None, **tls)
+
+    def _new_gate(self) -> Gate:
+        return Gate(self.config.relay, dispatch=self.dispatch, on_refused=self._refused,
+                    stream_class=self.pump.ClientStream)
 
     @property
     def port(self) -> int:
@@ -98,13 +111,13 @@ class Relay:
             except TimeoutError:
                 pass
         for session in list(self.sessions):
-            session.close(1012, "relay restarting", "shutdown")
+            session.close(*SHUTDOWN_CLOSE, Outcome.SHUTDOWN)
         if self.sessions:
             try:
                 await asyncio.wait_for(self._idle.wait(), self.config.relay.close_timeout + 1)
             except TimeoutError:
                 for session in list(self.sessions):
-                    session.pair.abort()
+                    session.abort()
         await self.authenticator.nonces.close()
 
     def reload(self, config: Config) -> None:
@@ -129,9 +142,15 @@ class Relay:
 
     # -- the data path --------------------------------------------------------------------
 
+    @property
+    def active(self) -> Counter[str]:
+        """Live sessions per service host (counted from the book, kept nowhere else)."""
+        return Counter(session.agent.service_host for session in self.sessions)
+
     def dispatch(self, gate: Gate) -> None:
-        """Answer or admit one request; called by the gate once the request is read."""
+        """Answer or admit one request; the gate calls it once the request is read."""
         request = gate.request
+        assert request is not None
         try:
             target = request.target.decode("ascii")
         except UnicodeDecodeError:
@@ -139,128 +158,123 @@ class Relay:
             return
         try:
             path, _ = split_target(target)
-            start_agent = route_start_api(path)
-            if start_agent is not None:
-                self._answer_start_api(gate, start_agent)
-            elif path == GENERIC_PREFIX or path.startswith(GENERIC_PREFIX + "/"):
+            endpoint = find_endpoint(path)
+            if endpoint is None:
+                raise RequestRefused(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
+            if endpoint.kind is EndpointKind.START_API:
+                self._answer_start_api(gate, route_start_api(path) or "")
+            elif endpoint.kind is EndpointKind.GENERIC:
                 self._admit_websocket(gate, target)
-            else:
-                raise RequestRefused(f"no endpoint at {path[:200]!r}", status=404,
-                                     public_reason="Not Found")
         except RequestRefused as exc:
             gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
 
     def _admit_websocket(self, gate: Gate, target: str) -> None:
         request = gate.request
+        assert request is not None
         if not self.accepting:
             raise RequestRefused("relay is draining", status=503,
                                  public_reason="Service Unavailable: the relay is shutting down",
-                                 headers={"Retry-After": "5"})
+                                 headers={"Retry-After": DRAINING_RETRY_AFTER})
         route = route_websocket(target)
         agent = self.registry.lookup(route.service_host)
         if agent is None:
             raise RequestRefused(f"unknown service host {route.service_host!r}", status=404,
                                  public_reason="Not Found: unknown agent")
         upgrade = parse_upgrade(request.method, request.headers, http_version=request.http_version)
-        gate.task = asyncio.get_running_loop().create_task(
-            self._authenticate_and_run(gate, route, agent, upgrade))
+        gate.task = asyncio.get_running_loop().create_task(self._admit_and_run(gate, route, agent, upgrade))
 
-    async def _authenticate_and_run(self, gate: Gate, route, agent: "AgentConfig", upgrade) -> None:
-        """Auth (the nonce store may be remote), capacity, then the session itself."""
+    async def _admit_and_run(self, gate: Gate, route: "Route", agent: "AgentConfig",
+                             upgrade: "UpgradeRequest") -> None:
+        """Auth (the nonce store may be remote), capacity, then the session's whole life.
+
+        The capacity slot is taken here and given back here, once, whatever happens.
+        """
         try:
             claims = await self.authenticator.check(route, upgrade, agent)
-            self.admit(agent)
         except RequestRefused as exc:
             gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
             return
         except Exception as exc:      # a bug or a failing nonce store: answer, never hang
-            log.exception("auth or admission failed unexpectedly")
+            log.exception("auth failed unexpectedly")
             gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
             return
-        session = Session(self, gate, route, agent, upgrade, claims.session_id if claims else None)
+        host = agent.service_host
+        if not self.capacity.try_acquire(host, agent.max_sessions):
+            exc = CapacityError(f"{host} is at max_sessions={agent.max_sessions}",
+                                headers={"Retry-After": CAPACITY_RETRY_AFTER})
+            gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
+            return
+        session = Session(route=route, agent=agent, upgrade=upgrade, client_address=gate.peer,
+                          secure=self.tls is not None, pump=self.pump, limits=self.config.relay,
+                          connect=self.upstreams.connect, attach=gate.attach,
+                          session_id=claims.session_id if claims else None)
         self.sessions.add(session)
         self._idle.clear()
-        await session.run()
+        try:
+            await session.run()
+        except UpstreamError as exc:
+            gate.refuse(exc.status, _upstream_public_reason(exc), reason=str(exc))
+        finally:
+            self.capacity.release(host)
+            self.sessions.discard(session)
+            if not self.sessions:
+                self._idle.set()
+            if session.upstream_seconds is not None:
+                self.metrics.upstream_connected(session.upstream_seconds)
+            if session.ended:
+                self._session_ended(session)
 
     def _answer_start_api(self, gate: Gate, agent_name: str) -> None:
         """The start API, callable from a browser page of a ``cors_origins`` origin."""
         request = gate.request
+        assert request is not None
         cors = CorsPolicy(self.config.relay.cors_origins)
-        origin = _header(request, b"origin")
-        if is_preflight(request.method, origin, _header(request, b"access-control-request-method")):
-            preflight = cors.preflight(origin, _header(request, b"access-control-request-method"),
-                                       _header(request, b"access-control-request-headers"))
+        origin = header(request, b"origin")
+        if is_preflight(request.method, origin, header(request, b"access-control-request-method")):
+            preflight = cors.preflight(origin, header(request, b"access-control-request-method"),
+                                       header(request, b"access-control-request-headers"))
             if preflight.status != 204:
-                raise RequestRefused(f"CORS preflight from {origin[:100]!r} refused: {preflight.reason}",
+                raise RequestRefused(f"CORS preflight from {(origin or '')[:100]!r} refused: {preflight.reason}",
                                      status=403, public_reason=f"Forbidden: {preflight.reason}",
                                      headers=preflight.headers)
             gate.respond(204, "", preflight.headers)
             return
         cors_headers = cors.response_headers(origin)
         try:
-            answer = self._start(gate, agent_name)
+            answer = handle_start(
+                StartRequest(method=request.method.decode("latin-1"), agent_name=agent_name,
+                             authorization=header(request, b"authorization"),
+                             host=header(request, b"host"), body=gate.body),
+                registry=self.registry, config=self.config, authenticator=self.authenticator,
+                secure=self.tls is not None)
         except RequestRefused as exc:
             exc.headers.update(cors_headers)      # so the page can read why it was refused
             raise
         gate.respond(200, json.dumps(answer), {"Content-Type": "application/json",
                                                "Cache-Control": "no-store", **cors_headers})
 
-    def _start(self, gate: Gate, agent_name: str) -> dict:
-        request = gate.request
-        return handle_start(
-            StartRequest(method=request.method.decode("latin-1"), agent_name=agent_name,
-                         authorization=_header(request, b"authorization"),
-                         host=_header(request, b"host"), body=bytes(gate.body)),
-            registry=self.registry, config=self.config, authenticator=self.authenticator,
-            secure=self.tls is not None)
+    # -- what is logged and counted -------------------------------------------------------
 
-    def admit(self, agent: "AgentConfig") -> None:
-        """Take a capacity slot of ``agent`` or refuse with 429."""
-        host = agent.service_host
-        if not self.capacity.try_acquire(host, agent.max_sessions):
-            raise RequestRefused(f"{host} is at max_sessions={agent.max_sessions}", status=429,
-                                 public_reason="Too Many Requests: the agent is at its session limit",
-                                 headers={"Retry-After": "1"})
-        self.active[host] += 1
-
-    def release(self, session: Session) -> None:
-        """Give back the session's capacity slot (idempotent)."""
-        if session in self.sessions:
-            self.sessions.discard(session)
-            host = session.agent.service_host
-            self.capacity.release(host)
-            self.active[host] -= 1
-            if self.active[host] <= 0:
-                del self.active[host]
-            if not self.sessions:
-                self._idle.set()
-
-    # -- events -------------------------------------------------------------------------
-
-    def on_connected(self, session: Session) -> None:
-        pass
-
-    def on_session_end(self, session: Session) -> None:
+    def _session_ended(self, session: Session) -> None:
         summary = session.summary()
         log_session(summary)
         if session.connected_at is not None:
-            self.metrics.session_ended(summary, summary["duration_s"])
-
-    def on_upstream_connected(self, seconds: float) -> None:
-        self.metrics.upstream_connected(seconds)
+            self.metrics.session_ended(session.agent.name, session.agent.organization,
+                                       session.outcome, summary["duration_s"])
 
     def _active_by_agent(self) -> dict[tuple[str, str], int]:
-        return {tuple(host.rsplit(".", 1)): n for host, n in self.active.items()}
+        return {(a.name, a.organization): n for a, n in
+                Counter(session.agent for session in self.sessions).items()}
 
-    def on_refused(self, gate: Gate, status: int, reason: str) -> None:
+    def _refused(self, gate: Gate, status: int, reason: str) -> None:
         self.rejections[status] += 1
-        self.metrics.handshake_refused(status)
         log_refusal(status=status, reason=reason, client=gate.peer,
                     target=gate.request.target.decode("latin-1")[:200] if gate.request else None)
 
 
-def _header(request, name: bytes) -> str | None:
-    for key, value in request.headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+def _upstream_public_reason(exc: UpstreamError) -> str:
+    if exc.status == 504:
+        return "Gateway Timeout: the bot did not answer in time"
+    if exc.status == 502:
+        return "Bad Gateway: no bot instance could be reached"
+    return "The bot refused the connection"

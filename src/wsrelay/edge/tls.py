@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ssl
 
-from .config import RelayConfig
-from .errors import ConfigError
+from ..config import RelayConfig
+from ..errors import ConfigError
 
 
 def server_tls_context(cfg: RelayConfig) -> ssl.SSLContext | None:

@@ -1,7 +1,7 @@
 """The admin listener (``[relay] admin_port``, not public): /healthz, /readyz, /metrics.
 
-One request per connection, read with h11 under a size limit and a deadline, answered,
-closed. ``/readyz`` turns 503 when the relay drains, so a load balancer stops sending
+One request per connection, read with the public gate's bounded reader (edge/http.py)
+under a size limit and a deadline, answered, closed. ``/readyz`` turns 503 when the relay drains, so a load balancer stops sending
 new clients before live sessions are closed.
 """
 
@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
-import h11
-
-from .gate import http_response
+from ..errors import RequestRefused
+from .http import RequestReader, http_response
 
 MAX_HEAD = 8192
 
@@ -55,13 +54,13 @@ class AdminServer:
 
 
 class _AdminConnection(asyncio.Protocol):
+    """One request, read with the relay's bounded reader, answered, closed."""
+
     def __init__(self, server: AdminServer) -> None:
         self.server = server
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.reader = RequestReader(MAX_HEAD, max_body=0)
         self.transport = None
-        self.request: h11.Request | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.received = 0
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -77,30 +76,17 @@ class _AdminConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.transport.is_closing():
             return
-        self.received += len(data)
-        if self.request is None and self.received > MAX_HEAD:
-            self._send(431, b"request head too large\n", {})
+        try:
+            complete = self.reader.feed(data)
+        except RequestRefused as exc:
+            self._send(exc.status, exc.public_reason.encode() + b"\n", {})
             return
-        self.h11.receive_data(data)
-        while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._send(exc.error_status_hint or 400, b"bad request\n", {})
-                return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            if isinstance(event, h11.Request):
-                self.request = event
-            elif isinstance(event, h11.EndOfMessage):
-                status, body, headers = self.server.answer(self.request.method, self.request.target)
-                if self.request.method == b"HEAD":
-                    body = b""
-                self._send(status, body, headers)
-                return
-            elif isinstance(event, h11.ConnectionClosed):
-                self.transport.close()
-                return
+        if complete:
+            request = self.reader.request
+            status, body, headers = self.server.answer(request.method, request.target)
+            if request.method == b"HEAD":
+                body = b""
+            self._send(status, body, headers)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         if self.transport.is_closing():

@@ -20,8 +20,8 @@ import uuid
 from dataclasses import dataclass
 
 from .auth import Authenticator
-from .config import Config
-from .errors import RequestRefused
+from ..config import Config
+from ..errors import RequestRefused
 from .registry import AgentRegistry
 
 MAX_BODY_JSON = 4096          # the platform's limit for the session body

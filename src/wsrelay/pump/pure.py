@@ -1,4 +1,4 @@
-"""Pure-Python twin of the compiled pump (csrc/_pump.pyx), for debugging.
+"""Pure-Python twin of the compiled pump (csrc/wsrelay/pump/), for debugging.
 
 Same interface, same behaviour, same tests; slower, and it copies each payload into a
 ``bytes`` object (``frame.get_payload_as_bytes()``) because the payload's memory belongs
@@ -28,14 +28,13 @@ def totals() -> dict[str, int]:
 
 
 class Side(WSListener):
-    """The listener of one socket of a session (see csrc/_pump.pyx)."""
+    """The listener of one socket of a session (see csrc/wsrelay/pump/)."""
 
-    def __init__(self, pair, is_bot: bool) -> None:
-        self.pair = pair
+    def __init__(self, session, is_bot: bool) -> None:
+        self.session = session
         self.transport = None
         self.peer = None
         self.is_bot = is_bot
-        self.close_received = False
         self.close_sent = False
         self.disconnected = False
         self.frames = 0
@@ -45,20 +44,20 @@ class Side(WSListener):
 
     def on_ws_connected(self, transport) -> None:
         self.transport = transport
-        self.pair.side_connected(self)       # (the compiled pump also drops transport.request)
+        self.session.side_connected(self)       # (the compiled pump also drops transport.request)
 
     def on_ws_frame(self, transport, frame) -> None:
         if frame.msg_type == WSMsgType.CLOSE:
-            self.pair.close_frame(self, frame.get_payload_as_bytes())
+            self.session.close_frame(self, frame.get_payload_as_bytes())
             return
         if transport.is_close_frame_sent and not self.close_sent:
             # picows closed this side itself; it parses one frame ahead, so the frame
-            # right before a bad one is valid (see csrc/_pump.pyx for the rule).
+            # right before a bad one is valid (see csrc/wsrelay/pump/ for the rule).
             if frame.last_in_buffer and frame.tail_size > 0:
                 self._relay(frame)
             else:
                 self.dropped += 1
-            self.pair.protocol_error(self)
+            self.session.protocol_error(self)
             return
         self._relay(frame)
 
@@ -78,7 +77,7 @@ class Side(WSListener):
 
     def on_ws_disconnected(self, transport) -> None:
         self.disconnected = True
-        self.pair.side_disconnected(self)
+        self.session.side_disconnected(self)
 
     def send_user_specific_ping(self, transport) -> None:
         transport.send_ping(KEEPALIVE)
@@ -87,16 +86,16 @@ class Side(WSListener):
         return frame.msg_type == WSMsgType.PONG and frame.get_payload_as_bytes() == KEEPALIVE
 
     def pause_writing(self) -> None:
-        self.pair.pause_source_of(self)
+        self.session.pause_source_of(self)
 
     def resume_writing(self) -> None:
-        self.pair.resume_source_of(self)
+        self.session.resume_source_of(self)
 
 
 class ClientStream:
     """The client socket's protocol: picows gets every byte up to the client's close frame.
 
-    Same behaviour as the compiled ``ClientStream`` (see csrc/_pump.pyx for why): frame
+    Same behaviour as the compiled ``ClientStream`` (see csrc/wsrelay/pump/ for why): frame
     headers are tracked in the client's byte stream, and bytes after the first close
     frame are read and dropped instead of reaching picows' parser.
     """

@@ -3,8 +3,8 @@
 # One ``Side`` is the WSListener of one socket of a relayed session (the client's
 # or the bot's). Frames read on a side go straight to its peer's socket from the
 # read buffer they arrived in; rare events (close frames, disconnects, flow
-# control) go to the session's ``SessionPair`` (src/wsrelay/pair.py), shared with
-# the pure-Python twin (src/wsrelay/pump_py.py).
+# control) go to the ``Session`` (src/wsrelay/edge/session.py), which drives the
+# sans-I/O session machine, shared with the pure-Python twin (wsrelay/pump/pure.py).
 
 from libc.stdint cimport uint64_t
 from picows.picows cimport WSListener, WSTransport, WSFrame
@@ -12,13 +12,13 @@ from picows.picows cimport WSListener, WSTransport, WSFrame
 
 cdef class Side(WSListener):
     cdef:
-        public object pair              # SessionPair: receives the rare events
+        public object session           # edge.session.Session: receives the rare events
         public WSTransport transport     # this side's socket, set on_ws_connected
         public Side peer                 # the other side of the session
         public bint is_bot               # True for the bot's socket
-        public bint close_received       # a CLOSE frame came from this side
-        public bint close_sent           # a CLOSE frame was sent to this side
+        public bint close_sent           # a close was sent to it: relay nothing more to it
         public bint disconnected         # this side's socket is gone
+        # (both written by the Session as its machine decides; read here per frame)
         readonly uint64_t frames         # data/control frames read from this side
         readonly uint64_t bytes          # their payload bytes
         readonly uint64_t dropped        # frames read after the peer was closed

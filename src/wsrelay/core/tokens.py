@@ -22,7 +22,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .errors import AuthError, TokenError
+from ..errors import AuthError, TokenError
 
 MAX_TOKEN_CHARS = 2048
 MAX_NONCE_CHARS = 128

@@ -18,7 +18,7 @@ from typing import Callable
 
 from picows import WSHandshakeError, WSListener, ws_connect
 
-from .errors import UpstreamRejected, UpstreamTimeout, UpstreamUnreachable
+from ..errors import UpstreamRejected, UpstreamTimeout, UpstreamUnreachable
 
 log = logging.getLogger("wsrelay.upstream")
 # A LoggerAdapter stops picows from creating one child Logger per connection.

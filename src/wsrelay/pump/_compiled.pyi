@@ -1,4 +1,4 @@
-"""Types of the compiled frame pump (csrc/wsrelay/_pump.pyx); same interface as pump_py."""
+"""Types of the compiled frame pump (csrc/wsrelay/pump/); same interface as pump/pure.py."""
 
 from typing import Any
 
@@ -13,11 +13,10 @@ class Side(WSListener):
     """The listener of one socket of a session. ``frame`` payloads are valid only inside
     ``on_ws_frame``: the pump sends them from picows' read buffer before returning."""
 
-    pair: Any
+    session: Any
     transport: WSTransport | None
     peer: "Side | None"
     is_bot: bool
-    close_received: bool
     close_sent: bool
     disconnected: bool
     @property
@@ -26,7 +25,7 @@ class Side(WSListener):
     def bytes(self) -> int: ...
     @property
     def dropped(self) -> int: ...
-    def __init__(self, pair: Any, is_bot: bool) -> None: ...
+    def __init__(self, session: Any, is_bot: bool) -> None: ...
     def on_ws_connected(self, transport: WSTransport) -> None: ...
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None: ...
     def on_ws_disconnected(self, transport: WSTransport) -> None: ...
@@ -34,7 +33,7 @@ class Side(WSListener):
 
 class ClientStream:
     """The client socket's protocol in front of picows' ``protocol``: passes every byte up to
-    the client's first close frame, then reads and drops the rest (see csrc/_pump.pyx)."""
+    the client's first close frame, then reads and drops the rest (see csrc/wsrelay/pump/client_stream.pxi)."""
 
     def __init__(self, protocol: Any) -> None: ...
     @property

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable
 
-from .config import AgentConfig
+from ..config import AgentConfig
 
 
 class AgentRegistry(abc.ABC):

@@ -1,35 +1,30 @@
 """Prometheus metrics of one relay process, in a registry of its own.
 
 Per-frame counters are C integers inside the pump; ``FrameCollector`` reads them at
-scrape time, so relaying a frame never calls into Python for metrics. Label values are
-bounded: agents come from the config, statuses and outcomes from small fixed sets.
+scrape time, so relaying a frame never calls into Python for metrics. Live sessions
+and refused handshakes are read from the relay's own book and counter when scraped,
+so each is kept in one place. Label values are bounded: agents come from the config,
+statuses and outcomes (``Outcome``) from small fixed sets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from . import pump
-
-OUTCOMES = ("closed", "client lost", "bot lost", "time limit", "idle timeout", "shutdown",
-            "protocol error", "keepalive timeout", "close timeout", "stalled", "other")
-
-
-def outcome_of(end_reason: str | None) -> str:
-    """Map a session's end reason onto the fixed outcome label set."""
-    reason = (end_reason or "closed").split(" (")[0]
-    return reason if reason in OUTCOMES else "other"
-
+from .. import pump
 
 class FrameCollector:
     """Frames/bytes per direction and live sessions per agent, computed when scraped."""
 
-    def __init__(self, active: Callable[[], dict[tuple[str, str], int]]) -> None:
+    def __init__(self, active: Callable[[], dict[tuple[str, str], int]],
+                 rejections: Callable[[], Mapping[int, int]]) -> None:
         self._active = active
+        self._rejections = rejections
 
     def collect(self):
         totals = pump.totals()
@@ -45,18 +40,22 @@ class FrameCollector:
         for (agent, organization), count in sorted(self._active().items()):
             active.add_metric([agent, organization], count)
         yield active
+        refused = CounterMetricFamily("wsrelay_handshake_rejections", "Handshakes refused before upgrade",
+                                      labels=["status"])
+        for status, count in sorted(self._rejections().items()):
+            refused.add_metric([str(int(status))], count)
+        yield refused
 
 
 class RelayMetrics:
     """The relay's metrics; ``render()`` is the /metrics body."""
 
-    def __init__(self, active: Callable[[], dict[tuple[str, str], int]]) -> None:
+    def __init__(self, *, active: Callable[[], dict[tuple[str, str], int]],
+                 rejections: Callable[[], Mapping[int, int]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(FrameCollector(active))
+        self.registry.register(FrameCollector(active, rejections))
         self.sessions = Counter("wsrelay_sessions", "Sessions ended, by outcome",
                                 ["agent", "organization", "outcome"], registry=self.registry)
-        self.rejections = Counter("wsrelay_handshake_rejections", "Handshakes refused before upgrade",
-                                  ["status"], registry=self.registry)
         self.upstream_connect = Histogram(
             "wsrelay_upstream_connect_seconds", "Time to connect to a bot and get its 101",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
@@ -65,13 +64,9 @@ class RelayMetrics:
             "wsrelay_session_seconds", "Duration of relayed sessions",
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200), registry=self.registry)
 
-    def session_ended(self, summary: dict, seconds: float) -> None:
-        self.sessions.labels(summary["agent"], summary["organization"],
-                             outcome_of(summary.get("end_reason"))).inc()
+    def session_ended(self, agent: str, organization: str, outcome: str, seconds: float) -> None:
+        self.sessions.labels(agent, organization, outcome).inc()
         self.session_seconds.observe(seconds)
-
-    def handshake_refused(self, status: int) -> None:
-        self.rejections.labels(str(int(status))).inc()
 
     def upstream_connected(self, seconds: float) -> None:
         self.upstream_connect.observe(seconds)

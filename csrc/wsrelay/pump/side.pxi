@@ -1,0 +1,84 @@
+# The listener of one socket of a session, and the per-frame path (see _compiled.pyx).
+
+cdef inline int _relay(Side src, WSFrame frame) except -1:
+    """Send ``frame`` from ``src``'s read buffer to its peer (see the module docstring)."""
+    cdef Side peer = src.peer
+    cdef WSTransport dst = peer.transport
+    src.frames += 1
+    src.bytes += <uint64_t>frame.payload_size
+    _total_frames[src._direction] += 1
+    _total_bytes[src._direction] += <uint64_t>frame.payload_size
+    if dst is None or peer.close_sent or peer.disconnected:
+        src.dropped += 1
+        return 0
+    dst.send_reuse_external_buffer(frame.msg_type, frame.payload_ptr, frame.payload_size,
+                                   frame.fin, frame.rsv1, frame.rsv2, frame.rsv3)
+    return 0
+
+
+cdef class Side(WSListener):
+    """The listener of one socket of a session; see the module docstring for the data path."""
+
+    def __init__(self, session, bint is_bot):
+        self.session = session
+        self.transport = None
+        self.peer = None
+        self.is_bot = is_bot
+        self.close_sent = False
+        self.disconnected = False
+        self.frames = 0
+        self.bytes = 0
+        self.dropped = 0
+        self._direction = 1 if is_bot else 0
+
+    cpdef on_ws_connected(self, WSTransport transport):
+        self.transport = transport
+        # picows keeps the parsed handshake (header multidicts) on the transport for the
+        # connection's whole life; the relay is done with it here. Dropping it is most of
+        # an idle session's Python memory.
+        self.session.side_connected(self)
+        transport.request = None
+        transport.response = None
+        # picows' per-transport scratch buffer (used only to frame close/ping/pong and
+        # copied sends) starts at 1 KiB; shrink it to its minimum, it grows on demand.
+        transport._write_buffer._reserve(0)
+
+    cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
+        if frame.msg_type == WSMsgType.CLOSE:
+            self.session.close_frame(self, frame.get_payload_as_bytes())
+            return
+        if transport.is_close_frame_sent and not self.close_sent:
+            # picows closed this side itself (a protocol error such as 1009, or no pong to
+            # a keepalive ping). picows parses one frame ahead: an error in the *next*
+            # frame is found before this one is delivered. Such a frame is the last one
+            # parsed from its read with the bad bytes right behind it (last_in_buffer,
+            # tail_size > 0): it is valid and is relayed. Any other frame may be the bad
+            # one itself (an oversized frame is still delivered after its 1009) and is
+            # dropped. Handling the error closes the peer, so nothing later is relayed.
+            if frame.last_in_buffer and frame.tail_size > 0:
+                _relay(self, frame)
+            else:
+                self.dropped += 1
+            self.session.protocol_error(self)
+            return
+        _relay(self, frame)
+
+    cpdef on_ws_disconnected(self, WSTransport transport):
+        self.disconnected = True
+        self.session.side_disconnected(self)
+
+    cpdef send_user_specific_ping(self, WSTransport transport):
+        # picows' keepalive (relay.keepalive_interval) pings with our own payload ...
+        transport.send_ping(KEEPALIVE)
+
+    cpdef is_user_specific_pong(self, WSFrame frame):
+        # ... and asks here, only while it waits for a pong, whether a frame is ours.
+        return (frame.msg_type == WSMsgType.PONG and frame.payload_size == KEEPALIVE_LEN
+                and memcmp(frame.payload_ptr, KEEPALIVE_PTR, KEEPALIVE_LEN) == 0)
+
+    cpdef pause_writing(self):
+        # This side's socket cannot take more: stop reading the peer (backpressure).
+        self.session.pause_source_of(self)
+
+    cpdef resume_writing(self):
+        self.session.resume_source_of(self)

@@ -1,0 +1,493 @@
+"""The life of one relayed session as a state machine: events in, actions out, no I/O.
+
+SPEC §2.5-2.6. The pump moves frames in C and tells the session driver only of rare
+events (a side opened, a close frame, picows closing a side itself, a disconnect, a
+write buffer crossing its water marks, a timer). The driver feeds them to this machine
+and carries out the actions it returns, in order. The machine decides everything about
+closing, flow control and the end of a session; the driver only does I/O.
+
+Each side (``CLIENT``, ``BOT``) is in one ``SideState``::
+
+    CONNECTING ──opened──▶ OPEN ──close sent or received──▶ CLOSING ──socket gone──▶ CLOSED
+         │                   │                                                     ▲
+         └───────────────────┴──────────────── socket gone ────────────────────────┘
+
+(``HOLDING`` and ``DETACHED`` are reserved for provider endpoints that hold the first
+messages, and for session resume.) The session is ``CONNECTING`` until both sides are
+open, ``OPEN`` while frames flow, ``CLOSING`` from the first close or loss, and ``ENDED``
+once both sockets are gone: then exactly one ``End`` action carries the ``Outcome``.
+
+Rules, each one place:
+
+* A close from one side is forwarded byte for byte to the other, and the reply back; a
+  side whose handshake is complete (close sent and received) is disconnected; every
+  close waits at most ``close_timeout`` for its reply, then both sides are aborted.
+* A close with a code that may never be on the wire (RFC 6455 §7.4) is a protocol error.
+* A side lost without a close gets its peer closed with 1011 (bot lost) or 1001 (client
+  lost). picows closing a side itself (a protocol error, or no pong to a keepalive) gets
+  the peer the same code, or 1011/1001 for a keepalive timeout.
+* Backpressure: a side whose write buffer is over the high-water mark pauses reading its
+  peer until it drains. A paused side is still watched: its socket is checked every
+  ``watch_seconds``, and one found gone is read again so its close or EOF is seen; a
+  destination that takes nothing for ``stall_timeout`` is stalled, and the session ends.
+* A side that was sent a close has nothing more relayed to it, so its peer, if paused
+  because of it, is read again (its close reply or EOF must be seen).
+* ``max_session_seconds`` and ``idle_timeout`` end the session from the relay's side.
+
+Each side gets at most one close from the relay, and every event sequence ends: the
+close timer bounds every wait (property-tested in tests/test_session_machine.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+
+CLIENT = "client"
+BOT = "bot"
+SIDES = (CLIENT, BOT)
+
+GOING_AWAY = 1001          # to the bot: the client is gone
+PROTOCOL_ERROR = 1002
+POLICY_VIOLATION = 1008    # the session time limit
+INTERNAL_ERROR = 1011      # to the client: the bot is gone
+CLIENT_LOST = (GOING_AWAY, "client lost")
+BOT_LOST = (INTERNAL_ERROR, "bot lost")
+
+
+class SideState(enum.Enum):
+    CONNECTING = "connecting"   # its WebSocket is not open yet
+    OPEN = "open"               # frames flow
+    CLOSING = "closing"         # a close went one way: sent to it or received from it
+    CLOSED = "closed"           # its socket is gone
+    HOLDING = "holding"         # reserved: first messages held before a bot is chosen
+    DETACHED = "detached"       # reserved: the bot side open while the client reconnects
+
+
+class SessionState(enum.Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSING = "closing"
+    ENDED = "ended"
+
+
+class Outcome(enum.Enum):
+    """How a session ended; the value is the log text and the metric label."""
+
+    CLOSED = "closed"
+    CLIENT_LOST = "client lost"
+    BOT_LOST = "bot lost"
+    TIME_LIMIT = "time limit"
+    IDLE_TIMEOUT = "idle timeout"
+    SHUTDOWN = "shutdown"
+    PROTOCOL_ERROR = "protocol error"
+    KEEPALIVE_TIMEOUT = "keepalive timeout"
+    CLOSE_TIMEOUT = "close timeout"
+    STALLED = "stalled"
+
+
+class Timer(enum.Enum):
+    CLOSE = "close"             # a close waits for its reply
+    WATCH = "watch"             # paused sides are checked
+    TIME_LIMIT = "time limit"   # max_session_seconds
+    IDLE = "idle"               # idle_timeout
+
+
+# -- actions ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SendClose:
+    side: str
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ForwardClose:
+    """Send ``payload`` as a close frame to ``side``, exactly as the other side sent it."""
+
+    side: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    side: str
+    graceful: bool = True
+
+
+@dataclass(frozen=True)
+class PauseReading:
+    side: str
+
+
+@dataclass(frozen=True)
+class ResumeReading:
+    side: str
+
+
+@dataclass(frozen=True)
+class StartTimer:
+    timer: Timer
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    timer: Timer
+
+
+@dataclass(frozen=True)
+class End:
+    outcome: Outcome
+    detail: str | None = None   # which side, for protocol errors, keepalive and stalls
+
+    @property
+    def reason(self) -> str:
+        return self.outcome.value + (f" ({self.detail})" if self.detail else "")
+
+
+Action = SendClose | ForwardClose | Disconnect | PauseReading | ResumeReading | StartTimer | CancelTimer | End
+
+
+# -- the machine ---------------------------------------------------------------------------
+
+def legal_close_code(code: int) -> bool:
+    """May ``code`` stand in a close frame on the wire (RFC 6455 §7.4)?
+
+    1000-1003 and 1007-1014 are defined for use, 3000-4999 are for libraries and
+    applications. 1004 is reserved, and 1005, 1006 and 1015 must never be sent.
+    """
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def close_code_of(payload: bytes) -> int | None:
+    """The status code in a close payload, or None when it carries none."""
+    return struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+
+
+def other(side: str) -> str:
+    return BOT if side == CLIENT else CLIENT
+
+
+@dataclass
+class Side:
+    """What the machine knows of one side."""
+
+    state: SideState = SideState.CONNECTING
+    close_received: bool = False          # a close frame came from it
+    close_sent: bool = False              # the relay sent it a close (forwarded or its own)
+    close_from: int | None = None         # the code it sent (None: none, or no code)
+    close_to: int | None = None           # the code the relay sent it
+    paused_since: float | None = None     # the relay stopped reading it (backpressure)
+
+    @property
+    def gone(self) -> bool:
+        return self.state is SideState.CLOSED
+
+    @property
+    def open(self) -> bool:
+        """Its socket is up (whether or not a close went one way)."""
+        return self.state in (SideState.OPEN, SideState.CLOSING)
+
+
+@dataclass
+class SessionMachine:
+    """One session's state; each event method returns the actions to carry out, in order."""
+
+    close_timeout: float
+    stall_timeout: float
+    watch_seconds: float = 1.0
+    time_limit: float | None = None
+    idle_timeout: float | None = None
+    sides: dict[str, Side] = field(default_factory=lambda: {CLIENT: Side(), BOT: Side()})
+    first_closer: str | None = None       # "client", "bot" or "relay"
+    outcome: Outcome | None = None
+    detail: str | None = None
+    ended: bool = False
+    _timers: set[Timer] = field(default_factory=set)
+    _idle_mark: int = -1
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        if self.ended:
+            return SessionState.ENDED
+        states = {s.state for s in self.sides.values()}
+        if self.first_closer is not None or SideState.CLOSING in states or SideState.CLOSED in states:
+            return SessionState.CLOSING
+        if states == {SideState.OPEN}:
+            return SessionState.OPEN
+        return SessionState.CONNECTING
+
+    def may_relay_to(self, side: str) -> bool:
+        """Frames may still be sent to ``side`` (the pump's per-frame check mirrors this)."""
+        s = self.sides[side]
+        return s.open and not s.close_sent
+
+    def paused(self) -> list[str]:
+        """Sides whose reading the relay paused: the driver checks their sockets on WATCH."""
+        return [name for name, s in self.sides.items() if s.paused_since is not None]
+
+    @property
+    def end_reason(self) -> str | None:
+        if self.outcome is None:
+            return None
+        return self.outcome.value + (f" ({self.detail})" if self.detail else "")
+
+    # -- events --------------------------------------------------------------------------
+
+    def opened(self, side: str) -> list[Action]:
+        """``side``'s WebSocket is open. When the client opens, the session is on."""
+        s = self.sides[side]
+        if s.state is not SideState.CONNECTING:
+            return []
+        s.state = SideState.OPEN
+        actions: list[Action] = []
+        if side == CLIENT:
+            if self.time_limit:
+                actions.append(self._start(Timer.TIME_LIMIT, self.time_limit))
+            if self.idle_timeout:
+                actions.append(self._start(Timer.IDLE, self.idle_timeout))
+        return actions
+
+    def client_gone_before_open(self) -> list[Action]:
+        """The bot answered, but the client left meanwhile: close the bot, bounded."""
+        client = self.sides[CLIENT]
+        client.state = SideState.CLOSED
+        self._set_outcome(Outcome.CLIENT_LOST)
+        actions = self._close(BOT, *CLIENT_LOST)
+        actions.append(Disconnect(BOT))
+        actions += self._arm_close_timer()
+        return actions + self._maybe_end()
+
+    def close_frame(self, side: str, payload: bytes) -> list[Action]:
+        """``side`` sent a close: forward it, or finish the handshake it answers."""
+        s = self.sides[side]
+        peer_name = other(side)
+        s.close_received = True
+        code = close_code_of(payload)
+        s.close_from = code
+        if s.state is SideState.OPEN:
+            s.state = SideState.CLOSING
+        if self.first_closer is None:
+            self.first_closer = side
+        if code is not None and not legal_close_code(code):
+            return self._illegal_close(side, code)
+        actions: list[Action] = []
+        if self.may_relay_to(peer_name):
+            actions.append(ForwardClose(peer_name, payload))
+            actions += self._mark_close_sent(peer_name, code)
+        return actions + self._finish_handshakes()
+
+    def picows_closed(self, side: str, code: int | None) -> list[Action]:
+        """picows closed ``side`` itself with ``code``: a protocol error or a keepalive timeout.
+
+        The peer is told why: the same code for a protocol error (1002, 1007, 1009), and
+        1011/1001 (bot/client lost) when the side stopped answering keepalive pings.
+        """
+        s = self.sides[side]
+        if s.close_sent:
+            return []
+        code = code if code is not None else PROTOCOL_ERROR
+        actions = self._mark_close_sent(side, code)
+        if code == GOING_AWAY:
+            outcome = Outcome.KEEPALIVE_TIMEOUT
+            peer_code, peer_reason = BOT_LOST if side == BOT else CLIENT_LOST
+        else:
+            outcome = Outcome.PROTOCOL_ERROR
+            peer_code, peer_reason = code, f"{side} broke the protocol"
+        if self.first_closer is None:
+            self.first_closer = "relay"
+            self._set_outcome(outcome, side)
+        actions += self._close(other(side), peer_code, peer_reason)
+        return actions + self._arm_close_timer()
+
+    def disconnected(self, side: str) -> list[Action]:
+        """``side``'s socket is gone: close its peer if that was abrupt; end when both are."""
+        s = self.sides[side]
+        if s.gone:
+            return []
+        was_connecting = s.state is SideState.CONNECTING
+        s.state = SideState.CLOSED
+        s.paused_since = None
+        if not s.close_received and not s.close_sent and self.first_closer is None and not was_connecting:
+            self._set_outcome(Outcome.BOT_LOST if side == BOT else Outcome.CLIENT_LOST)
+        actions: list[Action] = []
+        peer_name = other(side)
+        peer = self.sides[peer_name]
+        if peer.open:
+            if not peer.close_sent:
+                actions += self._close(peer_name, *(BOT_LOST if side == BOT else CLIENT_LOST))
+                actions.append(Disconnect(peer_name))
+            # A graceful disconnect waits for the peer to take its write buffer, which a
+            # peer that stopped reading never does: bound it.
+            actions += self._arm_close_timer()
+        return actions + self._maybe_end()
+
+    def write_high(self, side: str, now: float) -> list[Action]:
+        """``side`` cannot take more: stop reading its peer, and watch the peer."""
+        source = self.sides[other(side)]
+        if not source.open or source.paused_since is not None or not self.may_relay_to(side):
+            return []
+        source.paused_since = now
+        actions: list[Action] = [PauseReading(other(side))]
+        return actions + self._start_watch()
+
+    def write_low(self, side: str) -> list[Action]:
+        """``side`` drained below the low-water mark: read its peer again."""
+        return self._resume(other(side))
+
+    def watch(self, now: float, gone: set[str]) -> list[Action]:
+        """Every ``watch_seconds`` while a side is paused; ``gone``: paused sides found closed."""
+        self._timers.discard(Timer.WATCH)
+        if self.ended:
+            return []
+        actions: list[Action] = []
+        for name in SIDES:
+            s = self.sides[name]
+            if s.paused_since is None:
+                continue
+            if name in gone:
+                actions += self._resume(name)     # its close frame or EOF is read, and ends it
+            elif now - s.paused_since >= self.stall_timeout:
+                actions += self._stalled(other(name))
+        if self.paused():
+            actions += self._start_watch()
+        return actions
+
+    def timer_fired(self, timer: Timer, activity: int = 0) -> list[Action]:
+        """A timer the machine started has fired; ``activity`` counts frames so far (IDLE)."""
+        self._timers.discard(timer)
+        if self.ended:
+            return []
+        if timer is Timer.CLOSE:
+            if self.outcome is None:
+                self._set_outcome(Outcome.CLOSE_TIMEOUT)
+            return self.abort()
+        if timer is Timer.TIME_LIMIT:
+            reason = f"session time limit of {self.time_limit:g}s reached"
+            return self.close_by_relay((POLICY_VIOLATION, reason), (POLICY_VIOLATION, reason),
+                                       Outcome.TIME_LIMIT)
+        if timer is Timer.IDLE:
+            if activity == self._idle_mark:
+                reason = f"idle for {self.idle_timeout:g}s"
+                return self.close_by_relay((GOING_AWAY, reason), (GOING_AWAY, reason), Outcome.IDLE_TIMEOUT)
+            self._idle_mark = activity
+            return [self._start(Timer.IDLE, self.idle_timeout or 0)]
+        return []
+
+    def close_by_relay(self, client: tuple[int, str], bot: tuple[int, str], outcome: Outcome) -> list[Action]:
+        """The relay ends the session (time limit, idle, shutdown): close both sides."""
+        if self.ended:
+            return []
+        if self.first_closer is None:
+            self.first_closer = "relay"
+        self.outcome, self.detail = outcome, None
+        actions: list[Action] = []
+        for name, (code, reason) in ((CLIENT, client), (BOT, bot)):
+            actions += self._close(name, code, reason)
+        return actions + self._arm_close_timer()
+
+    def abort(self) -> list[Action]:
+        """Drop both sockets at once (second shutdown signal, close timeout)."""
+        actions: list[Action] = []
+        for name in SIDES:
+            s = self.sides[name]
+            if s.open:
+                actions.append(Disconnect(name, graceful=False))
+            elif s.state is SideState.CONNECTING:
+                s.state = SideState.CLOSED        # it never had a socket to drop
+        return actions + self._maybe_end()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _set_outcome(self, outcome: Outcome, detail: str | None = None) -> None:
+        if self.outcome is None:
+            self.outcome, self.detail = outcome, detail
+
+    def _close(self, side: str, code: int, reason: str) -> list[Action]:
+        """The relay's own close to ``side``, if it may still get one."""
+        if not self.may_relay_to(side):
+            return []
+        return [SendClose(side, code, reason)] + self._mark_close_sent(side, code)
+
+    def _mark_close_sent(self, side: str, code: int | None) -> list[Action]:
+        """A close went to ``side``: nothing more is relayed to it, so read its peer again."""
+        s = self.sides[side]
+        s.close_sent = True
+        s.close_to = code
+        if s.state is SideState.OPEN:
+            s.state = SideState.CLOSING
+        return self._resume(other(side))
+
+    def _resume(self, side: str) -> list[Action]:
+        s = self.sides[side]
+        if s.paused_since is None:
+            return []
+        s.paused_since = None
+        return [ResumeReading(side)] if s.open else []
+
+    def _illegal_close(self, side: str, code: int) -> list[Action]:
+        if self.first_closer == side and self.outcome is None:
+            self.first_closer = "relay"
+            self._set_outcome(Outcome.PROTOCOL_ERROR, side)
+        actions = self._close(side, PROTOCOL_ERROR, f"invalid close code {code}")
+        actions += self._close(other(side), PROTOCOL_ERROR, f"{side} broke the protocol")
+        return actions + self._finish_handshakes()
+
+    def _stalled(self, side: str) -> list[Action]:
+        """``side`` took nothing for ``stall_timeout`` seconds: end the session."""
+        if self.first_closer is None:
+            self.first_closer = "relay"
+            self._set_outcome(Outcome.STALLED, side)
+        why = f"{side} stalled: it read nothing for {self.stall_timeout:g}s"
+        code = INTERNAL_ERROR if side == BOT else GOING_AWAY
+        actions = self._close(other(side), code, why)
+        actions += self._close(side, GOING_AWAY, why)
+        return actions + self._arm_close_timer()
+
+    def _finish_handshakes(self) -> list[Action]:
+        actions: list[Action] = []
+        pending = False
+        for name in SIDES:
+            s = self.sides[name]
+            if not s.open:
+                continue
+            if s.close_sent and s.close_received:
+                actions.append(Disconnect(name))
+            else:
+                pending = True
+        if pending:
+            actions += self._arm_close_timer()
+        return actions
+
+    def _start(self, timer: Timer, seconds: float) -> StartTimer:
+        self._timers.add(timer)
+        return StartTimer(timer, seconds)
+
+    def _start_watch(self) -> list[Action]:
+        if Timer.WATCH in self._timers or self.ended:
+            return []
+        return [self._start(Timer.WATCH, min(self.watch_seconds, self.stall_timeout))]
+
+    def _arm_close_timer(self) -> list[Action]:
+        if Timer.CLOSE in self._timers or self.ended:
+            return []
+        return [self._start(Timer.CLOSE, self.close_timeout)]
+
+    def _maybe_end(self) -> list[Action]:
+        if self.ended:
+            return []
+        client, bot = self.sides[CLIENT], self.sides[BOT]
+        if bot.gone and client.state in (SideState.CLOSED, SideState.CONNECTING):
+            self.ended = True
+            actions: list[Action] = [CancelTimer(t) for t in sorted(self._timers, key=lambda t: t.value)]
+            self._timers.clear()
+            for s in self.sides.values():
+                s.paused_since = None
+            outcome = self.outcome or Outcome.CLOSED
+            return actions + [End(outcome, self.detail if self.outcome else None)]
+        return []

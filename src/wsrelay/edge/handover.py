@@ -1,0 +1,90 @@
+"""The hand-over: the client's socket passes from the gate to picows. The one Python module
+that reaches into picows' internals.
+
+picows' server-side listener factory is synchronous, but a session needs async work
+(connecting to the bot) before the client may get its ``101``. So the gate reads the
+head itself, and once the bot has answered, this module builds picows' server-side
+``WSProtocol`` by hand (its constructor is not public API: 14 positional arguments,
+written against picows ``PICOWS_VERSION``), puts the pump's ``ClientStream`` in front of
+it on the client's transport, and feeds it a *canonical* upgrade head built from the
+checked request (picows never parses the client's own head, so its stricter parser can
+never refuse what the relay accepted), then the client's early bytes. picows answers
+``101`` with the bot's sub-protocol. The compiled pump's only other reach into picows
+internals is its per-connection buffer trim (``side.pxi``, ``on_ws_connected``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import picows
+from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
+from picows.picows import WSAutoPingStrategy, WSProtocol
+
+from ..config import RelayConfig
+from ..core.upgrade import canonical_upgrade_head
+
+PICOWS_VERSION = "2.3.1"      # the constructor below, and the pump's C interface, are this version's
+if picows.__version__ != PICOWS_VERSION:
+    raise ImportError(
+        f"wsrelay is built against picows {PICOWS_VERSION}, but picows {picows.__version__} is "
+        f"installed: its internals differ between versions. Install picows=={PICOWS_VERSION} "
+        "(pip install --force-reinstall 'picows==" + PICOWS_VERSION + "') and rebuild wsrelay.")
+
+log = logging.getLogger("wsrelay.handover")
+# A LoggerAdapter stops picows from creating one child Logger per connection.
+_picows_log = logging.LoggerAdapter(logging.getLogger("wsrelay.picows"), {})
+
+
+def hand_over(transport, client_side, *, stream_class: Any, subprotocol: str | None, key: str,
+              early: bytes | bytearray, limits: RelayConfig) -> bool:
+    """Give ``transport`` to picows with ``client_side`` (the pump's listener) and answer ``101``.
+
+    ``early`` are the bytes the client sent after its head (frames it did not wait to send);
+    they are fed after the head, through the ``ClientStream``. Returns False when picows
+    did not take the connection (the client is gone, or, which cannot happen for a head
+    the relay built, picows refused it: the socket is then dropped, never left half-open).
+    """
+    extra = {"Sec-WebSocket-Protocol": subprotocol} if subprotocol else None
+    response = WSUpgradeResponse.create_101_response(extra)
+    protocol = WSProtocol(
+        None, None, False,                                   # host, path, not the client side
+        lambda request: WSUpgradeResponseWithListener(response, client_side),
+        _picows_log,
+        True,                                                # disconnect_on_exception
+        None,                                                # no handshake timeout: the head is complete
+        limits.keepalive_interval > 0,                       # the relay's own keepalive pings
+        limits.keepalive_interval or 20, limits.keepalive_timeout,
+        WSAutoPingStrategy.PING_WHEN_IDLE,
+        False,                                               # auto-pong off: pings are relayed
+        limits.max_frame_size,
+        None,                                                # no extra headers
+        limits.read_buffer_size,
+    )
+    stream = stream_class(protocol)                          # stops at the client's close frame
+    transport.set_protocol(stream)
+    protocol.connection_made(transport)
+    _feed(transport, protocol, canonical_upgrade_head(key))  # HTTP: straight to picows
+    if protocol.listener is not client_side:
+        log.error("picows refused the relay's canonical upgrade head; dropping the client")
+        transport.abort()
+        return False
+    _feed(transport, stream, early)                          # frames: through the stream
+    if client_side.transport is None or transport.is_closing():
+        return False
+    transport.resume_reading()
+    return True
+
+
+def _feed(transport, protocol, data) -> None:
+    """Replay ``data`` into ``protocol`` as if the socket had just read it."""
+    view = memoryview(data)
+    pos = 0
+    while pos < len(view) and not transport.is_closing():
+        buffer = protocol.get_buffer(-1)
+        n = min(len(buffer), len(view) - pos)
+        buffer[:n] = view[pos:pos + n]
+        protocol.buffer_updated(n)
+        pos += n
+    view.release()

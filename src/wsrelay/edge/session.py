@@ -1,0 +1,306 @@
+"""One relayed session, from the admitted request to its log line: the machine's I/O driver.
+
+Life (SPEC §2): the relay has routed, authenticated and admitted the request; here the
+bot is connected (with the forwarding headers), the client gets its ``101`` only after
+the bot's, frames flow through the pump, and ``run()`` returns when both sockets are gone.
+
+Every decision about closing, flow control and the end belongs to the sans-I/O
+``SessionMachine`` (core/session_machine.py). The pump's two ``Side`` listeners report
+rare events here (``side_connected``, ``close_frame``, ``protocol_error``,
+``side_disconnected``, ``pause_source_of``, ``resume_source_of``); this driver turns each
+into a machine event and carries out the actions it returns on the sockets. The pump's
+per-frame check reads two C flags per side (``close_sent``, ``disconnected``), which only
+this driver writes, as the machine's actions say.
+
+Nothing here calls back up: the upstream connector, the client hand-over and what to do
+at the end are callables handed in by the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import select
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+from picows import WSMsgType
+
+from ..core.session_machine import (BOT, CLIENT, CancelTimer, Disconnect, End, ForwardClose, PauseReading,
+                                   ResumeReading, SendClose, SessionMachine, StartTimer, Timer,
+                                   close_code_of)
+
+if TYPE_CHECKING:
+    from ..config import AgentConfig, RelayConfig
+    from ..core.upgrade import UpgradeRequest
+    from ..core.routing import Route
+
+log = logging.getLogger("wsrelay.session")
+
+# poll() flags meaning "the peer has closed or reset this socket"; POLLRDHUP is Linux's.
+_GONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
+
+Connector = Callable[..., Awaitable[Any]]
+Attach = Callable[[Any, "str | None", str], bool]
+
+
+class Session:
+    """Connects one admitted client to a bot instance and drives its ``SessionMachine``."""
+
+    def __init__(self, *, route: "Route", agent: "AgentConfig", upgrade: "UpgradeRequest",
+                 client_address: str, secure: bool, pump: Any, limits: "RelayConfig",
+                 connect: Connector, attach: Attach, session_id: str | None = None) -> None:
+        self.route = route
+        self.agent = agent
+        self.upgrade = upgrade
+        self.client_address = client_address
+        self.secure = secure
+        self.id = session_id or str(uuid.uuid4())
+        self.created_at = time.monotonic()
+        self.connected_at: float | None = None
+        self.ended_at: float | None = None
+        self.upstream_seconds: float | None = None
+        self.subprotocol: str | None = None
+        self._connect = connect
+        self._attach = attach
+        self._limits = limits
+        self._bot_response = None
+        self._timers: dict[Timer, asyncio.TimerHandle] = {}
+        self._done: asyncio.Future | None = None
+        self.machine = SessionMachine(
+            close_timeout=limits.close_timeout, stall_timeout=limits.stall_timeout,
+            time_limit=agent.max_session_seconds or None, idle_timeout=agent.idle_timeout)
+        self.client = pump.Side(self, False)
+        self.bot = pump.Side(self, True)
+        self.client.peer = self.bot
+        self.bot.peer = self.client
+
+    # -- the relay's calls ------------------------------------------------------------------
+
+    def forward_headers(self) -> list[tuple[str, str]]:
+        """The bot's handshake headers: the client's end-to-end ones, then the relay's own.
+
+        SPEC §1-§2.3. ``X-Daily-Session-Id`` is what the hosted platform's bot image
+        reads, so such bots work behind the relay unchanged.
+        """
+        headers = list(self.upgrade.forward)
+        headers += [
+            ("X-Forwarded-For", self.client_address),
+            ("X-Forwarded-Proto", "https" if self.secure else "http"),
+            ("X-Forwarded-Host", self.upgrade.host),
+            ("X-Session-Id", self.id),
+            ("X-Daily-Session-Id", self.id),
+            ("X-Service-Host", self.route.service_host),
+        ]
+        if self.upgrade.subprotocols:
+            headers.append(("Sec-WebSocket-Protocol", self.upgrade.subprotocols))
+        return headers
+
+    async def run(self) -> None:
+        """Connect the bot, then wait until both sockets are gone.
+
+        Raises ``UpstreamError`` when no bot instance takes the session (the relay answers
+        the client with its status). Cancelled while connecting (the client left), it
+        drops whatever the bot side has opened.
+        """
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        started = time.monotonic()
+        # picows keeps the extra headers object for the connection's life: hand it a list
+        # (a header such as Cookie may repeat) and empty it once the handshake is sent.
+        headers = self.forward_headers()
+        try:
+            await self._connect(self.route.service_host, self.agent.upstreams,
+                                query=self.route.forward_query, headers=headers,
+                                listener_factory=self._bot_listener)
+        except asyncio.CancelledError:
+            if self.bot.transport is not None and not self.bot.disconnected:
+                self.bot.transport.disconnect(False)
+            raise
+        finally:
+            headers.clear()
+        self.upstream_seconds = time.monotonic() - started
+        await asyncio.shield(self._done)
+
+    def close(self, code: int, reason: str, outcome) -> None:
+        """End the session from the relay's side (drain, shutdown)."""
+        self._do(self.machine.close_by_relay((code, reason), (code, reason), outcome))
+
+    def abort(self) -> None:
+        """Drop both sockets now (second shutdown signal)."""
+        self._do(self.machine.abort())
+
+    @property
+    def ended(self) -> bool:
+        return self.machine.ended
+
+    # -- events from the pump ---------------------------------------------------------------
+
+    def _bot_listener(self, request, response):
+        self._bot_response = response
+        return self.bot
+
+    def side_connected(self, side) -> None:
+        """A side's WebSocket is open: bound its write buffer; on the bot's, attach the client."""
+        side.transport.underlying_transport.set_write_buffer_limits(
+            self._limits.write_buffer_high, self._limits.write_buffer_low)
+        if not side.is_bot:
+            self._do(self.machine.opened(CLIENT))
+            return
+        self._do(self.machine.opened(BOT))
+        headers = self._bot_response.headers if self._bot_response is not None else {}
+        self.subprotocol = headers.get("Sec-WebSocket-Protocol")
+        self._bot_response = None
+        if self._attach(self.client, self.subprotocol, self.upgrade.key):
+            self.connected_at = time.monotonic()
+        else:                                    # the client left while the bot answered
+            self._do(self.machine.client_gone_before_open())
+
+    def close_frame(self, side, payload: bytes) -> None:
+        """``side`` sent a close frame (its payload: code and reason, exactly as sent)."""
+        self._note_picows_close(side)
+        self._do(self.machine.close_frame(_name(side), payload))
+
+    def protocol_error(self, side) -> None:
+        """picows closed ``side`` itself (it sent a close the relay did not ask for)."""
+        self._note_picows_close(side)
+
+    def side_disconnected(self, side) -> None:
+        if side.is_bot and side.transport is not None:
+            _collect_disconnect_error(side.transport)
+        self._note_picows_close(side)
+        self._do(self.machine.disconnected(_name(side)))
+
+    def pause_source_of(self, side) -> None:
+        self._do(self.machine.write_high(_name(side), asyncio.get_running_loop().time()))
+
+    def resume_source_of(self, side) -> None:
+        self._do(self.machine.write_low(_name(side)))
+
+    # -- carrying out actions -----------------------------------------------------------------
+
+    def _note_picows_close(self, side) -> None:
+        """Tell the machine when picows has closed ``side`` on its own."""
+        transport = side.transport
+        if transport is not None and transport.is_close_frame_sent and not side.close_sent:
+            sent = transport.close_handshake.sent if transport.close_handshake else None
+            self._do(self.machine.picows_closed(_name(side), int(sent.code) if sent is not None else None))
+
+    def _side(self, name: str):
+        return self.bot if name == BOT else self.client
+
+    def _do(self, actions) -> None:
+        for action in actions:
+            if isinstance(action, (SendClose, ForwardClose)):
+                side = self._side(action.side)
+                side.close_sent = True           # the pump relays nothing more to it
+                if side.transport is not None and not side.disconnected:
+                    if isinstance(action, SendClose):
+                        side.transport.send_close(action.code, action.reason.encode())
+                    else:
+                        side.transport.send(WSMsgType.CLOSE, action.payload)
+            elif isinstance(action, Disconnect):
+                side = self._side(action.side)
+                if side.transport is not None and not side.disconnected:
+                    side.transport.disconnect(action.graceful)
+            elif isinstance(action, PauseReading):
+                self._side(action.side).transport.underlying_transport.pause_reading()
+            elif isinstance(action, ResumeReading):
+                side = self._side(action.side)
+                if side.transport is not None and not side.disconnected:
+                    side.transport.underlying_transport.resume_reading()
+            elif isinstance(action, StartTimer):
+                self._timers[action.timer] = asyncio.get_running_loop().call_later(
+                    action.seconds, self._timer_fired, action.timer)
+            elif isinstance(action, CancelTimer):
+                handle = self._timers.pop(action.timer, None)
+                if handle is not None:
+                    handle.cancel()
+            elif isinstance(action, End):
+                self.ended_at = time.monotonic()
+                if self._done is not None and not self._done.done():
+                    self._done.set_result(action)
+
+    def _timer_fired(self, timer: Timer) -> None:
+        self._timers.pop(timer, None)
+        if timer is Timer.WATCH:
+            gone = {name for name in self.machine.paused() if _closed_by_peer(self._side(name).transport)}
+            self._do(self.machine.watch(asyncio.get_running_loop().time(), gone))
+        else:
+            self._do(self.machine.timer_fired(timer, self.client.frames + self.bot.frames))
+
+    # -- the log line ---------------------------------------------------------------------------
+
+    def summary(self) -> dict:
+        """The fields of the session's one log line."""
+        m = self.machine
+        client, bot = m.sides[CLIENT], m.sides[BOT]
+        end = self.ended_at or time.monotonic()
+        return {
+            "event": "session_end",
+            "session_id": self.id,
+            "agent": self.agent.name,
+            "organization": self.agent.organization,
+            "client": self.client_address,
+            "subprotocol": self.subprotocol,
+            "frames_up": self.client.frames,
+            "bytes_up": self.client.bytes,
+            "frames_down": self.bot.frames,
+            "bytes_down": self.bot.bytes,
+            "dropped": self.client.dropped + self.bot.dropped,
+            "close_from_client": client.close_from,
+            "close_from_bot": bot.close_from,
+            "close_to_client": client.close_to,
+            "close_to_bot": bot.close_to,
+            "first_closer": m.first_closer,
+            "end_reason": m.end_reason or "closed",
+            "upstream_connect_ms": round((self.upstream_seconds or 0) * 1000, 3),
+            "duration_s": round(end - (self.connected_at or self.created_at), 3),
+        }
+
+    @property
+    def outcome(self) -> str:
+        """The metric label of how the session ended."""
+        return self.machine.outcome.value if self.machine.outcome else "closed"
+
+
+def _name(side) -> str:
+    return BOT if side.is_bot else CLIENT
+
+
+def _closed_by_peer(transport) -> bool:
+    """True when the peer of ``transport``'s socket has shut it down or reset it.
+
+    Asked only of a socket whose reading is paused (so asyncio would not notice), at most
+    once a second per paused session: one ``poll`` with a zero timeout.
+    """
+    if transport is None:
+        return True
+    sock = transport.underlying_transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), _GONE)
+    return any(events & _GONE for _, events in poller.poll(0))
+
+
+def _collect_disconnect_error(transport) -> None:
+    """Retrieve the error picows keeps for a bot transport that it closed itself.
+
+    After a protocol error on its client side (our bot side), picows stores the error in
+    the transport's disconnect future, which nobody awaits: asyncio would print a
+    multi-line "Future exception was never retrieved" outside the structured log. The
+    session already logged the outcome, so the error is fetched here and dropped. It
+    costs one short task per ended bot connection, none while a session lives.
+    """
+    task = asyncio.ensure_future(transport.wait_disconnected())
+    task.add_done_callback(_retrieve_exception)
+
+
+def _retrieve_exception(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+__all__ = ["Session", "close_code_of"]
