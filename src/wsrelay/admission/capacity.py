@@ -26,10 +26,6 @@ class Capacity(abc.ABC):
     def release(self, key: str) -> None:
         """Give one slot of ``key`` back."""
 
-    @abc.abstractmethod
-    def count(self, key: str) -> int:
-        """Slots ``key`` holds now."""
-
 
 class LocalCapacity(Capacity):
     """Counts for one process."""
@@ -47,9 +43,6 @@ class LocalCapacity(Capacity):
         self._counts[key] -= 1
         if self._counts[key] <= 0:
             del self._counts[key]
-
-    def count(self, key: str) -> int:
-        return self._counts.get(key, 0)
 
 
 class SharedCapacity(Capacity):
@@ -94,8 +87,3 @@ class SharedCapacity(Capacity):
             idx = self._slot(key, False)
             if idx is not None and self._counts[idx] > 0:
                 self._counts[idx] -= 1
-
-    def count(self, key: str) -> int:
-        with self._lock:
-            idx = self._slot(key, False)
-            return self._counts[idx] if idx is not None else 0

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from .auth import Authenticator
 from ..config import Config
+from ..core.upgrade import parse_bearer
 from ..errors import RequestRefused
 from .registry import AgentRegistry
 
@@ -79,11 +80,11 @@ def _bearer(value: str | None) -> str:
     if value is None:
         raise RequestRefused("start API without Authorization", status=401,
                              public_reason="Unauthorized: send 'Authorization: Bearer <public key>'")
-    scheme, _, key = value.strip().partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    key = parse_bearer(value)
+    if key is None:
         raise RequestRefused("start API: Authorization is not Bearer", status=401,
                              public_reason="Unauthorized: send 'Authorization: Bearer <public key>'")
-    return key.strip()
+    return key
 
 
 def _parse_json(body: bytes) -> dict:

@@ -183,8 +183,19 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
     value = _single(headers, b"authorization")
     if value is None:
         return None
-    scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = parse_bearer(value)
+    if token is None:
         raise AuthError("Authorization header is not 'Bearer <token>'", status=401,
                         public_reason="Unauthorized: use 'Authorization: Bearer <token>'")
-    return token.strip()
+    return token
+
+
+def parse_bearer(value: str) -> str | None:
+    """The credential of an ``Authorization: Bearer <credential>`` value; None for any other form.
+
+    The one Bearer parser: WebSocket tokens and the start API's public keys both use it.
+    """
+    scheme, _, credential = value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        return None
+    return credential.strip()

@@ -48,6 +48,7 @@ log = logging.getLogger("wsrelay.relay")
 SHUTDOWN_CLOSE = (1012, "relay restarting")     # to both sides once the drain period is over
 DRAINING_RETRY_AFTER = "5"
 CAPACITY_RETRY_AFTER = "1"
+LISTEN_BACKLOG = 1024                           # pending connections the kernel queues
 
 
 class Relay:
@@ -86,10 +87,10 @@ class Relay:
         tls = {"ssl": self.tls, "ssl_handshake_timeout": cfg.handshake_timeout} if self.tls else {}
         create_server = loop.create_server
         if sock is not None:
-            self._server = await create_server(self._new_gate, sock=sock, backlog=1024, **tls)
+            self._server = await create_server(self._new_gate, sock=sock, backlog=LISTEN_BACKLOG, **tls)
         else:
             self._server = await create_server(
-                self._new_gate, cfg.host, cfg.port, backlog=1024,
+                self._new_gate, cfg.host, cfg.port, backlog=LISTEN_BACKLOG,
                 reuse_port=cfg.workers > 1 or None, **tls)
 
     def _new_gate(self) -> Gate:
