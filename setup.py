@@ -4,10 +4,25 @@ Everything else is declared in pyproject.toml. ``WSRELAY_CYTHON_ANNOTATE=1`` wri
 HTML annotation next to the .pyx, to check the hot path stays free of Python calls.
 """
 
+import glob
 import os
+import shutil
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildPyWithPxd(build_py):
+    """Ship the pump's C interface (csrc/wsrelay/pump/*.pxd) in the wheel, beside the module,
+    so other Cython code can ``cimport wsrelay.pump._compiled``."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "wsrelay", "pump")
+        os.makedirs(target, exist_ok=True)
+        for pxd in glob.glob(os.path.join("csrc", "wsrelay", "pump", "*.pxd")):
+            shutil.copy(pxd, target)
 
 extensions = [
     Extension(
@@ -20,6 +35,7 @@ extensions = [
 ]
 
 setup(
+    cmdclass={"build_py": BuildPyWithPxd},
     ext_modules=cythonize(
         extensions,
         include_path=["csrc"],

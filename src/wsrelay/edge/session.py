@@ -25,7 +25,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from picows import WSMsgType
+from picows import WSListener, WSMsgType, WSUpgradeRequest, WSUpgradeResponse
 
 from ..core.session_machine import (BOT, CLIENT, CancelTimer, Disconnect, End, ForwardClose, PauseReading,
                                    ResumeReading, SendClose, SessionMachine, StartTimer, Timer,
@@ -65,7 +65,7 @@ class Session:
         self._connect = connect
         self._attach = attach
         self._limits = limits
-        self._bot_response = None
+        self._bot_response: WSUpgradeResponse | None = None    # the bot's 101, until the bot side opens
         self._timers: dict[Timer, asyncio.TimerHandle] = {}
         self._done: asyncio.Future | None = None
         self.machine = SessionMachine(
@@ -137,20 +137,24 @@ class Session:
 
     # -- events from the pump ---------------------------------------------------------------
 
-    def _bot_listener(self, request, response):
+    def _bot_listener(self, request: WSUpgradeRequest, response: WSUpgradeResponse) -> WSListener:
         self._bot_response = response
         return self.bot
 
     def side_connected(self, side) -> None:
         """A side's WebSocket is open: bound its write buffer; on the bot's, attach the client."""
+        if self.machine.ended:
+            # The session was ended (relay shutdown) while this side was still connecting.
+            side.transport.disconnect(False)
+            return
         side.transport.underlying_transport.set_write_buffer_limits(
             self._limits.write_buffer_high, self._limits.write_buffer_low)
         if not side.is_bot:
             self._do(self.machine.opened(CLIENT))
             return
         self._do(self.machine.opened(BOT))
-        headers = self._bot_response.headers if self._bot_response is not None else {}
-        self.subprotocol = headers.get("Sec-WebSocket-Protocol")
+        response = self._bot_response
+        self.subprotocol = response.headers.get("Sec-WebSocket-Protocol") if response is not None else None
         self._bot_response = None
         if self._attach(self.client, self.subprotocol, self.upgrade.key):
             self.connected_at = time.monotonic()
