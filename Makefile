@@ -26,6 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider benchmarks/test_micro.py --benchmark-min-rounds=3 --benchmark-max-time=0.2
 	$(BIN)/python benchmarks/e2e.py --quick --relays wsrelay,nginx --workloads pingpong,audio --repeats 3 --check benchmarks/baseline.json
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -q tests
 
 # The full side-by-side benchmark (a few minutes on 2 cores): table, JSON and plot.

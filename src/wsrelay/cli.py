@@ -132,13 +132,13 @@ def _load(path):
 
 
 def _run(cfg, args, capacity, worker: int) -> int:
+    serving = serve(cfg, config_path=args.config, host=args.host, port=args.port,
+                    admin_port=args.admin_port, capacity=capacity, worker=worker)
     try:
         import uvloop
-        runner = uvloop.run
     except ImportError:           # pragma: no cover - uvloop is a dependency on Linux/macOS
-        runner = asyncio.run
-    return runner(serve(cfg, config_path=args.config, host=args.host, port=args.port,
-                        admin_port=args.admin_port, capacity=capacity, worker=worker))
+        return asyncio.run(serving)
+    return uvloop.run(serving)
 
 
 async def serve(cfg, *, config_path=None, host=None, port=None, admin_port=None, capacity=None,
@@ -199,6 +199,7 @@ async def serve(cfg, *, config_path=None, host=None, port=None, admin_port=None,
         loop.add_signal_handler(sig, lambda: os._exit(1))   # second signal: stop at once
     if watcher is not None:
         watcher.cancel()
+    if reloader is not None:          # set together with the watcher
         reloader.cancel()
     log.info("draining %d session(s) for up to %ss", len(relay.sessions), cfg.relay.drain_seconds)
     await relay.stop(drain_seconds=cfg.relay.drain_seconds)

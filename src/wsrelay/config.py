@@ -129,6 +129,17 @@ def _unescape(match: re.Match) -> str:
     return _ESCAPED.get(match.group(3), match.group(0))
 
 
+def _end(pattern: re.Pattern[str], text: str, pos: int) -> int:
+    """Where ``pattern``'s match at ``pos`` ends, for the patterns that cannot fail there.
+
+    ``_SPACES`` and ``_BLANKS`` match the empty string anywhere; ``_QUOTES`` and
+    ``_APOSTROPHES`` are only used at a position holding a quote or an apostrophe.
+    """
+    match = pattern.match(text, pos)
+    assert match is not None, f"{pattern.pattern!r} cannot fail at a position the pass gives it"
+    return match.end()
+
+
 def _child(path: str | None, suffix: str) -> str | None:
     """``path + suffix``, or None (not recorded) once the path is absurdly long."""
     if path is None or len(path) + len(suffix) > MAX_PATH_CHARS:
@@ -163,7 +174,7 @@ class _Locator:
     def run(self) -> dict[str, int]:
         text, size = self.text, len(self.text)
         while True:
-            self.pos = _BLANKS.match(text, self.pos).end()
+            self.pos = _end(_BLANKS, text, self.pos)
             if self.pos >= size or self.too_deep:
                 return self.where
             start = self.pos
@@ -226,10 +237,10 @@ class _Locator:
         segments = self._key()
         if not segments:
             return
-        self.pos = _SPACES.match(self.text, self.pos).end()
+        self.pos = _end(_SPACES, self.text, self.pos)
         if not self.text.startswith("=", self.pos):
             return
-        self.pos = _SPACES.match(self.text, self.pos + 1).end()
+        self.pos = _end(_SPACES, self.text, self.pos + 1)
         key = ".".join(segments)
         path = _child(self.table, "." + key) if self.table else key
         self._record(path, start)
@@ -241,7 +252,7 @@ class _Locator:
         segments: list[str] = []
         start = self.pos
         while True:
-            self.pos = _SPACES.match(text, self.pos).end()
+            self.pos = _end(_SPACES, text, self.pos)
             if text.startswith('"', self.pos):
                 begin = self.pos + 1
                 end = self._skip_basic()
@@ -262,7 +273,7 @@ class _Locator:
             if len(segments) > MAX_KEY_PARTS:
                 self._refuse(start, f"a key of over {MAX_KEY_PARTS} dotted parts")
                 return []
-            self.pos = _SPACES.match(text, self.pos).end()
+            self.pos = _end(_SPACES, text, self.pos)
             if not text.startswith(".", self.pos):
                 return segments
             self.pos += 1
@@ -298,7 +309,7 @@ class _Locator:
                     return
                 continue
             frame = stack[-1]
-            self.pos = _BLANKS.match(text, self.pos).end()
+            self.pos = _end(_BLANKS, text, self.pos)
             if self.pos >= size:
                 return
             char = text[self.pos]
@@ -336,10 +347,10 @@ class _Locator:
         if not segments:
             self.pos = max(self.pos, start + 1)
             return False, None
-        self.pos = _SPACES.match(self.text, self.pos).end()
+        self.pos = _end(_SPACES, self.text, self.pos)
         if not self.text.startswith("=", self.pos):
             return False, None
-        self.pos = _BLANKS.match(self.text, self.pos + 1).end()
+        self.pos = _end(_BLANKS, self.text, self.pos + 1)
         path = _child(frame.path, "." + ".".join(segments))
         self._record(path, start)
         return True, path
@@ -395,7 +406,7 @@ class _Locator:
             if self.text[pos] == "\\":
                 pos += 2
                 continue
-            end = _QUOTES.match(self.text, pos).end()
+            end = _end(_QUOTES, self.text, pos)
             if end - pos >= 3:
                 self.pos = end
                 return
@@ -407,7 +418,7 @@ class _Locator:
         if found < 0:
             self.pos = len(self.text)
             return
-        self.pos = _APOSTROPHES.match(self.text, found).end()
+        self.pos = _end(_APOSTROPHES, self.text, found)
 
 
 def locate_keys(text: str) -> dict[str, int]:
@@ -929,9 +940,13 @@ def apply_overrides(config: Config, *, host: str | None = None, port: int | None
                                   key="relay.host"))
     if errors:
         raise ConfigErrors(errors)
-    changes = {k: v for k, v in (("host", host), ("port", port), ("workers", workers),
-                                 ("admin_port", admin_port)) if v is not None}
-    relay = dataclasses.replace(config.relay, **changes) if changes else config.relay
+    changes = any(v is not None for v in (host, port, workers, admin_port))
+    relay = config.relay
+    if changes:
+        relay = dataclasses.replace(
+            relay, host=relay.host if host is None else host, port=relay.port if port is None else port,
+            workers=relay.workers if workers is None else workers,
+            admin_port=relay.admin_port if admin_port is None else admin_port)
     if (port is not None or admin_port is not None) and relay.admin_port and relay.admin_port == relay.port:
         flag = "--admin-port" if admin_port is not None else "--port"
         raise ConfigErrors([ConfigError(

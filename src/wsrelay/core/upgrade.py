@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import AuthError, RequestRefused
@@ -51,7 +52,7 @@ class UpgradeRequest:
     forward: tuple[tuple[str, str], ...] = field(default=())   # end-to-end headers for the bot
 
 
-def header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]:
+def header_values(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[str]:
     """Every value of header ``name`` (lower-case), decoded as latin-1."""
     return [v.decode("latin-1") for n, v in headers if n == name]
 
@@ -68,11 +69,11 @@ def _tokens(value: str | None) -> set[str]:
     return {t.strip().lower() for t in (value or "").split(",") if t.strip()}
 
 
-def check_head(head: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+def check_head(head: bytes, headers: Sequence[tuple[bytes, bytes]]) -> None:
     """Rules for every request head, whatever the endpoint; RequestRefused otherwise.
 
     ``head`` is the raw head as received (h11 unfolds obsolete line folding silently, so
-    folding is looked for in the bytes); ``headers`` is h11's parsed list.
+    folding is looked for in the bytes); ``headers`` is h11's parsed ``Headers`` (or a list).
     """
     if len(headers) > MAX_HEADERS:
         raise RequestRefused(f"{len(headers)} header lines, at most {MAX_HEADERS} allowed", status=431,
@@ -86,7 +87,7 @@ def check_head(head: bytes, headers: list[tuple[bytes, bytes]]) -> None:
                                  public_reason="Bad Request: control character in a header value")
 
 
-def declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
+def declares_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
     """True when the head announces a body (any Transfer-Encoding, or a non-zero length)."""
     for name, value in headers:
         if name == b"transfer-encoding":
@@ -96,7 +97,7 @@ def declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return False
 
 
-def parse_upgrade(method: bytes, headers: list[tuple[bytes, bytes]], *,
+def parse_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]], *,
                   http_version: bytes = b"1.1") -> UpgradeRequest:
     """Validate a WebSocket upgrade request (RFC 6455 §4.2.1); 400/405/426 otherwise."""
     # h11's Headers keep the client's spelling in raw_items(); a plain list (the tests)
@@ -178,7 +179,7 @@ def canonical_upgrade_head(key: str) -> bytes:
             b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key.encode("ascii") + b"\r\n\r\n")
 
 
-def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     """The token of ``Authorization: Bearer <token>``; None without the header."""
     value = _single(headers, b"authorization")
     if value is None:

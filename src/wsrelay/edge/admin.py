@@ -8,7 +8,7 @@ new clients before live sessions are closed.
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from typing import Callable, cast
 
 from ..errors import RequestRefused
 from .http import RequestReader, http_response
@@ -32,6 +32,7 @@ class AdminServer:
 
     @property
     def port(self) -> int:
+        assert self._server is not None, "the admin listener has a port once start() has run"
         return self._server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
@@ -59,11 +60,12 @@ class _AdminConnection(asyncio.Protocol):
     def __init__(self, server: AdminServer) -> None:
         self.server = server
         self.reader = RequestReader(MAX_HEAD, max_body=0)
-        self.transport = None
+        self.transport: asyncio.Transport | None = None       # set by connection_made, asyncio's first call
         self.timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # create_server's connections are stream transports (a BaseTransport only by the signature).
+        self.transport = cast(asyncio.Transport, transport)
         self.timer = asyncio.get_running_loop().call_later(self.server.read_timeout, self._timeout)
 
     def connection_lost(self, exc) -> None:
@@ -74,6 +76,7 @@ class _AdminConnection(asyncio.Protocol):
         self._send(408, b"request timeout\n", {})
 
     def data_received(self, data: bytes) -> None:
+        assert self.transport is not None        # connection_made comes before any data
         if self.transport.is_closing():
             return
         try:
@@ -83,12 +86,14 @@ class _AdminConnection(asyncio.Protocol):
             return
         if complete:
             request = self.reader.request
+            assert request is not None           # a complete reader holds its request
             status, body, headers = self.server.answer(request.method, request.target)
             if request.method == b"HEAD":
                 body = b""
             self._send(status, body, headers)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        assert self.transport is not None        # called from data_received or the timer connection_made set
         if self.transport.is_closing():
             return
         if self.timer is not None:

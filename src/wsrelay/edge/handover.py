@@ -20,7 +20,9 @@ from typing import Any
 
 import picows
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
-from picows.picows import WSAutoPingStrategy, WSProtocol
+from picows.picows import WSAutoPingStrategy
+# WSProtocol is a real class of the compiled module but not public API, so picows.pyi does not declare it.
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ..config import RelayConfig
 from ..core.upgrade import canonical_upgrade_head

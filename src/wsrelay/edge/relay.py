@@ -84,14 +84,16 @@ class Relay:
         """Listen on the configured host/port (or on ``sock``)."""
         loop = asyncio.get_running_loop()
         cfg = self.config.relay
-        tls = {"ssl": self.tls, "ssl_handshake_timeout": cfg.handshake_timeout} if self.tls else {}
-        create_server = loop.create_server
+        # Without TLS both stay None, create_server's defaults (a handshake timeout needs ssl).
+        handshake_timeout = cfg.handshake_timeout if self.tls else None
         if sock is not None:
-            self._server = await create_server(self._new_gate, sock=sock, backlog=LISTEN_BACKLOG, **tls)
+            self._server = await loop.create_server(
+                self._new_gate, sock=sock, backlog=LISTEN_BACKLOG,
+                ssl=self.tls, ssl_handshake_timeout=handshake_timeout)
         else:
-            self._server = await create_server(
+            self._server = await loop.create_server(
                 self._new_gate, cfg.host, cfg.port, backlog=LISTEN_BACKLOG,
-                reuse_port=cfg.workers > 1 or None, **tls)
+                reuse_port=cfg.workers > 1 or None, ssl=self.tls, ssl_handshake_timeout=handshake_timeout)
 
     def _new_gate(self) -> Gate:
         return Gate(self.config.relay, dispatch=self.dispatch, on_refused=self._refused,
@@ -99,6 +101,7 @@ class Relay:
 
     @property
     def port(self) -> int:
+        assert self._server is not None, "the relay has a port once start() has run"
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self, *, drain_seconds: float = 0.0) -> None:
@@ -201,9 +204,9 @@ class Relay:
             return
         host = agent.service_host
         if not self.capacity.try_acquire(host, agent.max_sessions):
-            exc = CapacityError(f"{host} is at max_sessions={agent.max_sessions}",
-                                headers={"Retry-After": CAPACITY_RETRY_AFTER})
-            gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
+            full = CapacityError(f"{host} is at max_sessions={agent.max_sessions}",
+                                 headers={"Retry-After": CAPACITY_RETRY_AFTER})
+            gate.refuse(full.status, full.public_reason, reason=str(full), headers=full.headers)
             return
         session = Session(route=route, agent=agent, upgrade=upgrade, client_address=gate.peer,
                           secure=self.tls is not None, pump=self.pump, limits=self.config.relay,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from types import ModuleType
 
 NAMES = ("cython", "python")
@@ -56,7 +57,7 @@ def totals() -> dict[str, int]:
     """Relayed frames and bytes of this process, summed over every loaded implementation."""
     result = {"frames_up": 0, "bytes_up": 0, "frames_down": 0, "bytes_down": 0}
     for module_name in ("wsrelay.pump._compiled", "wsrelay.pump.pure"):
-        module = importlib.sys.modules.get(module_name)
+        module = sys.modules.get(module_name)
         if module is not None:
             for key, value in module.totals().items():
                 result[key] += value

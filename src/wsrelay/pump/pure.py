@@ -9,7 +9,9 @@ Forced with ``WSRELAY_PURE_PYTHON=1``.
 
 from __future__ import annotations
 
-from picows import WSListener, WSMsgType
+from typing import Any
+
+from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 IMPLEMENTATION = "python"
 KEEPALIVE = b"wsrelay-keepalive"      # the relay's own pings; their pongs are never relayed
@@ -30,10 +32,10 @@ def totals() -> dict[str, int]:
 class Side(WSListener):
     """The listener of one socket of a session (see csrc/wsrelay/pump/)."""
 
-    def __init__(self, session, is_bot: bool) -> None:
+    def __init__(self, session: Any, is_bot: bool) -> None:
         self.session = session
-        self.transport = None
-        self.peer = None
+        self.transport: WSTransport | None = None
+        self.peer: Side | None = None
         self.is_bot = is_bot
         self.close_sent = False
         self.disconnected = False
@@ -42,11 +44,11 @@ class Side(WSListener):
         self.dropped = 0
         self._direction = 1 if is_bot else 0
 
-    def on_ws_connected(self, transport) -> None:
+    def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self.session.side_connected(self)       # (the compiled pump also drops transport.request)
 
-    def on_ws_frame(self, transport, frame) -> None:
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type == WSMsgType.CLOSE:
             self.session.close_frame(self, frame.get_payload_as_bytes())
             return
@@ -61,13 +63,14 @@ class Side(WSListener):
             return
         self._relay(frame)
 
-    def _relay(self, frame) -> None:
+    def _relay(self, frame: WSFrame) -> None:
         size = frame.payload_size
         self.frames += 1
         self.bytes += size
         _total_frames[self._direction] += 1
         _total_bytes[self._direction] += size
         peer = self.peer
+        assert peer is not None          # the session pairs its two sides before either connects
         dst = peer.transport
         if dst is None or peer.close_sent or peer.disconnected:
             self.dropped += 1
@@ -75,14 +78,14 @@ class Side(WSListener):
         dst.send(frame.msg_type, frame.get_payload_as_bytes(),
                  frame.fin, frame.rsv1, frame.rsv2, frame.rsv3)
 
-    def on_ws_disconnected(self, transport) -> None:
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.disconnected = True
         self.session.side_disconnected(self)
 
-    def send_user_specific_ping(self, transport) -> None:
+    def send_user_specific_ping(self, transport: WSTransport) -> None:
         transport.send_ping(KEEPALIVE)
 
-    def is_user_specific_pong(self, frame) -> bool:
+    def is_user_specific_pong(self, frame: WSFrame) -> bool:
         return frame.msg_type == WSMsgType.PONG and frame.get_payload_as_bytes() == KEEPALIVE
 
     def pause_writing(self) -> None:
@@ -100,21 +103,21 @@ class ClientStream:
     frame are read and dropped instead of reaching picows' parser.
     """
 
-    def __init__(self, protocol) -> None:
+    def __init__(self, protocol: Any) -> None:
         self._protocol = protocol
         self._get_buffer = protocol.get_buffer
         self._buffer_updated = protocol.buffer_updated
-        self._view = None
+        self._view: memoryview | None = None      # picows' buffer, from get_buffer to buffer_updated
         self._head = bytearray()
         self._skip = 0
         self._in_close = False
         self._closed = False
 
     @property
-    def protocol(self):
+    def protocol(self) -> Any:
         return self._protocol
 
-    def get_buffer(self, size_hint: int):
+    def get_buffer(self, size_hint: int) -> memoryview:
         if self._closed:
             return memoryview(bytearray(4096))
         self._view = self._get_buffer(size_hint)
@@ -123,11 +126,13 @@ class ClientStream:
     def buffer_updated(self, nbytes: int) -> None:
         if self._closed:
             return
+        # The transport (or _feed, or data_received) calls get_buffer before each buffer_updated.
+        assert self._view is not None
         keep = self._scan(self._view[:nbytes])
         self._view = None
         self._buffer_updated(keep)
 
-    def _scan(self, data) -> int:
+    def _scan(self, data: memoryview) -> int:
         pos, n = 0, len(data)
         while pos < n:
             if self._skip:
@@ -156,10 +161,10 @@ class ClientStream:
                 return pos
         return pos
 
-    def eof_received(self):
+    def eof_received(self) -> bool | None:
         return self._protocol.eof_received()
 
-    def connection_lost(self, exc) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
         self._protocol.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -168,7 +173,7 @@ class ClientStream:
     def resume_writing(self) -> None:
         self._protocol.resume_writing()
 
-    def data_received(self, data) -> None:      # only if a transport ignores get_buffer
+    def data_received(self, data: bytes) -> None:      # only if a transport ignores get_buffer
         pos = 0
         while pos < len(data) and not self._closed:
             buf = self.get_buffer(len(data) - pos)
