@@ -171,7 +171,7 @@ def other(side: str) -> str:
     return BOT if side == CLIENT else CLIENT
 
 
-@dataclass
+@dataclass(slots=True)
 class Side:
     """What the machine knows of one side."""
 
@@ -192,7 +192,7 @@ class Side:
         return self.state in (SideState.OPEN, SideState.CLOSING)
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionMachine:
     """One session's state; each event method returns the actions to carry out, in order."""
 
