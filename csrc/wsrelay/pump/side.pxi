@@ -1,5 +1,19 @@
 # The listener of one socket of a session, and the per-frame path (see _compiled.pyx).
 
+cdef inline void _trim_picows_buffers(WSTransport transport):
+    """Free what picows keeps per connection but the relay no longer needs.
+
+    The pump's one reach into picows internals (C-level attributes, written against the
+    picows version pinned in edge/handover.py, which checks it at import): the parsed
+    handshake (header multidicts) that picows keeps for the connection's whole life, most
+    of an idle session's Python memory, and the per-transport scratch buffer (used only
+    to frame close/ping/pong and copied sends), shrunk to its minimum; it grows on demand.
+    """
+    transport.request = None
+    transport.response = None
+    transport._write_buffer._reserve(0)
+
+
 cdef inline int _relay(Side src, WSFrame frame) except -1:
     """Send ``frame`` from ``src``'s read buffer to its peer (see the module docstring)."""
     cdef Side peer = src.peer
@@ -33,15 +47,8 @@ cdef class Side(WSListener):
 
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport
-        # picows keeps the parsed handshake (header multidicts) on the transport for the
-        # connection's whole life; the relay is done with it here. Dropping it is most of
-        # an idle session's Python memory.
         self.session.side_connected(self)
-        transport.request = None
-        transport.response = None
-        # picows' per-transport scratch buffer (used only to frame close/ping/pong and
-        # copied sends) starts at 1 KiB; shrink it to its minimum, it grows on demand.
-        transport._write_buffer._reserve(0)
+        _trim_picows_buffers(transport)
 
     cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
         if frame.msg_type == WSMsgType.CLOSE:

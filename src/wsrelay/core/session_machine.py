@@ -206,7 +206,7 @@ class SessionMachine:
     outcome: Outcome | None = None
     detail: str | None = None
     ended: bool = False
-    _timers: set[Timer] = field(default_factory=set)
+    _timers: list[Timer] = field(default_factory=list)     # started and not yet fired
     _idle_mark: int = -1
 
     # -- state ---------------------------------------------------------------------------
@@ -342,7 +342,7 @@ class SessionMachine:
 
     def watch(self, now: float, gone: set[str]) -> list[Action]:
         """Every ``watch_seconds`` while a side is paused; ``gone``: paused sides found closed."""
-        self._timers.discard(Timer.WATCH)
+        self._timer_done(Timer.WATCH)
         if self.ended:
             return []
         actions: list[Action] = []
@@ -360,7 +360,7 @@ class SessionMachine:
 
     def timer_fired(self, timer: Timer, activity: int = 0) -> list[Action]:
         """A timer the machine started has fired; ``activity`` counts frames so far (IDLE)."""
-        self._timers.discard(timer)
+        self._timer_done(timer)
         if self.ended:
             return []
         if timer is Timer.CLOSE:
@@ -465,8 +465,12 @@ class SessionMachine:
         return actions
 
     def _start(self, timer: Timer, seconds: float) -> StartTimer:
-        self._timers.add(timer)
+        self._timers.append(timer)
         return StartTimer(timer, seconds)
+
+    def _timer_done(self, timer: Timer) -> None:
+        if timer in self._timers:
+            self._timers.remove(timer)
 
     def _start_watch(self) -> list[Action]:
         if Timer.WATCH in self._timers or self.ended:

@@ -10,7 +10,7 @@ it on the client's transport, and feeds it a *canonical* upgrade head built from
 checked request (picows never parses the client's own head, so its stricter parser can
 never refuse what the relay accepted), then the client's early bytes. picows answers
 ``101`` with the bot's sub-protocol. The compiled pump's only other reach into picows
-internals is its per-connection buffer trim (``side.pxi``, ``on_ws_connected``).
+internals is ``_trim_picows_buffers`` in ``csrc/wsrelay/pump/side.pxi``.
 """
 
 from __future__ import annotations

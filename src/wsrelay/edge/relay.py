@@ -4,8 +4,8 @@
 module: endpoint (core/routing.py's table) → route → agent lookup (admission/registry.py)
 → upgrade check (core/upgrade.py) → auth (admission/auth.py) → capacity → session
 (edge/session.py: upstream connector, hand-over, pump). Every refusal is an HTTP answer
-before any upgrade and before any bot is contacted. The capacity slot is taken and
-given back in one place, ``_admit_and_run``, around the session's whole life.
+before any upgrade and before any bot is contacted. The capacity slot is taken in
+``_admit_and_run`` and given back in ``_session_over``, once.
 """
 
 from __future__ import annotations
@@ -189,9 +189,11 @@ class Relay:
 
     async def _admit_and_run(self, gate: Gate, route: "Route", agent: "AgentConfig",
                              upgrade: "UpgradeRequest") -> None:
-        """Auth (the nonce store may be remote), capacity, then the session's whole life.
+        """Auth (the nonce store may be remote), capacity, then the session's start.
 
-        The capacity slot is taken here and given back here, once, whatever happens.
+        The capacity slot is taken here and given back in ``_session_over`` only, exactly
+        once: when the session ends, or when it never started (no bot, client gone). The
+        task ends once both sides have their ``101``: a live session costs no coroutine.
         """
         try:
             claims = await self.authenticator.check(route, upgrade, agent)
@@ -210,7 +212,7 @@ class Relay:
             return
         session = Session(route=route, agent=agent, upgrade=upgrade, client_address=gate.peer,
                           secure=self.tls is not None, pump=self.pump, limits=self.config.relay,
-                          connect=self.upstreams.connect, attach=gate.attach,
+                          connect=self.upstreams.connect, attach=gate.attach, on_end=self._session_over,
                           session_id=claims.session_id if claims else None)
         self.sessions.add(session)
         self._idle.clear()
@@ -218,15 +220,24 @@ class Relay:
             await session.run()
         except UpstreamError as exc:
             gate.refuse(exc.status, _upstream_public_reason(exc), reason=str(exc))
-        finally:
-            self.capacity.release(host)
-            self.sessions.discard(session)
-            if not self.sessions:
-                self._idle.set()
-            if session.upstream_seconds is not None:
-                self.metrics.upstream_connected(session.upstream_seconds)
-            if session.ended:
-                self._session_ended(session)
+            self._session_over(session)
+        except asyncio.CancelledError:       # the client left while the bot was contacted
+            if not session.started:
+                self._session_over(session)
+            raise
+        if session.upstream_seconds is not None:
+            self.metrics.upstream_connected(session.upstream_seconds)
+
+    def _session_over(self, session: Session) -> None:
+        """Give back the session's capacity slot, once; log it if it ran."""
+        if session not in self.sessions:
+            return
+        self.sessions.discard(session)
+        self.capacity.release(session.agent.service_host)
+        if not self.sessions:
+            self._idle.set()
+        if session.ended:
+            self._session_ended(session)
 
     def _answer_start_api(self, gate: Gate, agent_name: str) -> None:
         """The start API, callable from a browser page of a ``cors_origins`` origin."""

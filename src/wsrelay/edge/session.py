@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from picows import WSListener, WSMsgType, WSUpgradeRequest, WSUpgradeResponse
 
 from ..core.session_machine import (BOT, CLIENT, CancelTimer, Disconnect, End, ForwardClose, PauseReading,
-                                   ResumeReading, SendClose, SessionMachine, StartTimer, Timer,
+                                   ResumeReading, SendClose, SessionMachine, SideState, StartTimer, Timer,
                                    close_code_of)
 
 if TYPE_CHECKING:
@@ -48,9 +48,15 @@ Attach = Callable[[Any, "str | None", str], bool]
 class Session:
     """Connects one admitted client to a bot instance and drives its ``SessionMachine``."""
 
+    # Slots: an idle session holds one of these for hours; no per-instance __dict__.
+    __slots__ = ("route", "agent", "upgrade", "client_address", "secure", "id", "created_at",
+                 "connected_at", "ended_at", "upstream_seconds", "subprotocol", "machine", "client",
+                 "bot", "_connect", "_attach", "_on_end", "_limits", "_bot_response", "_timers")
+
     def __init__(self, *, route: "Route", agent: "AgentConfig", upgrade: "UpgradeRequest",
                  client_address: str, secure: bool, pump: Any, limits: "RelayConfig",
-                 connect: Connector, attach: Attach, session_id: str | None = None) -> None:
+                 connect: Connector, attach: Attach, on_end: Callable[["Session"], None],
+                 session_id: str | None = None) -> None:
         self.route = route
         self.agent = agent
         self.upgrade = upgrade
@@ -64,10 +70,10 @@ class Session:
         self.subprotocol: str | None = None
         self._connect = connect
         self._attach = attach
+        self._on_end = on_end
         self._limits = limits
         self._bot_response: WSUpgradeResponse | None = None    # the bot's 101, until the bot side opens
         self._timers: dict[Timer, asyncio.TimerHandle] = {}
-        self._done: asyncio.Future | None = None
         self.machine = SessionMachine(
             close_timeout=limits.close_timeout, stall_timeout=limits.stall_timeout,
             time_limit=agent.max_session_seconds or None, idle_timeout=agent.idle_timeout)
@@ -98,14 +104,14 @@ class Session:
         return headers
 
     async def run(self) -> None:
-        """Connect the bot, then wait until both sockets are gone.
+        """Connect the bot; the client gets its 101 on the way (``side_connected``).
 
-        Raises ``UpstreamError`` when no bot instance takes the session (the relay answers
-        the client with its status). Cancelled while connecting (the client left), it
-        drops whatever the bot side has opened.
+        Returns once the bot's WebSocket is open; from then on the pump's events drive the
+        session, and ``on_end`` is called once both sockets are gone. Raises
+        ``UpstreamError`` when no bot instance takes the session (the relay answers the
+        client with its status). Cancelled while connecting (the client left), it drops
+        whatever the bot side has opened.
         """
-        loop = asyncio.get_running_loop()
-        self._done = loop.create_future()
         started = time.monotonic()
         # picows keeps the extra headers object for the connection's life: hand it a list
         # (a header such as Cookie may repeat) and empty it once the handshake is sent.
@@ -121,7 +127,6 @@ class Session:
         finally:
             headers.clear()
         self.upstream_seconds = time.monotonic() - started
-        await asyncio.shield(self._done)
 
     def close(self, code: int, reason: str, outcome) -> None:
         """End the session from the relay's side (drain, shutdown)."""
@@ -134,6 +139,11 @@ class Session:
     @property
     def ended(self) -> bool:
         return self.machine.ended
+
+    @property
+    def started(self) -> bool:
+        """The bot's WebSocket opened: the session machine will see it to its end."""
+        return self.machine.sides[BOT].state is not SideState.CONNECTING
 
     # -- events from the pump ---------------------------------------------------------------
 
@@ -196,35 +206,42 @@ class Session:
 
     def _do(self, actions) -> None:
         for action in actions:
-            if isinstance(action, (SendClose, ForwardClose)):
-                side = self._side(action.side)
-                side.close_sent = True           # the pump relays nothing more to it
-                if side.transport is not None and not side.disconnected:
-                    if isinstance(action, SendClose):
-                        side.transport.send_close(action.code, action.reason.encode())
-                    else:
-                        side.transport.send(WSMsgType.CLOSE, action.payload)
-            elif isinstance(action, Disconnect):
-                side = self._side(action.side)
-                if side.transport is not None and not side.disconnected:
-                    side.transport.disconnect(action.graceful)
-            elif isinstance(action, PauseReading):
-                self._side(action.side).transport.underlying_transport.pause_reading()
-            elif isinstance(action, ResumeReading):
-                side = self._side(action.side)
-                if side.transport is not None and not side.disconnected:
-                    side.transport.underlying_transport.resume_reading()
-            elif isinstance(action, StartTimer):
-                self._timers[action.timer] = asyncio.get_running_loop().call_later(
-                    action.seconds, self._timer_fired, action.timer)
-            elif isinstance(action, CancelTimer):
-                handle = self._timers.pop(action.timer, None)
-                if handle is not None:
-                    handle.cancel()
-            elif isinstance(action, End):
-                self.ended_at = time.monotonic()
-                if self._done is not None and not self._done.done():
-                    self._done.set_result(action)
+            _CARRY_OUT[type(action)](self, action)
+
+    def _send_close(self, action: SendClose | ForwardClose) -> None:
+        side = self._side(action.side)
+        side.close_sent = True           # the pump relays nothing more to it
+        if side.transport is not None and not side.disconnected:
+            if isinstance(action, SendClose):
+                side.transport.send_close(action.code, action.reason.encode())
+            else:
+                side.transport.send(WSMsgType.CLOSE, action.payload)
+
+    def _disconnect(self, action: Disconnect) -> None:
+        side = self._side(action.side)
+        if side.transport is not None and not side.disconnected:
+            side.transport.disconnect(action.graceful)
+
+    def _pause(self, action: PauseReading) -> None:
+        self._side(action.side).transport.underlying_transport.pause_reading()
+
+    def _resume(self, action: ResumeReading) -> None:
+        side = self._side(action.side)
+        if side.transport is not None and not side.disconnected:
+            side.transport.underlying_transport.resume_reading()
+
+    def _start_timer(self, action: StartTimer) -> None:
+        self._timers[action.timer] = asyncio.get_running_loop().call_later(
+            action.seconds, self._timer_fired, action.timer)
+
+    def _cancel_timer(self, action: CancelTimer) -> None:
+        handle = self._timers.pop(action.timer, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _end(self, action: End) -> None:
+        self.ended_at = time.monotonic()
+        self._on_end(self)
 
     def _timer_fired(self, timer: Timer) -> None:
         self._timers.pop(timer, None)
@@ -267,6 +284,13 @@ class Session:
     def outcome(self) -> str:
         """The metric label of how the session ended."""
         return self.machine.outcome.value if self.machine.outcome else "closed"
+
+
+_CARRY_OUT: dict[type, Callable[[Session, Any], None]] = {
+    SendClose: Session._send_close, ForwardClose: Session._send_close, Disconnect: Session._disconnect,
+    PauseReading: Session._pause, ResumeReading: Session._resume, StartTimer: Session._start_timer,
+    CancelTimer: Session._cancel_timer, End: Session._end,
+}
 
 
 def _name(side) -> str:
