@@ -183,9 +183,13 @@ async def connect_client(url: str, *, subprotocols: str | None = None, headers=N
     extra = dict(headers or {})
     if subprotocols:
         extra["Sec-WebSocket-Protocol"] = subprotocols
-    transport, _ = await ws_connect(lambda: rec, url, enable_auto_pong=auto_pong, extra_headers=extra,
-                                    max_frame_size=64 * 1024 * 1024, use_aiofastnet=False,
-                                    websocket_handshake_timeout=10)
+    transport, listener = await ws_connect(lambda: rec, url, enable_auto_pong=auto_pong, extra_headers=extra,
+                                           max_frame_size=64 * 1024 * 1024, use_aiofastnet=False,
+                                           websocket_handshake_timeout=10)
+    if listener is None:
+        # picows returns, rather than raises, when the server closes the connection during
+        # the handshake (a relay out of descriptors accepts and drops connections so).
+        raise ConnectionError(f"{url}: the server closed the connection during the handshake")
     return transport, rec
 
 
