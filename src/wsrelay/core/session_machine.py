@@ -143,10 +143,6 @@ class End:
     outcome: Outcome
     detail: str | None = None   # which side, for protocol errors, keepalive and stalls
 
-    @property
-    def reason(self) -> str:
-        return self.outcome.value + (f" ({self.detail})" if self.detail else "")
-
 
 Action = SendClose | ForwardClose | Disconnect | PauseReading | ResumeReading | StartTimer | CancelTimer | End
 

@@ -11,7 +11,7 @@ from http import HTTPStatus
 
 import h11
 
-from ..core.upgrade import check_head, declares_body
+from ..core.upgrade import check_head, declares_body, header_values
 from ..errors import RequestRefused
 
 
@@ -114,10 +114,8 @@ class RequestReader:
 
 def header(request: h11.Request, name: bytes) -> str | None:
     """The first value of header ``name`` (lower-case), decoded as latin-1."""
-    for key, value in request.headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+    values = header_values(request.headers, name)
+    return values[0] if values else None
 
 
 def _content_length(request: h11.Request) -> int | None:

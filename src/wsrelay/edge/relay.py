@@ -245,9 +245,9 @@ class Relay:
         assert request is not None
         cors = CorsPolicy(self.config.relay.cors_origins)
         origin = header(request, b"origin")
-        if is_preflight(request.method, origin, header(request, b"access-control-request-method")):
-            preflight = cors.preflight(origin, header(request, b"access-control-request-method"),
-                                       header(request, b"access-control-request-headers"))
+        wanted_method = header(request, b"access-control-request-method")
+        if is_preflight(request.method, origin, wanted_method):
+            preflight = cors.preflight(origin, wanted_method, header(request, b"access-control-request-headers"))
             if preflight.status != 204:
                 raise RequestRefused(f"CORS preflight from {(origin or '')[:100]!r} refused: {preflight.reason}",
                                      status=403, public_reason=f"Forbidden: {preflight.reason}",

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from picows import WSListener, WSMsgType, WSUpgradeRequest, WSUpgradeResponse
 
 from ..core.session_machine import (BOT, CLIENT, CancelTimer, Disconnect, End, ForwardClose, PauseReading,
-                                   ResumeReading, SendClose, SessionMachine, SideState, StartTimer, Timer,
-                                   close_code_of)
+                                   ResumeReading, SendClose, SessionMachine, SideState, StartTimer, Timer)
 
 if TYPE_CHECKING:
     from ..config import AgentConfig, RelayConfig
@@ -329,6 +328,3 @@ def _collect_disconnect_error(transport) -> None:
 def _retrieve_exception(future: asyncio.Future) -> None:
     if not future.cancelled():
         future.exception()
-
-
-__all__ = ["Session", "close_code_of"]
