@@ -535,21 +535,6 @@ def accept_for(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
 
 
-def masked_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
-    """A client frame: masked, as RFC 6455 requires from clients."""
-    mask = mask if mask is not None else os.urandom(4)
-    first = (0x80 if fin else 0) | opcode
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", first, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", first, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", first, 0x80 | 127, n)
-    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return head + mask + body
-
-
 async def read_frame(reader: asyncio.StreamReader, timeout: float = 10) -> tuple[bool, int, bool, bytes]:
     """(fin, opcode, masked, payload) of the next frame."""
     async def read():

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import os
 import socket
+import struct
 from dataclasses import dataclass, field, replace
 
 import uvloop
@@ -202,6 +203,21 @@ async def raw_request(port: int, data: bytes, *, read_timeout: float = 10) -> by
         return await asyncio.wait_for(reader.read(65536), read_timeout)
     finally:
         writer.close()
+
+
+def masked_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
+    """A client frame: masked, as RFC 6455 requires from clients."""
+    mask = mask if mask is not None else os.urandom(4)
+    first = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", first, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", first, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", first, 0x80 | 127, n)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + body
 
 
 def upgrade_head(path: str, *, extra: str = "", host: str = "relay.test") -> bytes:

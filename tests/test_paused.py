@@ -15,24 +15,10 @@ import struct
 
 from picows import WSMsgType
 
-from support import Bot, arun, connect_client, relay_config, start_relay, upgrade_head
+from support import Bot, arun, connect_client, masked_frame, relay_config, start_relay, upgrade_head
 
 B = WSMsgType.BINARY
 CHUNK = b"x" * 65536
-
-
-def _masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
-    """A client frame (masked), built by hand so the test controls every byte."""
-    mask = os.urandom(4)
-    first = (0x80 if fin else 0) | opcode
-    n = len(payload)
-    if n < 126:
-        head = bytes([first, 0x80 | n])
-    elif n < 65536:
-        head = bytes([first, 0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head = bytes([first, 0x80 | 127]) + struct.pack("!Q", n)
-    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 async def _raw_client(port: int, path: str = "/ws/generic/echo.demo"):
@@ -56,7 +42,7 @@ async def _wait(predicate, timeout: float) -> float:
 
 def _flood(writer) -> None:
     for _ in range(256):                              # 16 MiB: far over every buffer on the way
-        writer.write(_masked(B, CHUNK))
+        writer.write(masked_frame(B, CHUNK))
 
 
 def _reset(transport) -> None:
@@ -140,7 +126,7 @@ def test_valid_frame_before_an_invalid_one_in_the_same_read_is_relayed(pump):
         reader, writer = await _raw_client(relay.port)
         bot_rec = await bot.session()
         bad = bytes([0x83, 0x80]) + os.urandom(4)      # reserved opcode 0x3: a protocol error
-        writer.write(_masked(WSMsgType.TEXT, b"first") + _masked(WSMsgType.TEXT, b"second") + bad)
+        writer.write(masked_frame(WSMsgType.TEXT, b"first") + masked_frame(WSMsgType.TEXT, b"second") + bad)
         await asyncio.wait_for(bot_rec.disconnected.wait(), 5)
         assert [f.payload for f in bot_rec.data_frames()] == [b"first", b"second"]
         codes = [struct.unpack("!H", f.payload[:2])[0] for f in bot_rec.close_frames()]
@@ -161,7 +147,7 @@ def test_protocol_error_from_the_bot_leaves_no_unretrieved_future(pump):
 
         def send_masked(transport):
             # A server must not mask its frames: the relay's bot side fails it with 1002.
-            transport.underlying_transport.write(_masked(WSMsgType.TEXT, b"masked by a server"))
+            transport.underlying_transport.write(masked_frame(WSMsgType.TEXT, b"masked by a server"))
         bot = await Bot(on_connect=send_masked).start()
         relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
         client, client_rec = await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo")

@@ -6,22 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import struct
 
 import pytest
 from picows import WSMsgType
 
-from support import Bot, Frame, arun, connect_client, relay_config, send_frame, start_relay, upgrade_head
+from support import Bot, Frame, arun, connect_client, masked_frame, relay_config, send_frame, start_relay, upgrade_head
 
 T, B, C, PING, PONG = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION, WSMsgType.PING, WSMsgType.PONG
 COMPARED = ("frames_up", "bytes_up", "frames_down", "bytes_down", "dropped", "close_from_client",
             "close_from_bot", "close_to_client", "close_to_bot", "first_closer", "end_reason")
-
-
-def _masked(opcode: int, payload: bytes) -> bytes:
-    mask = os.urandom(4)
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
 class SessionLines(logging.Handler):
@@ -55,7 +49,7 @@ async def _bot_breaks_the_protocol(port: int, bot: Bot) -> None:
     client, rec = await connect_client(f"ws://127.0.0.1:{port}/ws/generic/echo.demo")
     bot_rec = await bot.session()
     bot_rec.transport.send(T, b"fine")
-    bot_rec.transport.underlying_transport.write(_masked(T, b"a server must not mask"))
+    bot_rec.transport.underlying_transport.write(masked_frame(T, b"a server must not mask"))
     await asyncio.wait_for(rec.disconnected.wait(), 5)
 
 
@@ -72,7 +66,7 @@ async def _two_closes_in_one_write(port: int, bot: Bot) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(upgrade_head("/ws/generic/echo.demo"))
     await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    writer.write(_masked(T, b"hi") + _masked(0x8, struct.pack("!H", 1000)) + _masked(0x8, b""))
+    writer.write(masked_frame(T, b"hi") + masked_frame(0x8, struct.pack("!H", 1000)) + masked_frame(0x8, b""))
     await asyncio.wait_for(reader.read(), 5)
     writer.close()
 

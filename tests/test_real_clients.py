@@ -24,10 +24,10 @@ import pytest
 
 from real_clients import (
     DemoRelay, OriginCheckingBot, PageServer, PtyProcess, Tap, accept_for, debian_binary, env_with_wscat,
-    head_headers, header_value, kill_process_tree, launch_chromium, launch_firefox, masked_frame,
+    head_headers, header_value, kill_process_tree, launch_chromium, launch_firefox,
     read_frame, read_head, tail, tokens, wscat_binary,
 )
-from support import Bot, arun, relay_config, start_relay
+from support import Bot, arun, masked_frame, relay_config, start_relay
 from wsrelay import pump as pump_selector
 
 # A platform-style ?body=: standard base64 of JSON, with '+', '/' and '=' in it, which must reach
