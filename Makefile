@@ -1,14 +1,20 @@
 # Two commands do all the set-up on a fresh machine (Python >= 3.11 with venv and a C compiler):
 #   make demo   - build, install and run the relay with the embedded echo.demo agent on :8765
-#   make test   - build, install and run the whole test suite (what .ci/run calls)
+#   make test   - build the wheel, install it, and run the whole test suite against it (.ci/run)
+#
+# The product is the wheel: `make test` builds the sdist and, from it, the manylinux wheel for
+# the running Python, installs that wheel (not the tree) into a fresh venv and tests it, builds
+# the extension once more from the sdist alone, and smoke-tests the wheel with no compiler.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.wsrelay-installed
+TESTVENV ?= .venv-wheel
+TESTBIN  := $(TESTVENV)/bin
 SOURCES := pyproject.toml setup.py $(wildcard csrc/wsrelay/pump/*.pyx csrc/wsrelay/pump/*.pxd csrc/wsrelay/pump/*.pxi)
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-installed test-suite wheel wheels wheels-check sdist sdist-check bench bench-short install clean
 
 install: $(STAMP)
 
@@ -21,18 +27,60 @@ $(STAMP): $(SOURCES)
 demo: $(STAMP)
 	$(BIN)/wsrelay serve
 
-# The whole suite: micro-benchmarks (short), the side-by-side check against nginx (short,
-# fails only on a large regression of the ratio), then every test.
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider benchmarks/test_micro.py --benchmark-min-rounds=3 --benchmark-max-time=0.2
-	$(BIN)/python benchmarks/e2e.py --quick --relays wsrelay,nginx --workloads pingpong,audio --repeats 3 --check benchmarks/baseline.json
-	$(BIN)/python -m mypy
-	$(BIN)/python -m pytest -q tests
+# The whole suite, against the installed wheel: build it, install it into a fresh venv, check
+# the sdist builds on its own and the wheel installs with no compiler, then every test.
+test: wheel
+	$(PYTHON) -m venv --clear $(TESTVENV)
+	$(TESTBIN)/python -m pip install --quiet --upgrade pip
+	$(TESTBIN)/python -m pip install --quiet "$$(ls dist/wsrelay-*-cp$$($(PYTHON) -c 'import sys; print("%d%d" % sys.version_info[:2])')-*.whl)[test]"
+	$(PYTHON) tools/wheels.py check --current
+	$(PYTHON) tools/wheels.py check-sdist
+	$(MAKE) test-installed PY=$(TESTBIN)/python
+
+# Every test against whichever wsrelay $(PY) imports (the wheel under `make test`; cibuildwheel
+# runs it in its own test venv). Not from src/: the suite asserts what it imports is installed.
+PY ?= python3
+test-installed:
+	WSRELAY_EXPECT_INSTALLED=1 $(PY) -m pytest -q -p no:cacheprovider benchmarks/test_micro.py --benchmark-min-rounds=3 --benchmark-max-time=0.2
+	$(PY) benchmarks/e2e.py --quick --relays wsrelay,nginx --workloads pingpong,audio --repeats 3 --check benchmarks/baseline.json
+	$(PY) -m mypy
+	$(MAKE) test-suite PY=$(PY)
+
+# The tests alone (cibuildwheel runs this in its containers, with PYTEST_ARGS='-m "not system"').
+test-suite:
+	WSRELAY_EXPECT_INSTALLED=1 $(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# The sdist alone (the release workflow builds it apart from the wheels).
+sdist:
+	$(PYTHON) tools/wheels.py sdist
+
+# sdist + the wheel for the running Python, auditwheel-repaired into dist/.
+wheel:
+	$(PYTHON) tools/wheels.py build --current
+
+# sdist + one wheel per CPython 3.11, 3.12, 3.13 found (pyenv, then PATH); says which were missing.
+wheels:
+	$(PYTHON) tools/wheels.py build
+
+# Each built wheel in a fresh venv with no compiler reachable; the demo must echo.
+wheels-check:
+	$(PYTHON) tools/wheels.py check
+
+# The sdist alone builds and runs (a file missing from it fails here).
+sdist-check:
+	$(PYTHON) tools/wheels.py check-sdist
 
 # The full side-by-side benchmark (a few minutes on 2 cores): table, JSON and plot.
 bench: $(STAMP)
 	mkdir -p benchmarks/results
 	$(BIN)/python benchmarks/e2e.py --json benchmarks/results/e2e.json --plot benchmarks/results/e2e.png
 
+# A short side-by-side run with a small audio sweep: JSON and plot for CI's artifacts, and the
+# same regression gate on ratios as `make test`.
+bench-short:
+	mkdir -p benchmarks/results
+	$(PY) benchmarks/e2e.py --quick --relays wsrelay,nginx,haproxy --workloads pingpong,audio,setup --repeats 3 \
+		--json benchmarks/results/short.json --plot benchmarks/results/short.png --check benchmarks/baseline.json
+
 clean:
-	rm -rf build src/*.egg-info src/wsrelay/pump/*.so csrc/wsrelay/pump/*.c $(VENV)
+	rm -rf build dist src/*.egg-info src/wsrelay/pump/*.so csrc/wsrelay/pump/*.c $(VENV) $(TESTVENV) .cache/wheel-tools

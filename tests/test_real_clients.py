@@ -30,6 +30,8 @@ from real_clients import (
 from support import Bot, arun, masked_frame, relay_config, start_relay
 from wsrelay import pump as pump_selector
 
+pytestmark = pytest.mark.system      # browsers from Debian's packages, wscat from npm
+
 # A platform-style ?body=: standard base64 of JSON, with '+', '/' and '=' in it, which must reach
 # the bot byte for byte (a '+' must not become a space, nothing percent-encoded or decoded).
 BODY = base64.b64encode(json.dumps({"caller": "+15550100", "note": "ünïcødé >>>???"},

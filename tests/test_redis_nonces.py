@@ -16,6 +16,8 @@ from wsrelay.core.tokens import mint_token
 
 from support import Bot, RedisServer, arun, connect_client, free_port, raw_request, relay_config, start_relay, status_of, upgrade_head
 
+pytestmark = pytest.mark.system      # a real redis-server from Debian's packages
+
 KEYS = {"k1": "secret-for-the-redis-tests"}
 
 

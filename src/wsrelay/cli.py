@@ -24,6 +24,8 @@ log = logging.getLogger("wsrelay.cli")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wsrelay", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print the version and the pump in use (cython or python)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the relay (the echo demo without --config)")
@@ -45,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--config", required=True)
     token.add_argument("--ttl", type=int, help="lifetime in seconds (default [auth] token_ttl)")
     return parser
+
+
+def version_line() -> str:
+    """``wsrelay 0.1.0 (pump: cython)``: which build is installed, and whether its pump is compiled."""
+    from . import __version__, pump
+    return f"wsrelay {__version__} (pump: {pump.default_name()})"
 
 
 def main(argv: list[str] | None = None) -> int:

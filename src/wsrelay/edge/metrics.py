@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .. import pump
+from .. import __version__, pump
 
 class FrameCollector:
     """Frames/bytes per direction and live sessions per agent, computed when scraped."""
@@ -47,6 +47,14 @@ class FrameCollector:
         yield refused
 
 
+def build_info(registry: CollectorRegistry) -> None:
+    """``wsrelay_build_info{version, pump} 1``: which release runs, and whether its pump is the
+    compiled one (a source install without a compiler falls back to Python, and is slower)."""
+    info = Gauge("wsrelay_build_info", "The running wsrelay release and its pump implementation",
+                 ["version", "pump"], registry=registry)
+    info.labels(__version__, pump.default_name()).set(1)
+
+
 class RelayMetrics:
     """The relay's metrics; ``render()`` is the /metrics body."""
 
@@ -54,6 +62,7 @@ class RelayMetrics:
                  rejections: Callable[[], Mapping[int, int]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(FrameCollector(active, rejections))
+        build_info(self.registry)
         self.sessions = Counter("wsrelay_sessions", "Sessions ended, by outcome",
                                 ["agent", "organization", "outcome"], registry=self.registry)
         self.upstream_connect = Histogram(

@@ -1,0 +1,160 @@
+"""The CI and release files cannot silently rot: what they run must exist and agree.
+
+The public repository's workflows (.github/workflows/) and cibuildwheel's configuration
+(pyproject.toml [tool.cibuildwheel]) cannot run here, so they are checked instead: every
+``make`` target they call is a target of the Makefile, cibuildwheel itself accepts the
+configuration and expands it to the wheels the README promises, the Python versions and the
+picows pin agree everywhere, and the release publishes with trusted publishing.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = REPO / ".github" / "workflows"
+PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
+PYTHONS = ("3.11", "3.12", "3.13")
+
+
+def makefile_targets() -> set[str]:
+    targets = set()
+    for line in (REPO / "Makefile").read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.$()/-]+)\s*:(?!=)", line)
+        if match and not line.startswith("\t"):
+            targets.add(match.group(1))
+    return targets
+
+
+def workflow(name: str) -> dict:
+    return yaml.safe_load((WORKFLOWS / name).read_text())
+
+
+def run_steps(flow: dict) -> list[str]:
+    return [step["run"] for job in flow["jobs"].values() for step in job.get("steps", []) if "run" in step]
+
+
+def make_targets_called(command: str) -> list[str]:
+    """``make [-C dir] [VAR=value ...] target ...`` anywhere in a shell command."""
+    called = []
+    lines = [line for line in command.splitlines() if not line.lstrip().startswith("#")]
+    for part in re.split(r"&&|\|\||;|\n", "\n".join(lines)):
+        words = shlex.split(part, comments=True)
+        if not words or words[0] != "make":
+            continue
+        rest = words[1:]
+        while rest:
+            word = rest.pop(0)
+            if word == "-C":
+                rest.pop(0)
+            elif "=" in word or word.startswith("-"):
+                continue
+            else:
+                called.append(word)
+    return called
+
+
+def all_commands() -> dict[str, str]:
+    commands = {f"{path.name}: {run}": run for path in sorted(WORKFLOWS.glob("*.yml"))
+                for run in run_steps(yaml.safe_load(path.read_text()))}
+    commands["[tool.cibuildwheel] test-command"] = PYPROJECT["tool"]["cibuildwheel"]["test-command"]
+    commands[".ci/run"] = (REPO / ".ci" / "run").read_text()
+    return commands
+
+
+def test_every_make_target_that_ci_calls_exists():
+    targets = makefile_targets()
+    called = {where: make_targets_called(command) for where, command in all_commands().items()}
+    assert any(called.values()), "no make target found in any CI file"
+    missing = {where: [t for t in names if t not in targets] for where, names in called.items()}
+    assert {where: names for where, names in missing.items() if names} == {}
+
+
+def test_the_target_finder_sees_targets_and_calls():
+    """The two parsers above find what they must (so the check above cannot pass vacuously)."""
+    assert {"test", "test-installed", "test-suite", "wheel", "wheels", "wheels-check", "sdist-check",
+            "bench-short"} <= makefile_targets()
+    assert make_targets_called("apt-get x && make -C {project} test-suite PY=python PYTEST_ARGS='-m x'") \
+        == ["test-suite"]
+
+
+def test_ci_runs_the_readme_test_command():
+    run = (REPO / ".ci" / "run").read_text()
+    assert make_targets_called(run) == ["test"]
+    assert "make test" in (REPO / "README.md").read_text()
+    ci = workflow("ci.yml")
+    assert "bash .ci/run" in run_steps(ci)
+    uploads = [step["with"]["path"] for step in ci["jobs"]["test"]["steps"]
+               if step.get("uses", "").startswith("actions/upload-artifact")]
+    assert uploads == ["benchmarks/results/"]
+    bench = (REPO / "Makefile").read_text().split("\nbench-short:", 1)[1].split("\n\n", 1)[0]
+    assert "--json benchmarks/results/" in bench and "--plot benchmarks/results/" in bench
+
+
+def test_wheels_workflow_builds_tests_and_publishes_with_trusted_publishing():
+    flow = workflow("wheels.yml")
+    triggers = flow[True] if True in flow else flow["on"]      # YAML 1.1 reads `on:` as True
+    assert triggers["push"]["tags"] == ["v*"]
+    wheels = flow["jobs"]["wheels"]
+    cibw = [s["uses"] for s in wheels["steps"] if s.get("uses", "").startswith("pypa/cibuildwheel@")]
+    assert cibw == [f"pypa/cibuildwheel@v{importlib.metadata.version('cibuildwheel')}"], \
+        "the workflow's cibuildwheel is the version the test extra pins and checks here"
+    assert set(wheels["strategy"]["matrix"]["os"]) == {"ubuntu-latest", "ubuntu-24.04-arm"}
+    publish = flow["jobs"]["publish"]
+    assert publish["permissions"] == {"id-token": "write"}
+    assert set(publish["needs"]) == {"sdist", "wheels"}
+    assert any(s.get("uses", "").startswith("pypa/gh-action-pypi-publish@") for s in publish["steps"])
+    assert not any("password" in s.get("with", {}) for s in publish["steps"]), "no stored API token"
+
+
+def cibuildwheel_identifiers(arch: str) -> list[str]:
+    cibw = Path(sys.executable).parent / "cibuildwheel"
+    out = subprocess.run([str(cibw), "--print-build-identifiers", "--platform", "linux", "--archs", arch],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split()
+
+
+@pytest.mark.parametrize("arch, expected", [
+    ("x86_64", {f"cp3{m}-{libc}_x86_64" for m in (11, 12, 13) for libc in ("manylinux", "musllinux")}),
+    ("aarch64", {f"cp3{m}-manylinux_aarch64" for m in (11, 12, 13)}),
+])
+def test_cibuildwheel_accepts_the_config_and_builds_the_promised_wheels(arch, expected):
+    """cibuildwheel parses [tool.cibuildwheel] (it rejects an unknown key) and expands it."""
+    assert set(cibuildwheel_identifiers(arch)) == expected
+
+
+def test_python_versions_agree_everywhere():
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import wheels
+    finally:
+        sys.path.pop(0)
+    assert wheels.PYTHONS == PYTHONS
+    assert PYPROJECT["project"]["requires-python"] == ">=3.11"
+    classified = {c.rsplit(" ", 1)[1] for c in PYPROJECT["project"]["classifiers"]
+                  if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c)}
+    assert classified == set(PYTHONS)
+    built = PYPROJECT["tool"]["cibuildwheel"]["build"].split()
+    assert built == [f"cp{v.replace('.', '')}-*" for v in PYTHONS]
+
+
+def test_picows_is_pinned_to_one_version_everywhere():
+    """The pump is compiled against picows' C ABI: build, run time and the import check agree."""
+    from wsrelay.edge.handover import PICOWS_VERSION
+
+    def pins(requirements: list[str]) -> set[str]:
+        return {r.split("==", 1)[1].split(";")[0].strip() for r in requirements if r.startswith("picows")}
+
+    assert pins(PYPROJECT["build-system"]["requires"]) == {PICOWS_VERSION}
+    assert pins(PYPROJECT["project"]["dependencies"]) == {PICOWS_VERSION}
+    assert importlib.metadata.version("picows") == PICOWS_VERSION

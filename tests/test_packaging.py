@@ -1,0 +1,122 @@
+"""The suite tests what users install: the wheel, its compiled pump, its stubs and C interface.
+
+``make test`` (and cibuildwheel) run the suite with ``WSRELAY_EXPECT_INSTALLED=1`` against a
+wheel installed into a fresh venv; then wsrelay must come from that venv's site-packages,
+never from ``src/`` or an editable install. Without the variable (a developer's editable
+.venv), the checks that only hold for an installed wheel are skipped; the others still run.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import wsrelay
+from wsrelay import pump
+
+EXPECT_INSTALLED = os.environ.get("WSRELAY_EXPECT_INSTALLED") == "1"
+installed_only = pytest.mark.skipif(not EXPECT_INSTALLED,
+                                    reason="checks an installed wheel: run through 'make test'")
+
+
+def site_packages() -> set[Path]:
+    """This interpreter's own site-packages (purelib and platlib of sys.prefix)."""
+    paths = sysconfig.get_paths()
+    return {Path(paths["purelib"]).resolve(), Path(paths["platlib"]).resolve()}
+
+
+@installed_only
+def test_wsrelay_is_imported_from_the_venv_site_packages_not_the_tree():
+    package = Path(wsrelay.__file__).resolve().parent
+    assert package.parent in site_packages(), f"wsrelay was imported from {package}"
+    assert "src" not in package.parts[-3:], package
+    assert Path(sys.prefix).resolve() in package.parents
+
+
+@installed_only
+def test_the_compiled_pump_is_loaded_from_the_installed_wheel():
+    assert pump.default_name() == "cython"
+    compiled = pump.load("cython")
+    so = Path(compiled.__file__).resolve()
+    assert so.suffix == ".so" and so.parent.parent.parent in site_packages(), so
+    assert compiled.IMPLEMENTATION == "cython"
+
+
+@installed_only
+def test_the_install_is_a_wheel_not_an_editable_checkout():
+    dist = importlib.metadata.distribution("wsrelay")
+    direct_url = dist.read_text("direct_url.json")
+    if direct_url is not None:      # pip writes it for a wheel file given by path
+        info = json.loads(direct_url)
+        assert not info.get("dir_info", {}).get("editable"), info
+        assert info["url"].endswith(".whl"), info["url"]
+    assert dist.read_text("WHEEL") is not None
+    tags = [line for line in dist.read_text("WHEEL").splitlines() if line.startswith("Tag:")]
+    assert tags and all("manylinux" in tag for tag in tags), tags
+
+
+def package_dir() -> Path:
+    return Path(wsrelay.__file__).resolve().parent
+
+
+def test_the_package_ships_its_typing_marker_and_stubs():
+    root = package_dir()
+    assert (root / "py.typed").is_file()
+    assert (root / "pump" / "_compiled.pyi").is_file()
+
+
+@installed_only
+def test_the_package_ships_the_pumps_c_interface():
+    pxd = package_dir() / "pump" / "_compiled.pxd"
+    assert pxd.is_file() and "cdef class Side" in pxd.read_text()
+
+
+@installed_only
+def test_no_c_or_cython_sources_are_installed():
+    shipped = [p.name for p in package_dir().rglob("*") if p.suffix in (".c", ".pyx", ".pxi", ".h")]
+    assert shipped == []
+
+
+def test_one_version_everywhere():
+    """pyproject reads the version from wsrelay.__version__; metadata and --version agree."""
+    assert importlib.metadata.version("wsrelay") == wsrelay.__version__
+    wsrelay_bin = Path(sys.executable).parent / "wsrelay"
+    out = subprocess.run([str(wsrelay_bin), "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"wsrelay {wsrelay.__version__} (pump: {pump.default_name()})"
+
+
+def test_version_names_the_python_pump_when_it_is_forced():
+    wsrelay_bin = Path(sys.executable).parent / "wsrelay"
+    out = subprocess.run([str(wsrelay_bin), "--version"], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, WSRELAY_PURE_PYTHON="1"))
+    assert out.stdout.strip() == f"wsrelay {wsrelay.__version__} (pump: python)"
+
+
+@installed_only
+def test_other_cython_code_can_cimport_the_pump(tmp_path):
+    """The shipped .pxd resolves for a third-party .pyx (as picows.pxd does for us): Cython
+    translates a module that cimports wsrelay's Side and reads its C fields."""
+    from Cython.Build import cythonize      # in the test extra: missing is a failure, not a skip
+    source = tmp_path / "uses_pump.pyx"
+    source.write_text(textwrap.dedent("""
+        from wsrelay.pump._compiled cimport Side
+
+        cdef long frames_of(Side side):
+            return side.frames
+
+        def frames(side):
+            return frames_of(side)
+    """))
+    search = sorted(str(p) for p in site_packages())
+    cythonize([str(source)], include_path=search, language_level=3, quiet=True, force=True)
+    generated = tmp_path / "uses_pump.c"
+    assert generated.is_file() and "__pyx_vtabstruct_7wsrelay_4pump_9_compiled_Side" in generated.read_text()
