@@ -17,6 +17,7 @@ import time
 from typing import Callable
 
 from ..errors import NonceStoreUnavailable
+from .redis_link import RedisDown, RedisLink
 
 
 class NonceStore(abc.ABC):
@@ -60,45 +61,37 @@ class MemoryNonceStore(NonceStore):
 
 
 class RedisNonceStore(NonceStore):
-    """Nonces shared by every relay using the same Redis (``relay.redis_url``).
+    """Nonces shared by every relay using the same Redis (``[fleet] redis_url`` or ``relay.redis_url``).
 
     Keys are ``wsrelay:nonce:<nonce>`` and expire in Redis with their tokens, so Redis
     holds no more than the tokens of one lifetime. Every call is bounded by ``timeout``.
+    A fleet relay passes its ``RedisLink``, so nonces, leases and agents share one pool.
     """
 
     KEY_PREFIX = "wsrelay:nonce:"
 
-    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
-        import redis.asyncio      # only relays configured for Redis need the client
-
-        self._errors = (redis.RedisError, OSError, TimeoutError)
-        self._url = url
-        self._client = redis.asyncio.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    def __init__(self, url: str, *, timeout: float = 2.0, link: RedisLink | None = None) -> None:
+        self._owned = link is None
+        self._link = link or RedisLink(url, timeout=timeout)
 
     async def claim(self, nonce: str, ttl: float) -> bool:
+        client = self._link.client
         try:
-            stored = await self._client.set(self.KEY_PREFIX + nonce, b"1", nx=True,
-                                            px=max(1, int(ttl * 1000)))
-        except self._errors as exc:
-            raise NonceStoreUnavailable(
-                f"the nonce store at {_redacted(self._url)} did not answer: {exc}") from None
+            stored = await self._link.call(lambda: client.set(self.KEY_PREFIX + nonce, b"1", nx=True,
+                                                              px=max(1, int(ttl * 1000))))
+        except RedisDown as exc:
+            raise NonceStoreUnavailable(f"the nonce store: {exc}") from None
         return bool(stored)
 
     async def close(self) -> None:
-        await self._client.aclose()
+        if self._owned:
+            await self._link.close()
 
 
-def make_nonce_store(kind: str, redis_url: str | None) -> NonceStore:
-    """The store ``relay.nonce_store`` names: "memory" or "redis" (at ``relay.redis_url``)."""
+def make_nonce_store(kind: str, redis_url: str | None, link: RedisLink | None = None) -> NonceStore:
+    """The store ``relay.nonce_store`` names: "memory" or "redis" (at ``redis_url``, or over ``link``)."""
     if kind == "redis":
+        if link is not None and (redis_url is None or redis_url == link.url):
+            return RedisNonceStore(link.url, link=link)
         return RedisNonceStore(redis_url or "")
     return MemoryNonceStore()
-
-
-def _redacted(url: str) -> str:
-    """``url`` without a password, for log lines."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.split("@", 1)[1]
-    return scheme + sep + rest

@@ -124,7 +124,8 @@ def _encode_body(body) -> bytes:
 def _ws_url(config: Config, host: str | None, secure: bool, service_host: str) -> str:
     base = config.relay.public_url
     if base:
-        base = base.rstrip("/")
+        # A fleet spread over regions ships one file: "wss://{region}.relay.example.com".
+        base = base.replace("{region}", config.relay.region or "").rstrip("/")
         for old, new in (("https://", "wss://"), ("http://", "ws://")):
             if base.startswith(old):
                 base = new + base[len(old):]

@@ -1,16 +1,20 @@
 """``--workers N``: N relay processes sharing the public port with SO_REUSEPORT.
 
 The parent creates what the workers must share (the per-agent capacity table, so
-``max_sessions`` stays exact for the whole relay), forks the workers, forwards SIGTERM,
-SIGINT and SIGHUP to them, and exits when they have all exited: 0 when each did.
+``max_sessions`` stays exact for the whole relay; a private directory for the Unix
+sockets through which worker 0 gathers the others' metrics, edge/metrics_group.py),
+forks the workers, forwards SIGTERM, SIGINT and SIGHUP to them, and exits when they have
+all exited: 0 when each did.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from typing import Callable
 
 from ..admission.capacity import SharedCapacity
@@ -18,15 +22,16 @@ from ..admission.capacity import SharedCapacity
 log = logging.getLogger("wsrelay.workers")
 
 
-def run_workers(count: int, run_one: Callable[[SharedCapacity, int], int]) -> int:
+def run_workers(count: int, run_one: Callable[[SharedCapacity, int, str], int]) -> int:
     capacity = SharedCapacity()
+    metrics_dir = tempfile.mkdtemp(prefix="wsrelay-metrics-")      # mode 0700: this user's only
     children: list[int] = []
     for index in range(count):
         pid = os.fork()
         if pid == 0:                               # the worker
             status = 1
             try:
-                status = run_one(capacity, index)
+                status = run_one(capacity, index, metrics_dir)
             except BaseException:                  # pragma: no cover - logged, then exit
                 log.exception("worker %d failed", index)
             finally:
@@ -55,4 +60,5 @@ def run_workers(count: int, run_one: Callable[[SharedCapacity, int], int]) -> in
                 continue
         if os.waitstatus_to_exitcode(code) != 0:
             status = 1
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return status

@@ -1,0 +1,168 @@
+"""``max_sessions`` exact across a fleet: one lease per session in Redis, renewed in bulk.
+
+Each capped agent has a sorted set ``wsrelay:leases:{agent}.{org}`` whose members are the
+fleet's live sessions (``{relay_id}/{session uuid}``), scored by when their lease runs out
+(Redis' own clock, so the relays' clocks need not agree). Taking a slot is one Lua
+script, atomic in Redis: drop the expired leases, count, add if below the limit — so the
+(max_sessions + 1)-th session is refused whichever relay it lands on. Every relay renews
+all its live leases in one script call per ``lease_seconds / 3``; a relay that dies
+(``kill -9``) stops renewing, and its leases lapse within ``lease_seconds``.
+
+Redis away: a new session of a capped agent gets ``503`` after the link's bounded wait
+(agents without ``max_sessions`` never ask Redis); live sessions go on, untouched. The
+renewal re-adds every lease it holds, so when Redis returns — even empty, after a
+restart — the leases of the live sessions are restored at the next renewal.
+
+``LeaseBook`` is the bookkeeping (which leases this relay holds, whether the last renewal
+reached Redis), without I/O; ``FleetCapacity`` does the talking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from ..errors import CapacityError, CapacityUnavailable
+from .redis_link import RedisDown, RedisLink
+
+log = logging.getLogger("wsrelay.leases")
+
+KEY_PREFIX = "wsrelay:leases:"
+CAPACITY_RETRY_AFTER = "1"
+
+# KEYS[1] the agent's lease set; ARGV: limit, member, lease in ms. 1 = taken, 0 = full.
+ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return 1
+"""
+
+# KEYS: a lease set per lease; ARGV[1] the lease in ms, ARGV[i + 1] the member of KEYS[i].
+# ZADD without XX: a lease Redis lost (restart, expiry during an outage) is put back.
+RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, ttl * 2)
+end
+return #KEYS
+"""
+
+
+def lease_key(service_host: str) -> str:
+    return KEY_PREFIX + service_host
+
+
+class LeaseBook:
+    """The leases this relay holds, and whether Redis has them (pure bookkeeping)."""
+
+    def __init__(self, relay_id: str) -> None:
+        self.relay_id = relay_id
+        self.held: dict[str, str] = {}          # member -> lease set key
+        self.in_redis = True                    # the last renewal (or acquire) reached Redis
+
+    def new_member(self) -> str:
+        return f"{self.relay_id}/{uuid.uuid4()}"
+
+    def add(self, member: str, service_host: str) -> None:
+        self.held[member] = lease_key(service_host)
+
+    def remove(self, member: str) -> str | None:
+        """The lease set ``member`` was in, or None if it was not held."""
+        return self.held.pop(member, None)
+
+    def renewal(self) -> tuple[list[str], list[str]]:
+        """(keys, members) for one RENEW call covering every held lease."""
+        members = list(self.held)
+        return [self.held[m] for m in members], members
+
+    def renewed(self, ok: bool) -> str | None:
+        """Record a renewal's outcome; the state change to log, if any ("lost" / "restored")."""
+        was, self.in_redis = self.in_redis, ok
+        if was and not ok:
+            return "lost"
+        if ok and not was:
+            return "restored"
+        return None
+
+
+class FleetCapacity:
+    """Session leases in the fleet's Redis; one per relay process."""
+
+    def __init__(self, link: RedisLink, *, relay_id: str, lease_seconds: float) -> None:
+        self.link = link
+        self.lease_ms = int(lease_seconds * 1000)
+        self.interval = max(0.2, lease_seconds / 3)
+        self.book = LeaseBook(relay_id)
+        self._acquire = link.client.register_script(ACQUIRE)
+        self._renew = link.client.register_script(RENEW)
+        self._pending: set[asyncio.Task] = set()
+
+    async def acquire(self, service_host: str, limit: int) -> str:
+        """Take a slot of ``service_host``; its lease id, or CapacityError (429) / CapacityUnavailable (503)."""
+        member = self.book.new_member()
+        key = lease_key(service_host)
+        try:
+            taken = await self.link.call(lambda: self._acquire(keys=[key], args=[limit, member, self.lease_ms]))
+        except RedisDown as exc:
+            raise CapacityUnavailable(f"{service_host}: max_sessions cannot be checked: {exc}") from None
+        if not taken:
+            raise CapacityError(f"{service_host} is at max_sessions={limit} across the fleet",
+                                headers={"Retry-After": CAPACITY_RETRY_AFTER})
+        self.book.add(member, service_host)
+        return member
+
+    def release(self, member: str) -> None:
+        """Give a slot back now (best effort: a lease Redis does not hear about lapses alone)."""
+        key = self.book.remove(member)
+        if key is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._remove(key, member))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _remove(self, key: str, member: str) -> None:
+        client = self.link.client
+        try:
+            await self.link.call(lambda: client.zrem(key, member))
+        except RedisDown:
+            pass                                 # it expires within lease_seconds
+
+    async def renew(self) -> int:
+        """Renew every held lease in one call; how many (RedisDown when Redis did not answer)."""
+        keys, members = self.book.renewal()
+        if not keys:
+            return 0
+        await self.link.call(lambda: self._renew(keys=keys, args=[self.lease_ms, *members]))
+        return len(keys)
+
+    async def run(self) -> None:
+        """Renew every ``interval`` until cancelled; log when Redis is lost and when it returns."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                count = await self.renew()
+                change = self.book.renewed(True)
+            except RedisDown as exc:
+                count = len(self.book.held)
+                change = self.book.renewed(False)
+                if change:
+                    log.warning("session leases not renewed, live sessions go on: %s", exc)
+                continue
+            if change == "restored":
+                log.info("Redis is back: %d session lease(s) restored", count)
+
+    async def close(self) -> None:
+        """At shutdown: give back what is still held, and wait for the removals in flight (bounded)."""
+        for member in list(self.book.held):
+            self.release(member)
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=self.link.timeout + 0.5)
