@@ -32,7 +32,7 @@ REFUSALS = [
     ("no service host", lambda: upgrade_head("/ws/generic"), 400),
     ("serviceHost twice", lambda: upgrade_head("/ws/generic?serviceHost=echo.demo&serviceHost=echo.demo"), 400),
     ("host in path and query", lambda: upgrade_head("/ws/generic/echo.demo/x?serviceHost=echo.demo&a=1").replace(b"/x?", b"/a/b?"), 404),
-    ("other path", lambda: upgrade_head("/ws/twilio"), 404),
+    ("other path", lambda: upgrade_head("/ws/vonage"), 404),
     ("root", lambda: upgrade_head("/"), 404),
     ("too many segments", lambda: upgrade_head("/ws/generic/echo.demo/tok/extra"), 404),
     ("not an upgrade", lambda: b"GET /ws/generic/echo.demo HTTP/1.1\r\nHost: x\r\n\r\n", 426),

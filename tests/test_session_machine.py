@@ -279,6 +279,37 @@ def test_autobahn_section_7_against_a_strict_bot(case):
     assert (picows_sent or got) == expected
 
 
+# -- a provider's held client (HOLDING) -----------------------------------------------------------
+
+def test_a_held_client_opens_when_its_frames_are_handed_to_the_pump():
+    h = Harness(client_held=True)
+    assert h.m.sides[CLIENT].state is SideState.HOLDING and h.m.state is SessionState.CONNECTING
+    assert not h.m.may_relay_to(CLIENT)
+    h.open()
+    assert h.m.sides[CLIENT].state is SideState.OPEN
+
+
+def test_shutdown_while_the_bot_is_contacted_closes_the_held_client_once():
+    h = Harness(client_held=True)
+    actions = h.do(h.m.close_by_relay((1012, "relay restarting"), (1012, "relay restarting"), Outcome.SHUTDOWN))
+    assert actions[0] == SendClose(CLIENT, 1012, "relay restarting")
+    assert h.m.sides[CLIENT].state is SideState.CLOSED and h.m.sides[CLIENT].close_to == 1012
+    assert h.closes_to(CLIENT) == [actions[0]]
+    # The bot answers meanwhile: it is closed too, and the session ends.
+    h.do(h.m.opened(BOT))
+    h.fire(Timer.CLOSE)
+    h.drain()
+    assert h.m.ended and len(h.closes_to(CLIENT)) == 1
+
+
+def test_a_held_client_that_leaves_before_the_bot_answers():
+    h = Harness(client_held=True)
+    h.do(h.m.opened(BOT))
+    h.do(h.m.client_gone_before_open())
+    h.drain()
+    assert h.m.ended and h.m.outcome is Outcome.CLIENT_LOST
+
+
 # -- any sequence ------------------------------------------------------------------------------------
 
 SIDE = st.sampled_from([CLIENT, BOT])
@@ -323,15 +354,15 @@ def _apply(h: Harness, event) -> None:
         h.do(m.close_by_relay((1012, "r"), (1012, "r"), args[0]))
     elif kind == "abort":
         h.do(m.abort())
-    elif kind == "gone early" and m.sides[CLIENT].state is SideState.CONNECTING \
+    elif kind == "gone early" and m.sides[CLIENT].state in (SideState.CONNECTING, SideState.HOLDING) \
             and m.sides[BOT].state is SideState.OPEN:
         h.do(m.client_gone_before_open())
 
 
 @PROPERTY
-@given(st.lists(EVENTS, max_size=25))
-def test_no_sequence_raises_every_sequence_ends_each_side_gets_at_most_one_close(events):
-    h = Harness(time_limit=100.0, idle_timeout=10.0)
+@given(st.lists(EVENTS, max_size=25), st.booleans())
+def test_no_sequence_raises_every_sequence_ends_each_side_gets_at_most_one_close(events, held):
+    h = Harness(time_limit=100.0, idle_timeout=10.0, client_held=held)
     for event in events:
         _apply(h, event)
     if not h.m.ended:
@@ -348,7 +379,8 @@ def test_no_sequence_raises_every_sequence_ends_each_side_gets_at_most_one_close
 def test_the_core_imports_neither_asyncio_nor_picows():
     code = ("import sys\n"
             "import wsrelay.core.routing, wsrelay.core.upgrade, wsrelay.core.tokens, wsrelay.core.cors, "
-            "wsrelay.core.session_machine\n"
+            "wsrelay.core.session_machine, wsrelay.core.telephony, wsrelay.core.frames, "
+            "wsrelay.core.signatures\n"
             "print(sorted(m for m in ('asyncio', 'picows', 'uvloop', 'h11') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -17,6 +17,7 @@ from ..errors import AuthError, TokenError
 from ..core.upgrade import UpgradeRequest
 from .nonces import MemoryNonceStore, NonceStore
 from ..core.routing import Route
+from ..core.signatures import TWILIO_SIGNATURE_HEADER, verify_twilio_signature
 from ..core.tokens import TokenClaims, mint_token, missing_token_error, nonce_lifetime, verify_token
 
 
@@ -29,8 +30,16 @@ class Authenticator:
         self.nonces = nonces or MemoryNonceStore()
         self.clock = clock
 
-    async def check(self, route: Route, upgrade: UpgradeRequest, agent: AgentConfig) -> TokenClaims | None:
-        """None for an agent without auth; the verified claims otherwise (or AuthError)."""
+    async def check(self, route: Route, upgrade: UpgradeRequest, agent: AgentConfig, *,
+                    urls: list[str] | None = None) -> TokenClaims | None:
+        """None for an agent without token auth; the verified claims otherwise (or AuthError).
+
+        ``urls``: the spellings of the request's URL a provider may have signed, for an
+        agent with ``websocket_auth = "twilio-signature"`` (core/signatures.py).
+        """
+        if agent.websocket_auth == "twilio-signature":
+            check_twilio_signature(agent, upgrade, urls or [])
+            return None
         if agent.websocket_auth != "token":
             return None
         token = upgrade.bearer_token or route.token
@@ -46,6 +55,17 @@ class Authenticator:
     def mint(self, service_host: str, *, ttl: int | None = None, session_id: str | None = None) -> str:
         return mint_token(service_host, keys=self.auth.keys, active_key=self.auth.active_key or "",
                           ttl=ttl or self.auth.token_ttl, now=self.clock(), session_id=session_id)
+
+
+def check_twilio_signature(agent: AgentConfig, upgrade: UpgradeRequest, urls: list[str]) -> None:
+    """AuthError (403) unless the upgrade carries Twilio's signature of its URL for this agent."""
+    signatures = [v for n, v in upgrade.forward if n.lower() == TWILIO_SIGNATURE_HEADER]
+    if len(signatures) != 1:
+        raise AuthError(f"{'no' if not signatures else 'repeated'} X-Twilio-Signature header on the upgrade "
+                        f"for {agent.service_host} (websocket_auth = \"twilio-signature\")", status=403)
+    if not verify_twilio_signature(agent.twilio_auth_token or "", signatures[0], urls):
+        raise AuthError(f"X-Twilio-Signature does not match the request URL ({urls[0] if urls else '?'}) "
+                        f"signed with the twilio_auth_token of {agent.service_host}", status=403)
 
 
 def mint_for_config(config: Config, service_host: str, *, ttl: int | None = None,

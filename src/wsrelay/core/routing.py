@@ -7,6 +7,12 @@ SPEC §1::
     /ws/generic?serviceHost={agent}.{org}     service host in the query
     /ws/generic/{token}?serviceHost=...       ... plus the token as a segment
 
+and the telephony providers' endpoints (SPEC §6, core/telephony.py)::
+
+    /ws/{telnyx|plivo|exotel}?serviceHost={agent}.{org}     routed before the upgrade
+    /ws/{telnyx|plivo|exotel}/{token}?serviceHost=...       ... with the token as a segment
+    /ws/twilio  (or /ws/twilio/{token})                     routed on its start message
+
 ``token`` and ``serviceHost`` are taken out of the query; every other parameter reaches
 the bot exactly as the client encoded it (so ``?body=<base64 JSON>`` arrives as ``body``).
 Malformed is 400, anything that is not one of these paths is 404, and whether the
@@ -14,8 +20,8 @@ service host exists is the registry's question, not this module's.
 
 ``ENDPOINTS`` is the table of every path the relay serves: each entry says what kind of
 endpoint it is and when its requests are routed (before the upgrade, from the path and
-query; or, for the provider endpoints to come, after the client's first messages). The
-relay dispatches on it; no other module spells a path prefix.
+query; or, for Twilio, after the client's first messages). The relay dispatches on it;
+no other module spells a path prefix.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ START_API = re.compile(r"/v1/public/([^/]+)/start\Z")
 class EndpointKind(enum.Enum):
     GENERIC = "generic"          # the generic WebSocket endpoint (SPEC §1)
     START_API = "start api"      # POST /v1/public/{agent}/start (SPEC §3)
+    PROVIDER = "provider"        # /ws/{provider}: a telephony provider's media stream (SPEC §6)
 
 
 class RouteAt(enum.Enum):
@@ -51,6 +58,7 @@ class Endpoint:
     pattern: re.Pattern          # the whole path must match
     websocket: bool
     route_at: RouteAt
+    provider: str | None = None  # PROVIDER endpoints: the key of core/telephony.PROVIDERS
 
     def matches(self, path: str) -> bool:
         return self.pattern.match(path) is not None
@@ -60,6 +68,10 @@ ENDPOINTS = (
     Endpoint(EndpointKind.GENERIC, re.compile(re.escape(GENERIC_PREFIX) + r"(/.*)?\Z", re.S),
              websocket=True, route_at=RouteAt.BEFORE_UPGRADE),
     Endpoint(EndpointKind.START_API, START_API, websocket=False, route_at=RouteAt.NOT_ROUTED),
+    Endpoint(EndpointKind.PROVIDER, re.compile(r"/ws/twilio(/.*)?\Z", re.S), websocket=True,
+             route_at=RouteAt.AFTER_FIRST_MESSAGES, provider="twilio"),
+    *(Endpoint(EndpointKind.PROVIDER, re.compile(rf"/ws/{name}(/.*)?\Z", re.S), websocket=True,
+               route_at=RouteAt.BEFORE_UPGRADE, provider=name) for name in ("telnyx", "plivo", "exotel")),
 )
 
 
@@ -192,6 +204,65 @@ def route_websocket(target: str) -> Route:
         if query_tokens[0]:
             token, source = _check_token_shape(query_tokens[0]), "query"
     return Route(agent, org, token, source, forward)
+
+
+def route_provider(target: str, provider: str, *, service_host_in_query: bool) -> Route | HeldRoute:
+    """Route a provider endpoint's target: ``/ws/{provider}[/{token}][?query]``.
+
+    Telnyx, Plivo and Exotel name the agent with ``?serviceHost=`` (400 without it), like
+    the generic endpoint. Twilio cannot send a query string: its agent comes from the
+    start message, so what is known now (token, the query to forward) is a ``HeldRoute``.
+    """
+    path, query = split_target(target)
+    prefix = f"/ws/{provider}"
+    rest = path[len(prefix):]
+    if rest and not rest.startswith("/"):
+        raise RouteError(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
+    segments = [s for s in rest.split("/")[1:]]
+    if segments and segments[-1] == "":
+        segments = segments[:-1]          # tolerate one trailing slash
+    if len(segments) > 1 or any(s == "" for s in segments):
+        raise RouteError(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
+    if any("%" in s for s in segments):
+        raise RouteError("percent-encoded characters in the path", status=400,
+                         public_reason="Bad Request: malformed path")
+    fields = _split_query(query)
+    service_hosts = [v for n, v, _ in fields if n == "serviceHost"]
+    query_tokens = [v for n, v, _ in fields if n == "token"]
+    if len(service_hosts) > 1 or len(query_tokens) > 1:
+        raise RouteError("serviceHost or token given more than once", status=400,
+                         public_reason="Bad Request: repeated serviceHost or token parameter")
+    forward = "&".join(raw for n, _, raw in fields if n not in ("serviceHost", "token"))
+    token, source = None, None
+    if segments:
+        token, source = _check_token_shape(segments[0]), "path"
+    if query_tokens and query_tokens[0]:
+        if token is not None:
+            raise RouteError("token given both in the path and as ?token=", status=400,
+                             public_reason="Bad Request: token given twice")
+        token, source = _check_token_shape(query_tokens[0]), "query"
+    if not service_host_in_query:
+        if service_hosts:
+            raise RouteError(f"serviceHost on /ws/{provider}: its start message names the agent",
+                             status=400, public_reason="Bad Request: no serviceHost on this endpoint")
+        return HeldRoute(token, source, forward)
+    if not service_hosts:
+        raise RouteError(f"no service host: use /ws/{provider}?serviceHost={{agent}}.{{org}}",
+                         status=400, public_reason="Bad Request: missing service host")
+    agent, org = parse_service_host(service_hosts[0])
+    return Route(agent, org, token, source, forward)
+
+
+@dataclass(frozen=True)
+class HeldRoute:
+    """What a Twilio target says before its start message names the agent."""
+
+    token: str | None
+    token_source: str | None
+    forward_query: str
+
+    def complete(self, agent: str, organization: str) -> Route:
+        return Route(agent, organization, self.token, self.token_source, self.forward_query)
 
 
 def route_start_api(path: str) -> str | None:

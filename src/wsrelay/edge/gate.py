@@ -6,6 +6,11 @@ relay's one verdict on a head (core/upgrade.py), and hands the complete request 
 ``dispatch`` callable it was given. Then it either answers with a plain HTTP response and
 closes, or, for a WebSocket session whose bot has answered ``101``, passes the socket to
 picows (``hand_over``, see handover.py), with the frames the client sent early.
+
+A provider endpoint (edge/hold.py) upgrades first: the gate writes the ``101`` itself and
+keeps every byte that follows, untouched, while the first messages are read from them
+(``hold``); a refusal then is a close frame (``refuse_held``), and an accepted session is
+handed to picows with all those bytes, so the held frames reach the bot first, in order.
 """
 
 from __future__ import annotations
@@ -17,20 +22,24 @@ from typing import Any, Callable
 import h11
 
 from ..config import RelayConfig
-from ..errors import RequestRefused
+from ..core.frames import CLOSE, FrameScanner, close_frame, switching_protocols
+from ..errors import RequestRefused, SessionRefused
 from .handover import hand_over
 from .http import RequestReader, http_response
 
 log = logging.getLogger("wsrelay.gate")
 
 EARLY_DATA_BYTES = 65536       # client bytes kept while its bot is being contacted
+LINGER_FRAME_BYTES = 1 << 20  # after a refusal: a bigger frame from the client just ends it
 MAX_BODY_BYTES = 8192          # the start API's JSON bodies; the platform caps body at 4 KiB
 
 
 class Gate(asyncio.Protocol):
     """Reads one request, then answers it or hands the socket to picows.
 
-    ``state``: "head" (reading), "busy" (dispatched, waiting), "upgraded", "closed".
+    ``state``: "head" (reading), "busy" (dispatched, waiting), "holding" (upgraded by the
+    gate, first frames held), "lingering" (a close sent after the upgrade, waiting for the
+    client's), "upgraded" (picows has the socket), "closed".
     """
 
     def __init__(self, limits: RelayConfig, *, dispatch: Callable[["Gate"], None],
@@ -48,6 +57,9 @@ class Gate(asyncio.Protocol):
         self._stream_class = stream_class
         self._reader: RequestReader | None = RequestReader(limits.max_request_head_bytes, MAX_BODY_BYTES)
         self._timer: asyncio.TimerHandle | None = None
+        self._on_held: Callable[[], None] | None = None
+        self._linger_scanner: FrameScanner | None = None
+        self._linger_pending = bytearray()
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -71,13 +83,19 @@ class Gate(asyncio.Protocol):
                 self._dispatch()
         elif self.state == "busy":
             self._keep_early(data)
+        elif self.state == "holding":
+            self._keep_early(data)
+            if self._on_held is not None:
+                self._on_held()
+        elif self.state == "lingering":
+            self._linger(data)
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc) -> None:
         self._cancel_timer()
-        if self.state in ("head", "busy"):
+        if self.state in ("head", "busy", "holding", "lingering"):
             self.state = "closed"
             if self.task is not None and not self.task.done():
                 self.task.cancel()
@@ -131,6 +149,56 @@ class Gate(asyncio.Protocol):
         self._on_refused(self, status, reason)
         self.respond(status, public_reason + "\n", headers)
 
+    def hold(self, key: str, on_held: Callable[[], None]) -> None:
+        """Answer ``101`` now and keep what follows in ``early``; ``on_held`` after each read.
+
+        The ``101`` carries no sub-protocol: no bot has chosen one yet.
+        """
+        if self.state != "busy" or self.transport is None:
+            return
+        self.state = "holding"
+        self._on_held = on_held
+        self.transport.write(switching_protocols(key))
+        if self.early:
+            on_held()
+
+    def refuse_held(self, code: int, reason: str, linger: float) -> None:
+        """Close a held client with ``code`` and ``reason``; drop it when it answers or after ``linger``.
+
+        The client's own close (or its EOF) ends it: closing the socket while the client
+        still sends could reset the connection and lose the close frame before it is read.
+        """
+        if self.state != "holding" or self.transport is None:
+            return
+        self.state = "lingering"
+        self._on_held = None
+        held, self.early = self.early, bytearray()
+        self.request = None
+        self.transport.write(close_frame(code, reason))
+        self.transport.resume_reading()
+        self._linger_scanner = FrameScanner(max_payload=LINGER_FRAME_BYTES)
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(linger, self._close)
+        self._linger(held)            # the client's close may already be among the held bytes
+
+    def _linger(self, data: bytes | bytearray) -> None:
+        """Read and drop; close once the client's close frame has passed (or on nonsense)."""
+        scanner = self._linger_scanner
+        if scanner is None:
+            return
+        pending = self._linger_pending
+        pending += data
+        scanner.pos = 0
+        try:
+            while (frame := scanner.next(pending, want_payload=False)) is not None:
+                if frame.opcode == CLOSE:
+                    self._close()
+                    return
+        except SessionRefused:        # nonsense or a huge frame: no close is coming
+            self._close()
+            return
+        del pending[:scanner.pos]     # keep only an unfinished frame (at most LINGER_FRAME_BYTES)
+
     def attach(self, client_side, subprotocol: str | None, key: str) -> bool:
         """Hand the socket to picows with ``client_side`` as listener and answer ``101``.
 
@@ -138,8 +206,10 @@ class Gate(asyncio.Protocol):
         linked before the bot's first frame (which may share a read with its ``101``).
         Returns False when the client is gone or its handshake did not complete.
         """
-        if self.state != "busy" or self.transport is None:
+        if self.state not in ("busy", "holding") or self.transport is None:
             return False
+        silent = self.state == "holding"         # the client has its 101 already
+        self._on_held = None
         self.state = "upgraded"
         early, self.early = self.early, bytearray()
         # Drop what only the handshake needed: an idle session keeps little here.
@@ -147,7 +217,8 @@ class Gate(asyncio.Protocol):
         self.body = b""
         self.task = None
         return hand_over(self.transport, client_side, stream_class=self._stream_class,
-                         subprotocol=subprotocol, key=key, early=early, limits=self._limits)
+                         subprotocol=subprotocol, key=key, early=early, limits=self._limits,
+                         silent_101=silent)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

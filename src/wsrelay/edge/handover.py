@@ -39,17 +39,40 @@ log = logging.getLogger("wsrelay.handover")
 _picows_log = logging.LoggerAdapter(logging.getLogger("wsrelay.picows"), {})
 
 
+class _Silent101(WSUpgradeResponse):
+    """A ``101`` that picows accepts and writes as nothing: the gate already sent the client's.
+
+    For provider endpoints (edge/hold.py) the client was upgraded by the gate before a bot
+    was chosen; picows still goes through its server handshake (that is how its protocol
+    starts), and this response keeps its bytes off the wire.
+    """
+
+    __slots__ = ()
+
+    def to_bytes(self) -> bytearray:
+        return bytearray()
+
+
+def _silent_101() -> WSUpgradeResponse:
+    response = _Silent101()
+    template = WSUpgradeResponse.create_101_response()
+    response.version, response.status = template.version, template.status
+    response.headers, response.body = template.headers, template.body
+    return response
+
+
 def hand_over(transport, client_side, *, stream_class: Any, subprotocol: str | None, key: str,
-              early: bytes | bytearray, limits: RelayConfig) -> bool:
+              early: bytes | bytearray, limits: RelayConfig, silent_101: bool = False) -> bool:
     """Give ``transport`` to picows with ``client_side`` (the pump's listener) and answer ``101``.
 
     ``early`` are the bytes the client sent after its head (frames it did not wait to send);
-    they are fed after the head, through the ``ClientStream``. Returns False when picows
+    they are fed after the head, through the ``ClientStream``. With ``silent_101`` the client
+    already has its ``101`` (the gate wrote it) and picows' is not written. Returns False when picows
     did not take the connection (the client is gone, or, which cannot happen for a head
     the relay built, picows refused it: the socket is then dropped, never left half-open).
     """
     extra = {"Sec-WebSocket-Protocol": subprotocol} if subprotocol else None
-    response = WSUpgradeResponse.create_101_response(extra)
+    response = _silent_101() if silent_101 else WSUpgradeResponse.create_101_response(extra)
     protocol = WSProtocol(
         None, None, False,                                   # host, path, not the client side
         lambda request: WSUpgradeResponseWithListener(response, client_side),

@@ -1,4 +1,5 @@
-"""Structured logs: one line per session end and one per refused handshake, never per frame.
+"""Structured logs: one line per session end and one per refused handshake or provider
+session, never per frame.
 
 Lines go to the ``wsrelay.session`` logger as JSON objects (``--log-format json``, the
 default when stderr is not a terminal) or as ``key=value`` pairs for people reading a
@@ -29,6 +30,14 @@ def log_refusal(*, status: int, reason: str, client: str, target: str | None) ->
     log.info("handshake refused", extra={"fields": {
         "event": "handshake_refused", "status": status, "reason": reason,
         "client": client, "target": target}})
+
+
+def log_session_refused(*, code: int, reason: str, client: str, target: str | None, provider: str,
+                        service_host: str | None) -> None:
+    """Log one provider session refused after its upgrade (a close frame, no bot contacted)."""
+    log.info("session refused", extra={"fields": {
+        "event": "session_refused", "code": code, "reason": reason, "client": client,
+        "target": target, "provider": provider, "service_host": service_host}})
 
 
 class StructuredFormatter(logging.Formatter):

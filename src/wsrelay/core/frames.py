@@ -1,0 +1,124 @@
+"""RFC 6455 framing, sans-I/O: just enough to hold a provider's first frames.
+
+The relay never parses frames on its data path: picows does, and the pump relays them
+unchanged. Only a provider endpoint (core/telephony.py) must read the client's first
+messages before a bot is chosen, while they are still bytes in the gate's buffer. Those
+bytes stay exactly as received (they are later fed to picows and relayed from there);
+``FrameScanner`` only walks over them, unmasking a data payload into a copy when asked.
+Also here: the frames and the ``101`` the relay writes itself during that hold.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+from dataclasses import dataclass
+
+from ..errors import FrameError, ProviderRefused
+
+CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+DATA_OPCODES = (CONTINUATION, TEXT, BINARY)
+CONTROL_OPCODES = (CLOSE, PING, PONG)
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One client frame of the held bytes. ``payload`` is unmasked, or None when skipped."""
+
+    opcode: int
+    fin: bool
+    length: int
+    payload: bytes | None
+    end: int                      # offset in the buffer just after this frame
+
+
+class FrameScanner:
+    """Walks client frames in a growing buffer; each complete frame is returned once.
+
+    ``next(buffer, want_payload)`` returns the next complete frame from ``buffer`` (the
+    same, growing buffer every call), or None until more bytes arrive. Raises FrameError
+    for what RFC 6455 forbids a client: an unmasked frame, a reserved opcode, a control
+    frame that is fragmented or over 125 bytes; and ProviderRefused (the relay's own
+    limit, not a protocol error) for a frame longer than ``max_payload``.
+    """
+
+    __slots__ = ("pos", "frames", "max_payload")
+
+    def __init__(self, max_payload: int) -> None:
+        self.pos = 0                  # where the next frame starts
+        self.frames = 0               # complete frames walked so far
+        self.max_payload = max_payload
+
+    def next(self, buffer: bytes | bytearray, want_payload: bool) -> Frame | None:
+        pos, n = self.pos, len(buffer)
+        if n - pos < 2:
+            return None
+        first, second = buffer[pos], buffer[pos + 1]
+        opcode, fin = first & 0x0F, bool(first & 0x80)
+        if opcode not in DATA_OPCODES and opcode not in CONTROL_OPCODES:
+            raise FrameError(f"reserved opcode {opcode:#x}")
+        if not second & 0x80:
+            raise FrameError("unmasked frame from the client")
+        length = second & 0x7F
+        head = 2
+        if length == 126:
+            head = 4
+            if n - pos < head:
+                return None
+            length = struct.unpack_from("!H", buffer, pos + 2)[0]
+        elif length == 127:
+            head = 10
+            if n - pos < head:
+                return None
+            length = struct.unpack_from("!Q", buffer, pos + 2)[0]
+        if opcode in CONTROL_OPCODES and (length > 125 or not fin):
+            raise FrameError("control frame fragmented or over 125 bytes")
+        if length > self.max_payload:
+            raise ProviderRefused(f"a frame of {length} bytes while the first messages are read "
+                                  f"(at most {self.max_payload})")
+        start = pos + head + 4
+        end = start + length
+        if n < end:
+            return None
+        payload = None
+        if want_payload or opcode == CLOSE:
+            payload = unmask(bytes(buffer[start - 4:start]), bytes(buffer[start:end]))
+        self.pos = end
+        self.frames += 1
+        return Frame(opcode, fin, length, payload, end)
+
+
+def unmask(mask: bytes, data: bytes) -> bytes:
+    """``data`` XOR the repeated 4-byte ``mask`` (one big-integer XOR, not a byte loop)."""
+    if not data:
+        return b""
+    key = (mask * (len(data) // 4 + 1))[:len(data)]
+    value = int.from_bytes(data, "big") ^ int.from_bytes(key, "big")
+    return value.to_bytes(len(data), "big")
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    """A server's (unmasked) close frame; the reason is cut to fit 125 bytes on a character."""
+    data = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+    payload = struct.pack("!H", code) + data
+    return struct.pack("!BB", 0x80 | CLOSE, len(payload)) + payload
+
+
+def close_code_and_reason(payload: bytes) -> tuple[int | None, str]:
+    """The code and reason of a close payload (reason decoded leniently, for the log)."""
+    if len(payload) < 2:
+        return None, ""
+    return struct.unpack("!H", payload[:2])[0], payload[2:].decode("utf-8", "replace")
+
+
+def accept_value(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455 §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
+
+
+def switching_protocols(key: str) -> bytes:
+    """The ``101`` the relay writes itself when it holds first messages (no sub-protocol)."""
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_value(key).encode("ascii") + b"\r\n\r\n")

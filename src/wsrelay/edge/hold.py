@@ -1,0 +1,103 @@
+"""Holding a telephony provider's first messages: the I/O around core/telephony.py.
+
+SPEC §6. On a provider endpoint the client is upgraded by the gate itself (its ``101``
+carries no sub-protocol), and what it sends next stays in the gate's buffer, byte for
+byte, while ``FirstMessages`` reads the first messages from it. The relay then routes
+(Twilio: on ``start.customParameters._pipecatCloudServiceHost``), contacts the bot, and
+the gate hands the socket to picows with every held byte: the first messages and
+whatever followed them reach the bot first, in order, through the ordinary pump.
+
+Bounded three ways: ``provider_start_timeout`` for the first messages, and while they
+are read at most ``MAX_FIRST_BYTES`` held bytes and ``MAX_FIRST_FRAMES`` frames (both
+refusals, 1008); once they are complete and the bot is being contacted, the gate stops
+reading past ``EARLY_DATA_BYTES`` or ``MAX_HELD_FRAMES`` (TCP holds the rest).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ..core.frames import FrameScanner
+from ..core.telephony import ClientClosed, FirstMessages, Start
+from ..errors import ProviderRefused, SessionRefused
+
+if TYPE_CHECKING:
+    from .gate import Gate
+
+MAX_HELD_FRAMES = 1024         # frames kept after the first messages while the bot is contacted
+NORMAL_CLOSURE = 1000
+
+
+class Hold:
+    """One provider client's first messages; ``start_message()`` waits for their verdict."""
+
+    __slots__ = ("provider", "_gate", "_reader", "_verdict", "_timer", "_after", "_timeout")
+
+    def __init__(self, gate: "Gate", provider: str, *, start_timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        self.provider = provider
+        self._gate = gate
+        self._reader = FirstMessages(provider)
+        self._verdict: asyncio.Future[Start] = loop.create_future()
+        self._timeout = start_timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._after: FrameScanner | None = None        # counts frames held after the start
+
+    async def start_message(self, key: str) -> Start:
+        """Upgrade the client and return its valid start; SessionRefused otherwise."""
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._timed_out)
+        self._gate.hold(key, self._held)
+        return await self._verdict
+
+    def close(self) -> None:
+        """Stop the timer; the hold is over (routed, refused, or the client left)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _held(self) -> None:
+        """The gate read more bytes: read the first messages, or count what follows them."""
+        buffer = self._gate.early
+        if self._verdict.done():
+            self._count(buffer)
+            return
+        try:
+            result = self._reader.scan(buffer)
+        except SessionRefused as exc:
+            self._decide(exc)
+            return
+        if isinstance(result, ClientClosed):
+            code = result.code if result.code is not None else NORMAL_CLOSURE
+            self._decide(SessionRefused(f"the client closed ({result.code}, {result.reason[:60]!r}) before "
+                                        f"its {self.provider} start message", code=code))
+        elif result is not None:
+            self.close()
+            self._verdict.set_result(result)
+            self._after = FrameScanner(max_payload=1 << 62)
+            self._after.pos = result.end
+            self._count(buffer)
+
+    def _count(self, buffer: bytearray) -> None:
+        """Pause reading once MAX_HELD_FRAMES frames wait behind the start message."""
+        scanner = self._after
+        if scanner is None:
+            return
+        try:
+            while scanner.next(buffer, want_payload=False) is not None:
+                pass
+        except SessionRefused:
+            self._after = None            # picows will find it, after the held frames, in order
+            return
+        transport = self._gate.transport
+        if scanner.frames >= MAX_HELD_FRAMES and transport is not None:
+            transport.pause_reading()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._decide(ProviderRefused(f"no {self.provider} start message within {self._timeout:g}s"))
+
+    def _decide(self, refusal: SessionRefused) -> None:
+        self.close()
+        if not self._verdict.done():
+            self._verdict.set_exception(refusal)
