@@ -71,6 +71,8 @@ def test_the_package_ships_its_typing_marker_and_stubs():
     root = package_dir()
     assert (root / "py.typed").is_file()
     assert (root / "pump" / "_compiled.pyi").is_file()
+    for name in ("index.html", "dashboard.js", "dashboard.css"):     # served by the admin port
+        assert (root / "edge" / "dashboard" / name).is_file(), name
 
 
 @installed_only

@@ -171,6 +171,7 @@ def check_contents(wheel: Path) -> None:
         "the pump's C interface (.pxd)": r"^wsrelay/pump/_compiled\.pxd$",
         "the pump's stub (.pyi)": r"^wsrelay/pump/_compiled\.pyi$",
         "the typing marker py.typed": r"^wsrelay/py\.typed$",
+        "the admin dashboard": r"^wsrelay/edge/dashboard/dashboard\.js$",
         "the licence": r"^wsrelay-[^/]+\.dist-info/(licenses/)?LICENSE$",
     }
     missing = [what for what, pattern in required.items() if not any(re.match(pattern, n) for n in names)]

@@ -6,7 +6,7 @@
 # control) go to the ``Session`` (src/wsrelay/edge/session.py), which drives the
 # sans-I/O session machine, shared with the pure-Python twin (wsrelay/pump/pure.py).
 
-from libc.stdint cimport uint64_t
+from libc.stdint cimport int64_t, uint64_t
 from picows.picows cimport WSListener, WSTransport, WSFrame
 
 
@@ -23,3 +23,12 @@ cdef class Side(WSListener):
         readonly uint64_t bytes          # their payload bytes
         readonly uint64_t dropped        # frames read after the peer was closed
         int _direction                   # index into the process-wide totals
+        # Arrival timing of the data frames read from this side (one clock read per frame,
+        # CLOCK_MONOTONIC nanoseconds, the clock of Python's time.monotonic_ns()):
+        readonly int64_t first_frame_ns  # arrival of the first one; 0 = none yet
+        readonly int64_t max_gap_ns      # the longest time between two consecutive ones
+        readonly uint64_t gaps           # how many of those times exceeded gap_threshold_ns
+        public int64_t gap_threshold_ns  # set by the Session from [relay] gap_threshold_ms
+        int64_t _last_frame_ns           # arrival of the latest one
+        int64_t _last_interval_ns        # the previous inter-arrival time; -1 until there is one
+        int64_t _jitter16                # RFC 3550 A.8 jitter estimate, scaled by 16 (ns)

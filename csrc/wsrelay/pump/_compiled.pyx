@@ -24,8 +24,9 @@ happen once per session and are handled in Python by ``SessionPair``.
 """
 
 from cpython.memoryview cimport PyMemoryView_GET_BUFFER
-from libc.stdint cimport uint64_t
+from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from picows.picows cimport WSListener, WSTransport, WSFrame, WSMsgType
 
 # The payload of the relay's own keepalive pings: their pongs are consumed, never relayed.
@@ -42,6 +43,8 @@ _total_bytes[0] = 0
 _total_bytes[1] = 0
 
 IMPLEMENTATION = "cython"
+# A gap between two data frames longer than this is counted (Session sets it from the config).
+DEFAULT_GAP_THRESHOLD_NS = 100_000_000
 
 
 def totals():

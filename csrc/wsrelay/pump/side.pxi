@@ -14,10 +14,45 @@ cdef inline void _trim_picows_buffers(WSTransport transport):
     transport._write_buffer._reserve(0)
 
 
+cdef inline int64_t _now_ns() noexcept nogil:
+    """CLOCK_MONOTONIC in nanoseconds: the clock of time.monotonic_ns() (a vDSO call, no syscall)."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline void _time_arrival(Side src, int64_t now) noexcept:
+    """Account one data frame's arrival at ``now`` on ``src``: first arrival, longest gap,
+    gaps over the threshold, and the RFC 3550 §A.8 interarrival jitter in its integer form
+    (J += |D| - J/16, kept scaled by 16). RTP's D compares arrival spacing with the
+    sender's timestamp spacing; a WebSocket frame carries no timestamp, so the previous
+    inter-arrival time stands in for it: D is the change between two consecutive
+    inter-arrival times, 0 for a steady stream whatever its rate. pump/pure.py computes
+    the same integers (tests/test_frame_timing.py compares them)."""
+    cdef int64_t interval, d
+    if src._last_frame_ns == 0:
+        src.first_frame_ns = now
+    else:
+        interval = now - src._last_frame_ns
+        if interval > src.max_gap_ns:
+            src.max_gap_ns = interval
+        if interval > src.gap_threshold_ns:
+            src.gaps += 1
+        if src._last_interval_ns >= 0:
+            d = interval - src._last_interval_ns
+            if d < 0:
+                d = -d
+            src._jitter16 += d - ((src._jitter16 + 8) >> 4)
+        src._last_interval_ns = interval
+    src._last_frame_ns = now
+
+
 cdef inline int _relay(Side src, WSFrame frame) except -1:
     """Send ``frame`` from ``src``'s read buffer to its peer (see the module docstring)."""
     cdef Side peer = src.peer
     cdef WSTransport dst = peer.transport
+    if frame.msg_type <= WSMsgType.BINARY:       # continuation, text, binary: the stream itself
+        _time_arrival(src, _now_ns())
     src.frames += 1
     src.bytes += <uint64_t>frame.payload_size
     _total_frames[src._direction] += 1
@@ -44,6 +79,25 @@ cdef class Side(WSListener):
         self.bytes = 0
         self.dropped = 0
         self._direction = 1 if is_bot else 0
+        self.first_frame_ns = 0
+        self.max_gap_ns = 0
+        self.gaps = 0
+        self.gap_threshold_ns = DEFAULT_GAP_THRESHOLD_NS
+        self._last_frame_ns = 0
+        self._last_interval_ns = -1
+        self._jitter16 = 0
+
+    @property
+    def jitter_ns(self):
+        """The interarrival jitter estimate in nanoseconds (RFC 3550 §A.8: J = J16 / 16)."""
+        return self._jitter16 >> 4
+
+    def observe_arrivals(self, times_ns):
+        """Account data-frame arrivals at the given monotonic times, exactly as the per-frame
+        path does: for replaying recorded arrivals, and for the tests that compare both pumps."""
+        cdef int64_t t
+        for t in times_ns:
+            _time_arrival(self, t)
 
     cpdef on_ws_connected(self, WSTransport transport):
         self.transport = transport

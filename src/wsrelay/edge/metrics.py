@@ -72,10 +72,35 @@ class RelayMetrics:
         self.session_seconds = Histogram(
             "wsrelay_session_seconds", "Duration of relayed sessions",
             buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200), registry=self.registry)
+        # Voice telemetry: the pump's per-direction figures, observed once per session at its end.
+        self.jitter = Histogram(
+            "wsrelay_session_jitter_seconds", "Interarrival jitter of data frames (RFC 3550 A.8) at session end",
+            ["direction"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
+            registry=self.registry)
+        self.max_gap = Histogram(
+            "wsrelay_session_max_gap_seconds", "Longest pause between two data frames of a session",
+            ["direction"], buckets=(0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1, 2, 5, 10, 30, 120),
+            registry=self.registry)
+        self.first_frame = Histogram(
+            "wsrelay_session_first_frame_seconds", "Time from the client's 101 to the first data frame",
+            ["direction"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30),
+            registry=self.registry)
+        self.gaps = Counter("wsrelay_frame_gaps", "Pauses between data frames longer than gap_threshold_ms",
+                            ["direction"], registry=self.registry)
 
-    def session_ended(self, agent: str, organization: str, outcome: str, seconds: float) -> None:
+    def session_ended(self, agent: str, organization: str, outcome: str, seconds: float,
+                      timing: Mapping[str, Mapping] | None = None) -> None:
         self.sessions.labels(agent, organization, outcome).inc()
         self.session_seconds.observe(seconds)
+        for key, direction in (("up", "client_to_bot"), ("down", "bot_to_client")):
+            figures = (timing or {}).get(key)
+            if not figures or figures["first_frame_ms"] is None:
+                continue                 # no data frame that way: nothing to time
+            self.first_frame.labels(direction).observe(figures["first_frame_ms"] / 1000)
+            self.max_gap.labels(direction).observe(figures["max_gap_ms"] / 1000)
+            self.jitter.labels(direction).observe(figures["jitter_ms"] / 1000)
+            if figures["gaps"]:
+                self.gaps.labels(direction).inc(figures["gaps"])
 
     def upstream_connected(self, seconds: float) -> None:
         self.upstream_connect.observe(seconds)

@@ -9,11 +9,15 @@ Forced with ``WSRELAY_PURE_PYTHON=1``.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from typing import Any
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
 IMPLEMENTATION = "python"
+DEFAULT_GAP_THRESHOLD_NS = 100_000_000
+_DATA = (WSMsgType.CONTINUATION, WSMsgType.TEXT, WSMsgType.BINARY)
 KEEPALIVE = b"wsrelay-keepalive"      # the relay's own pings; their pongs are never relayed
 
 # Process-wide counters: [0] client->bot, [1] bot->client.
@@ -43,6 +47,39 @@ class Side(WSListener):
         self.bytes = 0
         self.dropped = 0
         self._direction = 1 if is_bot else 0
+        self.first_frame_ns = 0
+        self.max_gap_ns = 0
+        self.gaps = 0
+        self.gap_threshold_ns = DEFAULT_GAP_THRESHOLD_NS
+        self._last_frame_ns = 0
+        self._last_interval_ns = -1
+        self._jitter16 = 0
+
+    @property
+    def jitter_ns(self) -> int:
+        """The interarrival jitter estimate in nanoseconds (RFC 3550 §A.8: J = J16 / 16)."""
+        return self._jitter16 >> 4
+
+    def observe_arrivals(self, times_ns: Iterable[int]) -> None:
+        """Account data-frame arrivals at the given monotonic times (see the compiled pump)."""
+        for now in times_ns:
+            self._time_arrival(now)
+
+    def _time_arrival(self, now: int) -> None:
+        """The same integers as the compiled ``_time_arrival`` (csrc/wsrelay/pump/side.pxi)."""
+        if self._last_frame_ns == 0:
+            self.first_frame_ns = now
+        else:
+            interval = now - self._last_frame_ns
+            if interval > self.max_gap_ns:
+                self.max_gap_ns = interval
+            if interval > self.gap_threshold_ns:
+                self.gaps += 1
+            if self._last_interval_ns >= 0:
+                d = abs(interval - self._last_interval_ns)
+                self._jitter16 += d - ((self._jitter16 + 8) >> 4)
+            self._last_interval_ns = interval
+        self._last_frame_ns = now
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -64,6 +101,8 @@ class Side(WSListener):
         self._relay(frame)
 
     def _relay(self, frame: WSFrame) -> None:
+        if frame.msg_type in _DATA:
+            self._time_arrival(time.monotonic_ns())
         size = frame.payload_size
         self.frames += 1
         self.bytes += size

@@ -1,0 +1,218 @@
+"""The admin port's live sessions: GET /sessions (paged), GET and DELETE /sessions/{id}, the token.
+
+Real sockets: an in-process relay with its admin listener, picows clients and bots, and
+raw HTTP requests to the admin port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+
+import pytest
+
+from support import Bot, arun, connect_client, relay_config, start_relay
+from wsrelay.edge.admin import AdminServer
+from wsrelay.edge.live_sessions import LiveSessions
+
+TOKEN = "admin-token-for-the-tests-0123456789"
+
+
+async def admin_request(port: int, method: str, path: str, headers: dict[str, str] | None = None,
+                        ) -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"{method} {path} HTTP/1.1", "Host: admin.test", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    fields = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), fields, body
+
+
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+class Stage:
+    """A relay, its admin port with a token, and an echo bot."""
+
+    async def __aenter__(self) -> "Stage":
+        self.bot = await Bot(echo=True).start()
+        self.relay = await start_relay(relay_config({"voice.acme": [self.bot.url], "chat.acme": [self.bot.url]}),
+                                       "cython")
+        self.admin = AdminServer(render_metrics=self.relay.metrics.render, is_ready=lambda: True,
+                                 sessions=LiveSessions(lambda: self.relay.sessions), token=TOKEN)
+        await self.admin.start("127.0.0.1", 0)
+        self.clients: list = []
+        return self
+
+    async def client(self, agent: str = "voice.acme"):
+        transport, rec = await connect_client(f"ws://127.0.0.1:{self.relay.port}/ws/generic/{agent}")
+        self.clients.append((transport, rec))
+        return transport, rec
+
+    async def get(self, path: str, headers=BEARER):
+        status, fields, body = await admin_request(self.admin.port, "GET", path, headers)
+        return status, (json.loads(body) if fields.get("content-type") == "application/json" else body)
+
+    async def __aexit__(self, *exc) -> None:
+        for transport, _ in self.clients:
+            transport.disconnect()
+        await self.admin.close()
+        await self.relay.stop()
+        self.bot.close()
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"Authorization": "Bearer wrong-token-wrong-token-wrong"},
+    {"Authorization": f"Bearer {TOKEN}x"},
+    {"Authorization": f"Token {TOKEN}"},
+    {"Authorization": "Basic " + base64.b64encode(b"admin:not-the-token").decode()},
+    {"Authorization": "Basic !!!notbase64"},
+    {"Authorization": "Bearer"},
+], ids=["missing", "wrong", "longer", "other-scheme", "basic-wrong", "basic-garbage", "empty-bearer"])
+@pytest.mark.parametrize("path", ["/sessions", "/metrics", "/", "/dashboard.js", "/sessions/x"])
+def test_a_wrong_or_missing_admin_token_is_401(headers, path):
+    async def main():
+        async with Stage() as stage:
+            status, fields, body = await admin_request(stage.admin.port, "GET", path, headers)
+            assert status == 401, body
+            assert "Bearer" in fields["www-authenticate"] and "Basic" in fields["www-authenticate"]
+            assert b"session" not in body.lower() or b"token" in body
+            status, _, _ = await admin_request(stage.admin.port, "DELETE", path, headers)
+            assert status == 401
+    arun(main())
+
+
+def test_the_probes_need_no_token_and_the_token_opens_everything():
+    async def main():
+        async with Stage() as stage:
+            for path in ("/healthz", "/readyz"):
+                assert (await admin_request(stage.admin.port, "GET", path))[0] == 200
+            assert (await stage.get("/metrics"))[0] == 200
+            basic = {"Authorization": "Basic " + base64.b64encode(f"anyone:{TOKEN}".encode()).decode()}
+            status, page = await stage.get("/", basic)
+            assert status == 200 and b"/dashboard.js" in page
+            status, fields, _ = await admin_request(stage.admin.port, "GET", "/dashboard.js", BEARER)
+            assert status == 200 and fields["content-type"].startswith("text/javascript")
+            assert "default-src 'self'" in fields["content-security-policy"]
+    arun(main())
+
+
+def test_sessions_lists_each_live_session_with_its_figures():
+    async def main():
+        async with Stage() as stage:
+            voice, voice_rec = await stage.client("voice.acme")
+            await stage.client("chat.acme")
+            from picows import WSMsgType
+            for _ in range(5):
+                voice.send(WSMsgType.BINARY, b"x" * 100)
+            await voice_rec.wait_frames(5)
+            status, body = await stage.get("/sessions")
+            assert status == 200 and body["total"] == 2 and body["next"] is None
+            by_agent = {s["agent"]: s for s in body["sessions"]}
+            assert set(by_agent) == {"voice", "chat"}
+            voice_view = by_agent["voice"]
+            assert voice_view["organization"] == "acme" and voice_view["state"] == "open"
+            assert voice_view["client"].startswith("127.0.0.1") and voice_view["age_s"] >= 0
+            assert voice_view["up"]["frames"] == 5 and voice_view["down"]["frames"] == 5
+            assert voice_view["up"]["bytes"] == 500 and voice_view["up"]["first_frame_ms"] is not None
+            assert set(voice_view["up"]) == {"frames", "bytes", "first_frame_ms", "jitter_ms", "max_gap_ms", "gaps"}
+            status, one = await stage.get(f"/sessions/{voice_view['id']}")
+            assert status == 200 and one["id"] == voice_view["id"] and one["up"]["frames"] == 5
+            assert (await stage.get("/sessions/no-such-session"))[0] == 404
+    arun(main())
+
+
+@pytest.mark.parametrize("query, status", [
+    ("?limit=0", 400), ("?limit=1001", 400), ("?limit=x", 400), ("?cursor=%%%", 400),
+    ("?cursor=" + "A" * 300, 400), ("?cursor=bm90LWEtY3Vyc29y", 400), ("?limit=1000", 200),
+])
+def test_bad_paging_parameters_are_400_with_a_reason(query, status):
+    async def main():
+        async with Stage() as stage:
+            got, body = await stage.get("/sessions" + query)
+            assert got == status, body
+            if status == 400:
+                assert body["error"]
+    arun(main())
+
+
+def test_delete_ends_the_session_with_1008_to_both_sides(caplog):
+    caplog.set_level(logging.INFO, logger="wsrelay.session")
+
+    async def main():
+        async with Stage() as stage:
+            transport, rec = await stage.client()
+            bot_side = await stage.bot.session()
+            _, body = await stage.get("/sessions")
+            sid = body["sessions"][0]["id"]
+            status, _, answer = await admin_request(stage.admin.port, "DELETE", f"/sessions/{sid}", BEARER)
+            assert status == 200 and json.loads(answer) == {"ended": sid, "close_code": 1008}
+            await asyncio.wait_for(rec.disconnected.wait(), 10)
+            await asyncio.wait_for(bot_side.disconnected.wait(), 10)
+            for closes in (rec.close_frames(), bot_side.close_frames()):
+                assert closes and closes[0].payload == (1008).to_bytes(2, "big") + b"ended by the operator"
+            for _ in range(100):
+                if not stage.relay.sessions:
+                    break
+                await asyncio.sleep(0.02)
+            assert (await admin_request(stage.admin.port, "DELETE", f"/sessions/{sid}", BEARER))[0] == 404
+            assert (await stage.get("/sessions"))[1]["total"] == 0
+    arun(main())
+    ends = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "session_end"]
+    assert [e["end_reason"] for e in ends] == ["ended by operator"]
+
+
+def test_paging_returns_every_live_session_exactly_once_under_churn():
+    """Sessions start and end between pages: each one alive throughout is listed exactly once,
+    none is listed twice, one that ended before its page came is not listed, and a page never
+    exceeds its limit."""
+    async def main():
+        async with Stage() as stage:
+            initial_clients = [await stage.client() for _ in range(30)]
+            for _ in range(100):
+                if len([s for s in stage.relay.sessions if s.connected_at]) == 30:
+                    break
+                await asyncio.sleep(0.02)
+            initial = sorted(stage.relay.sessions, key=lambda s: (s.created_at, s.id))
+            assert len(initial) == 30
+            seen: list[str] = []
+            listed_on: dict[str, int] = {}          # session id -> page it was listed on
+            ended_after: dict[str, int] = {}        # session id -> page after which it ended
+            cursor = None
+            pages = 0
+            while True:
+                status, body = await stage.get("/sessions?limit=7" + (f"&cursor={cursor}" if cursor else ""))
+                assert status == 200 and len(body["sessions"]) <= 7
+                pages += 1
+                for view in body["sessions"]:
+                    seen.append(view["id"])
+                    listed_on[view["id"]] = pages
+                # churn between pages: the newest initial session ends, a new one starts
+                transport, _ = initial_clients.pop()
+                ended_after[initial[len(initial_clients)].id] = pages
+                transport.disconnect()
+                await stage.client()
+                await asyncio.sleep(0.05)
+                cursor = body["next"]
+                if cursor is None:
+                    break
+                assert pages < 20
+            alive = {s.id for s in stage.relay.sessions}
+            assert len(seen) == len(set(seen)), "a session was listed twice"
+            alive_throughout = {s.id for s in initial} & alive
+            assert len(alive_throughout) == 30 - pages
+            assert alive_throughout <= set(seen)
+            late = {sid: (listed_on[sid], page) for sid, page in ended_after.items()
+                    if sid in listed_on and listed_on[sid] > page}
+            assert late == {}, "listed on a page fetched after the session had ended"
+            assert any(sid not in listed_on for sid in ended_after), "the churn never hid a session"
+    arun(main())
