@@ -106,7 +106,17 @@ BAD = [
      "agents[0].upstreams[1]", 4, "ws:// or wss://"),
     ('[[agents]]\nname = "a"\norganization = "b"\nupstreams = ["ws://u:p@h"]\n', "agents[0].upstreams[0]", 4, "user"),
     ('[[agents]]\nname = "a"\norganization = "b"\nupstreams = ["ws://h:99999"]\n', "agents[0].upstreams[0]", 4, "port"),
-    (AGENT + 'websocket_auth = "jwt"\n', "agents[0].websocket_auth", 5, "'token'"),
+    (AGENT + 'websocket_auth = "jwt"\n', "agents[0].websocket_auth", 5, "'twilio-signature'"),
+    ('[relay]\nprovider_start_timeout = 0\n', "relay.provider_start_timeout", 2, "above 0"),
+    ('[relay]\nprovider_start_timeout = "10"\n', "relay.provider_start_timeout", 2, "number above 0"),
+    ('[relay]\nprovider_start_timout = 10\n', "relay.provider_start_timout", 2,
+     "did you mean 'provider_start_timeout'"),
+    (AGENT + 'websocket_auth = "twilio-signature"\n', "agents[0].websocket_auth", 5, "needs agents[0].twilio_auth_token"),
+    (AGENT + 'twilio_auth_token = "abc"\n', "agents[0].twilio_auth_token", 5, 'only with websocket_auth = "twilio-signature"'),
+    (AGENT + 'websocket_auth = "twilio-signature"\ntwilio_auth_token = 5\n', "agents[0].twilio_auth_token", 6, "a string"),
+    (AGENT + 'websocket_auth = "twilio-signature"\ntwilio_auth_token = "a b"\n', "agents[0].twilio_auth_token", 6,
+     "no spaces"),
+    (AGENT + 'twilio_auth_tokn = "abc"\n', "agents[0].twilio_auth_tokn", 5, "did you mean 'twilio_auth_token'"),
     (AGENT + 'max_sessions = 0\n', "agents[0].max_sessions", 5, "positive"),
     (AGENT + 'max_session_seconds = -1\n', "agents[0].max_session_seconds", 5, "above 0"),
     (AGENT + 'idle_timeout = "1m"\n', "agents[0].idle_timeout", 5, "number"),
@@ -145,6 +155,17 @@ def test_environment_secret_overrides_the_file():
     with pytest.raises(ConfigError) as info:       # undecodable bytes arrive as surrogates
         auth_secret_from_env(cfg, {"WSRELAY_AUTH_SECRET": b"sec\xffret".decode("utf-8", "surrogateescape")})
     assert info.value.key == "WSRELAY_AUTH_SECRET" and "UTF-8" in str(info.value)
+
+
+def test_provider_keys_parse_with_their_defaults():
+    cfg = parse_config(AGENT)
+    assert cfg.relay.provider_start_timeout == 10.0 and cfg.agents[0].twilio_auth_token is None
+    cfg = parse_config('[relay]\nprovider_start_timeout = 2.5\n' + AGENT
+                       + 'websocket_auth = "twilio-signature"\ntwilio_auth_token = "0123456789abcdef"\n')
+    assert cfg.relay.provider_start_timeout == 2.5
+    assert cfg.agents[0].websocket_auth == "twilio-signature"
+    assert cfg.agents[0].twilio_auth_token == "0123456789abcdef"
+    require_signing_key(cfg)                      # a twilio-signature agent needs no [auth] key
 
 
 def test_token_agent_without_key_is_refused_at_start():

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsrelay.config import Config, RelayConfig, locate_keys, parse_config
+from wsrelay.config import AgentConfig, Config, RelayConfig, locate_keys, parse_config
 from wsrelay.errors import ConfigError, ConfigErrors
 
 SECONDS_PER_FILE = 2.0
@@ -186,6 +186,13 @@ RELAY_VALUES = {
     "upstream_tls_verify": st.booleans() | anything, "log_format": st.sampled_from(["auto", "json", "text", "xml"]),
     "nonce_store": st.sampled_from(["memory", "redis", "etcd"]), "redis_url": urls,
     "cors_origins": st.lists(origins, max_size=4),
+    "provider_start_timeout": seconds,
+    "region": st.sampled_from(["us-west", "eu-central", "US", "a b", "", "-x"]) | st.text(max_size=8),
+    "dns_refresh_seconds": seconds,
+    "dns_servers": st.lists(hosts | st.sampled_from(["127.0.0.1:5353", "[::1]:53", "1.2.3.4:0", "x:y"]), max_size=3),
+    "gap_threshold_ms": seconds,
+    "admin_token": st.text(max_size=40) | st.sampled_from(["0123456789abcdef0123", "short"]) | anything,
+    "admin_host": hosts | st.text(max_size=10),
 }
 AUTH_VALUES = {
     "secret": st.text(max_size=10),
@@ -199,6 +206,8 @@ AGENT_VALUES = {
     "upstreams": st.lists(urls, max_size=3), "websocket_auth": st.sampled_from(["none", "token", "jwt"]),
     "public_keys": st.lists(st.text(max_size=5), max_size=3), "max_sessions": st.integers(-2, 2**40),
     "max_session_seconds": seconds, "idle_timeout": seconds,
+    "regions": st.lists(st.sampled_from(["us-west", "eu-central", "", "A"]) | st.text(max_size=5), max_size=3),
+    "twilio_auth_token": st.text(max_size=12) | anything,
 }
 
 
@@ -278,3 +287,4 @@ def test_large_valid_files_of_hostile_agents_stay_within_the_limit(agents, style
 
 def test_every_known_key_is_fuzzed():
     assert set(RELAY_VALUES) == {f.name for f in dataclasses.fields(RelayConfig)}
+    assert set(AGENT_VALUES) == {f.name for f in dataclasses.fields(AgentConfig)} - {"line"}

@@ -1,4 +1,4 @@
-"""The ``wsrelay`` command: ``serve``, ``check``, ``token``.
+"""The ``wsrelay`` command: ``serve``, ``check``, ``token``, ``agents`` (fleet_cli.py).
 
 ``wsrelay serve`` without ``--config`` runs the embedded demo: agent ``echo.demo``
 backed by the built-in echo bot, so ``wscat -c ws://localhost:8765/ws/generic/echo.demo``
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("service_host", help="{agent}.{org}")
     token.add_argument("--config", required=True)
     token.add_argument("--ttl", type=int, help="lifetime in seconds (default [auth] token_ttl)")
+
+    from .fleet_cli import add_parser as add_agents_parser
+    add_agents_parser(sub)
     return parser
 
 
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_check(args)
         if args.command == "token":
             return cmd_token(args)
+        if args.command == "agents":
+            from .fleet_cli import cmd_agents
+            return cmd_agents(args)
         return cmd_serve(args)
     except ConfigError as exc:
         print(f"wsrelay: {exc}", file=sys.stderr)
@@ -104,7 +110,8 @@ def cmd_serve(args) -> int:
     workers = cfg.relay.workers if cfg is not None else (args.workers or 1)
     if workers > 1:
         from .edge.workers import run_workers
-        return run_workers(workers, lambda capacity, index: _run_worker(cfg, args, capacity, index))
+        return run_workers(workers, lambda capacity, index, metrics_dir:
+                           _run_worker(cfg, args, capacity, index, (metrics_dir, workers)))
     try:
         return _run(cfg, args, None, 0)
     except WsrelayError:
@@ -115,10 +122,10 @@ def cmd_serve(args) -> int:
         return 1
 
 
-def _run_worker(cfg, args, capacity, index: int) -> int:
+def _run_worker(cfg, args, capacity, index: int, group=None) -> int:
     """One worker: a user error is one line on stderr, as without workers."""
     try:
-        return _run(cfg, args, capacity, index)
+        return _run(cfg, args, capacity, index, group)
     except WsrelayError as exc:
         print(f"wsrelay: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
@@ -139,9 +146,9 @@ def _load(path):
     return config_mod.auth_secret_from_env(config_mod.load_config(path), os.environ)
 
 
-def _run(cfg, args, capacity, worker: int) -> int:
+def _run(cfg, args, capacity, worker: int, group=None) -> int:
     serving = serve(cfg, config_path=args.config, host=args.host, port=args.port,
-                    admin_port=args.admin_port, capacity=capacity, worker=worker)
+                    admin_port=args.admin_port, capacity=capacity, worker=worker, group=group)
     try:
         import uvloop
     except ImportError:           # pragma: no cover - uvloop is a dependency on Linux/macOS
@@ -150,7 +157,7 @@ def _run(cfg, args, capacity, worker: int) -> int:
 
 
 async def serve(cfg, *, config_path=None, host=None, port=None, admin_port=None, capacity=None,
-                worker: int = 0) -> int:
+                worker: int = 0, group: tuple[str, int] | None = None) -> int:
     """Run one relay process until SIGTERM/SIGINT; returns the exit status.
 
     SIGHUP, or a change of the config file, reloads the agents without dropping sessions;
@@ -178,12 +185,23 @@ async def serve(cfg, *, config_path=None, host=None, port=None, admin_port=None,
         if echo is not None:
             echo.close()
         raise
-    admin = None
+    admin = peer = None
+    if group is not None and worker > 0:      # --workers N: worker 0 asks this one when scraped
+        from .edge.metrics_group import serve_peer
+        peer = await serve_peer(group[0], worker, relay.metrics.render)
     if cfg.relay.admin_port and worker == 0:
         from .edge.admin import AdminServer
-        admin = AdminServer(render_metrics=relay.metrics.render, is_ready=lambda: relay.accepting)
+        from .edge.live_sessions import LiveSessions
+        gather = None
+        if group is not None:
+            from .edge.metrics_group import group_renderer
+            gather = group_renderer(group[0], group[1], relay.metrics.render)
+        admin = AdminServer(render_metrics=relay.metrics.render, is_ready=lambda: relay.accepting,
+                            gather_metrics=gather, sessions=LiveSessions(lambda: relay.sessions),
+                            token=cfg.relay.admin_token)
         try:
-            await _listen(admin.start(cfg.relay.host, cfg.relay.admin_port), cfg.relay.host,
+            admin_host = cfg.relay.admin_host or cfg.relay.host
+            await _listen(admin.start(admin_host, cfg.relay.admin_port), admin_host,
                           cfg.relay.admin_port, "relay.admin_port", "--admin-port",
                           "pick a free port, or 0 to turn the admin port off")
         except ListenError:
@@ -213,6 +231,8 @@ async def serve(cfg, *, config_path=None, host=None, port=None, admin_port=None,
     await relay.stop(drain_seconds=cfg.relay.drain_seconds)
     if admin is not None:
         await admin.close()
+    if peer is not None:
+        peer.close()
     if echo is not None:
         echo.close()
     log.info("stopped")

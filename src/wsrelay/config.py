@@ -35,6 +35,7 @@ class RelayConfig:
     public_url: str | None = None                 # e.g. "wss://relay.example.com"
     workers: int = 1
     handshake_timeout: float = 10.0               # whole request head must arrive within this
+    provider_start_timeout: float = 10.0          # provider endpoints: first messages within this
     max_request_head_bytes: int = 8192            # 1024 .. 16384 (picows' own head limit is 16 KiB)
     max_frame_size: int = 16 * 1024 * 1024        # larger frames close the session with 1009
     upstream_connect_timeout: float = 5.0         # TCP connect + the bot's 101, per instance
@@ -50,9 +51,15 @@ class RelayConfig:
     upstream_ca_file: str | None = None           # CA bundle for wss:// upstreams (default: system CAs)
     upstream_tls_verify: bool = True              # false only for testing
     log_format: str = "auto"                      # "auto" | "json" | "text"
-    nonce_store: str = "memory"                   # "memory" (later: "redis")
+    nonce_store: str = "memory"                   # "memory" | "redis" (at redis_url; [fleet] implies it)
     redis_url: str | None = None
     cors_origins: tuple[str, ...] = ()            # start API: exact origins, ("*",) = any; () = no CORS
+    region: str | None = None                     # serve only agents deployed here (agent ``regions``)
+    dns_refresh_seconds: float = 5.0              # upstream host names are re-resolved this often
+    dns_servers: tuple[str, ...] = ()             # "ip" or "ip:port"; () = the system resolver
+    gap_threshold_ms: float = 100.0               # a pause between two data frames longer than this is a gap
+    admin_token: str | None = None                # Bearer token for the admin port (all but /healthz, /readyz)
+    admin_host: str | None = None                 # the admin listener's address; None = host
 
 
 @dataclass(frozen=True)
@@ -72,11 +79,13 @@ class AgentConfig:
     name: str
     organization: str
     upstreams: tuple[str, ...]
-    websocket_auth: str = "none"                  # "none" | "token"
+    websocket_auth: str = "none"                  # "none" | "token" | "twilio-signature"
     public_keys: tuple[str, ...] = ()
     max_sessions: int | None = None               # None = unlimited
     max_session_seconds: float = 7200.0
     idle_timeout: float | None = None             # None = no idle limit
+    regions: tuple[str, ...] = ()                 # () = every region
+    twilio_auth_token: str | None = None          # with websocket_auth = "twilio-signature"
     line: int | None = None                       # where the entry starts in the file
 
     @property
@@ -85,9 +94,23 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """The ``[fleet]`` table: relays sharing one Redis act as one relay (README "Running a fleet")."""
+
+    redis_url: str | None = None                  # None = not in a fleet
+    relay_id: str | None = None                   # None = "hostname:pid", chosen when the relay starts
+    lease_seconds: float = 10.0                   # a dead relay's capacity slots come back after this
+
+    @property
+    def enabled(self) -> bool:
+        return self.redis_url is not None
+
+
+@dataclass(frozen=True)
 class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     agents: tuple[AgentConfig, ...] = ()
     source: str | None = None                     # file path, for messages
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)  # key -> line
@@ -438,6 +461,8 @@ MAX_ERRORS = 100                      # a hostile file cannot make the report (o
 NAME = re.compile(r"[a-z0-9-]{1,63}")            # always fullmatch: '$' would let "a\n" pass
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")         # visible ASCII: a header value as sent
+WEBSOCKET_AUTH_MODES = ("none", "token", "twilio-signature")
 _LONG_NUMBER = re.compile(r"[0-9A-Fa-f_]{4300,}")
 
 
@@ -522,7 +547,7 @@ class _Checker:
             return default
         return value
 
-    def number(self, table, key, prefix, default, lo, hi, *, lo_open=False):
+    def number(self, table, key, prefix, default, lo, hi, *, lo_open=False, unit="seconds"):
         if key not in table:
             return default
         value = table[key]
@@ -532,7 +557,7 @@ class _Checker:
         if not ok:
             low = f"above {lo:g}" if lo_open else f"from {lo:g}"
             self.error(f"{prefix}.{key}",
-                       f"{prefix}.{key} must be a number {low} to {hi:g} (seconds), got {_show(value)}")
+                       f"{prefix}.{key} must be a number {low} to {hi:g} ({unit}), got {_show(value)}")
             return default
         return float(value)
 
@@ -618,14 +643,14 @@ def _check_public_url(check: _Checker, value: str) -> None:
                          "(the start API appends /ws/generic/{agent}.{org} to it)")
 
 
-def _check_redis_url(check: _Checker, value: str) -> None:
-    key = "relay.redis_url"
+def _check_redis_url(check: _Checker, value: str, key: str = "relay.redis_url") -> None:
     parsed = _url_parts(check, key, value)
     if parsed is None:
         return
     parts, hostname = parsed
     if parts.scheme not in ("redis", "rediss") or not hostname:
-        check.error(key, f"relay.redis_url must look like 'redis://127.0.0.1:6379/0', got {_show(value)}")
+        check.error(key, f"{key} must look like 'redis://127.0.0.1:6379/0' or 'rediss://user:password@host:6380/0', "
+                         f"got {_show(value)}")
 
 
 def _check_cors_origins(check: _Checker, value) -> tuple[str, ...]:
@@ -661,6 +686,8 @@ def _relay(check: _Checker, table) -> RelayConfig:
         "public_url": check.string(table, "public_url", p, d.public_url),
         "workers": check.integer(table, "workers", p, d.workers, 1, 64),
         "handshake_timeout": check.number(table, "handshake_timeout", p, d.handshake_timeout, 0, 3600, lo_open=True),
+        "provider_start_timeout": check.number(table, "provider_start_timeout", p, d.provider_start_timeout,
+                                               0, 3600, lo_open=True),
         "max_request_head_bytes": check.integer(table, "max_request_head_bytes", p, d.max_request_head_bytes, 1024, 16384),
         "max_frame_size": check.integer(table, "max_frame_size", p, d.max_frame_size, 1, 1 << 30),
         "upstream_connect_timeout": check.number(table, "upstream_connect_timeout", p, d.upstream_connect_timeout, 0, 3600, lo_open=True),
@@ -680,19 +707,138 @@ def _relay(check: _Checker, table) -> RelayConfig:
         "redis_url": check.string(table, "redis_url", p, d.redis_url),
         "cors_origins": _check_cors_origins(check, table["cors_origins"]) if "cors_origins" in table
         else d.cors_origins,
+        "region": _check_region(check, table, p),
+        "dns_refresh_seconds": check.number(table, "dns_refresh_seconds", p, d.dns_refresh_seconds, 0.1, 86400),
+        "dns_servers": _check_dns_servers(check, table["dns_servers"]) if "dns_servers" in table
+        else d.dns_servers,
+        "gap_threshold_ms": check.number(table, "gap_threshold_ms", p, d.gap_threshold_ms, 0, 3_600_000,
+                                         lo_open=True, unit="milliseconds"),
+        "admin_token": _check_admin_token(check, table, p),
+        "admin_host": check.string(table, "admin_host", p, d.admin_host),
     }
     host = values["host"]
     if _SPACE_OR_CONTROL.search(host) or len(host) > 255:
         check.error("relay.host", f"relay.host must be an address or name like '0.0.0.0' or '127.0.0.1', "
                                   f"got {_show(host)}")
         values["host"] = d.host
+    admin_host = values["admin_host"]
+    if admin_host is not None and (not admin_host or _SPACE_OR_CONTROL.search(admin_host) or len(admin_host) > 255):
+        check.error("relay.admin_host", f"relay.admin_host must be an address like '127.0.0.1' or '10.0.0.5', "
+                                        f"got {_show(admin_host)}")
+        values["admin_host"] = None
     _derive_defaults(table, values)
     _check_pairs(check, table, values)
     if values["public_url"] is not None:
         _check_public_url(check, values["public_url"])
+        if "{region}" in values["public_url"] and not values["region"] and check.valid("relay.region"):
+            check.error("relay.public_url", "relay.public_url names {region} but relay.region is not set: "
+                                            "set relay.region = 'us-west' (the region this relay serves)")
     if values["redis_url"] is not None:
         _check_redis_url(check, values["redis_url"])
     return RelayConfig(**values)
+
+
+def _check_admin_token(check: _Checker, table, prefix: str) -> str | None:
+    """The admin port's Bearer token: long enough not to be guessed, sendable in a header."""
+    value = check.string(table, "admin_token", prefix, None)
+    if value is None:
+        return None
+    if len(value) < 16 or len(value) > 512 or not _TOKEN_CHARS.fullmatch(value):
+        check.error(f"{prefix}.admin_token", "relay.admin_token must be 16 to 512 printable characters without "
+                    "spaces (it is sent as 'Authorization: Bearer <token>'); generate one with "
+                    "'python3 -c \"import secrets; print(secrets.token_urlsafe(32))\"'")
+        return None
+    return value
+
+
+def _check_region(check: _Checker, table, prefix: str) -> str | None:
+    """A region name such as "us-west": the platform's regions are DNS-label-like."""
+    value = check.string(table, "region", prefix, None)
+    if value is not None and not NAME.fullmatch(value):
+        check.error(f"{prefix}.region", f"{prefix}.region must be 1-63 characters of a-z, 0-9 and '-' "
+                                        f"such as 'us-west', got {_show(value)}")
+        return None
+    return value
+
+
+def _check_regions(check: _Checker, table, prefix: str) -> tuple[str, ...]:
+    """An agent's ``regions``: where it is deployed; left out, it is served in every region."""
+    key = f"{prefix}.regions"
+    value = table.get("regions", [])
+    if not isinstance(value, list) or len(value) > 64:
+        check.error(key, f"{key} must be a list of region names such as [\"us-west\", \"eu-central\"]")
+        return ()
+    good = []
+    for index, region in enumerate(value):
+        if not isinstance(region, str) or not NAME.fullmatch(region):
+            check.error(f"{key}[{index}]", f"{key}[{index}] must be a region name of a-z, 0-9 and '-' "
+                                           f"such as 'us-west', got {_show(region)}")
+        elif region not in good:
+            good.append(region)
+    return tuple(good)
+
+
+def _check_dns_servers(check: _Checker, value) -> tuple[str, ...]:
+    """``["10.0.0.2", "127.0.0.1:5353", "[fd00::53]:53"]``: IP addresses, each with an optional port."""
+    key = "relay.dns_servers"
+    if not isinstance(value, list) or len(value) > 16:
+        check.error(key, f"{key} must be a list of at most 16 DNS server addresses such as "
+                         "[\"10.0.0.2\", \"127.0.0.1:5353\"] (leave it out for the system resolver)")
+        return ()
+    good = []
+    for index, server in enumerate(value):
+        parsed = parse_dns_server(server) if isinstance(server, str) else None
+        if parsed is None:
+            check.error(f"{key}[{index}]", f"{key}[{index}] must be an IP address with an optional port, "
+                                           f"such as '10.0.0.2' or '127.0.0.1:5353', got {_show(server)}")
+        else:
+            good.append(server)
+    return tuple(good)
+
+
+def parse_dns_server(text: str) -> tuple[str, int] | None:
+    """(address, port) of a ``dns_servers`` entry, or None when it is not one."""
+    import ipaddress
+    host, port = text, 53
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None
+        port_text = rest[1:] if rest else "53"
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        port_text = "53"
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        return None
+    port = int(port_text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return host, port
+
+
+_FLEET_KEYS = ["redis_url", "relay_id", "lease_seconds"]
+RELAY_ID = re.compile(r"[A-Za-z0-9._:@/-]{1,128}")
+
+
+def _fleet(check: _Checker, table) -> FleetConfig:
+    p = "fleet"
+    check.unknown_keys(table, _FLEET_KEYS, p, "[fleet]")
+    d = FleetConfig()
+    redis_url = check.string(table, "redis_url", p, None)
+    if redis_url is not None:
+        _check_redis_url(check, redis_url, key="fleet.redis_url")
+    elif table:
+        check.error(p, "[fleet] needs redis_url = 'redis://host:6379/0' (the Redis every relay of the fleet shares)")
+    relay_id = check.string(table, "relay_id", p, None)
+    if relay_id is not None and not RELAY_ID.fullmatch(relay_id):
+        check.error("fleet.relay_id", "fleet.relay_id must be 1-128 characters of A-Z, a-z, 0-9 and ._:@/- "
+                                      f"(default: hostname:pid), got {_show(relay_id)}")
+        relay_id = None
+    return FleetConfig(redis_url=redis_url, relay_id=relay_id,
+                       lease_seconds=check.number(table, "lease_seconds", p, d.lease_seconds, 1, 3600))
 
 
 def _derive_defaults(table, values: dict) -> None:
@@ -781,7 +927,7 @@ def _auth(check: _Checker, table) -> AuthConfig:
 
 
 _AGENT_KEYS = ["name", "organization", "upstreams", "websocket_auth", "public_keys", "max_sessions",
-               "max_session_seconds", "idle_timeout"]
+               "max_session_seconds", "idle_timeout", "regions", "twilio_auth_token"]
 
 
 def _agent(check: _Checker, index: int, table) -> AgentConfig | None:
@@ -831,11 +977,31 @@ def _agent(check: _Checker, index: int, table) -> AgentConfig | None:
     agent = AgentConfig(
         name=names.get("name") or "", organization=names.get("organization") or "",
         upstreams=tuple(good),
-        websocket_auth=check.string(table, "websocket_auth", p, "none", ("none", "token")),
+        websocket_auth=check.string(table, "websocket_auth", p, "none", WEBSOCKET_AUTH_MODES),
         public_keys=tuple(public_keys), max_sessions=max_sessions,
         max_session_seconds=check.number(table, "max_session_seconds", p, 7200.0, 0, 30 * 86400, lo_open=True),
-        idle_timeout=idle, line=check.line_of(p))
+        idle_timeout=idle, regions=_check_regions(check, table, p),
+        twilio_auth_token=_check_twilio_auth_token(check, table, p), line=check.line_of(p))
     return agent if ok else None
+
+
+def _check_twilio_auth_token(check: _Checker, table, p: str) -> str | None:
+    """The Twilio account's auth token: required by, and only meaningful with, twilio-signature."""
+    token = check.string(table, "twilio_auth_token", p, None)
+    mode = table.get("websocket_auth")
+    if token is not None and (not token or len(token) > 256 or _SPACE_OR_CONTROL.search(token)):
+        check.error(f"{p}.twilio_auth_token", f"{p}.twilio_auth_token must be the Twilio account's auth token "
+                                              "(1-256 characters, no spaces)")
+        return None
+    if (mode == "twilio-signature" and token is None
+            and check.valid(f"{p}.websocket_auth", f"{p}.twilio_auth_token")):
+        check.error(f"{p}.websocket_auth", f"{p}.websocket_auth = \"twilio-signature\" needs "
+                                           f"{p}.twilio_auth_token (the Twilio account's auth token, "
+                                           "from the Twilio console)")
+    elif token is not None and mode != "twilio-signature":
+        check.error(f"{p}.twilio_auth_token", f"{p}.twilio_auth_token is used only with "
+                                              f"websocket_auth = \"twilio-signature\"; set that, or remove the token")
+    return token
 
 
 def _load_toml(text: str, source: str | None) -> dict:
@@ -870,16 +1036,17 @@ def parse_config(text: str, source: str | None = None) -> Config:
     data = _load_toml(text, source)
     check = _Checker(lines, source)
     for key in data:
-        if key not in ("relay", "auth", "agents"):
-            hint = difflib.get_close_matches(key, ["relay", "auth", "agents"], n=1) if len(key) <= 64 else []
+        if key not in ("relay", "auth", "fleet", "agents"):
+            hint = difflib.get_close_matches(key, ["relay", "auth", "fleet", "agents"], n=1) if len(key) <= 64 else []
             check.error(key, f"unknown table {_show(key)}" + (f"; did you mean '{hint[0]}'?" if hint
-                                                             else "; allowed: [relay], [auth], [[agents]]"))
-    relay_table, auth_table = data.get("relay", {}), data.get("auth", {})
-    for name, table in (("relay", relay_table), ("auth", auth_table)):
+                                                             else "; allowed: [relay], [auth], [fleet], [[agents]]"))
+    relay_table, auth_table, fleet_table = data.get("relay", {}), data.get("auth", {}), data.get("fleet", {})
+    for name, table in (("relay", relay_table), ("auth", auth_table), ("fleet", fleet_table)):
         if not isinstance(table, dict):
             check.error(name, f"'{name}' must be a table: [{name}]")
     relay = _relay(check, relay_table if isinstance(relay_table, dict) else {})
     auth = _auth(check, auth_table if isinstance(auth_table, dict) else {})
+    fleet = _fleet(check, fleet_table if isinstance(fleet_table, dict) else {})
     agents_raw = data.get("agents", [])
     agents: list[AgentConfig] = []
     if not isinstance(agents_raw, list):
@@ -898,7 +1065,7 @@ def parse_config(text: str, source: str | None = None) -> Config:
         seen[agent.service_host] = len(agents)
         agents.append(agent)
     check.finish()
-    return Config(relay=relay, auth=auth, agents=tuple(agents), source=source, lines=lines)
+    return Config(relay=relay, auth=auth, fleet=fleet, agents=tuple(agents), source=source, lines=lines)
 
 
 def load_config(path) -> Config:
@@ -1002,7 +1169,7 @@ def require_shared_nonces(config: Config, relay: RelayConfig | None = None) -> N
     """
     relay = relay or config.relay
     needing = [a.service_host for a in config.agents if a.websocket_auth == "token"]
-    if needing and relay.workers > 1 and relay.nonce_store != "redis":
+    if needing and relay.workers > 1 and relay.nonce_store != "redis" and not config.fleet.enabled:
         # Point at what the user wrote: workers (file or --workers), else the token agent;
         # a config built in code has no lines, so name the key to set.
         if "relay.workers" in config.lines:
@@ -1016,3 +1183,43 @@ def require_shared_nonces(config: Config, relay: RelayConfig | None = None) -> N
             "but each worker would remember only its own nonces, so a token could be used once per "
             "worker: set relay.nonce_store = \"redis\" and relay.redis_url, or run one worker",
             key=key, line=config.lines.get(key), source=config.source)
+
+
+def nonce_store_of(config: Config) -> tuple[str, str | None]:
+    """(kind, redis_url) of the nonce store: a fleet shares its nonces in the fleet's Redis.
+
+    ``relay.nonce_store = "redis"`` with its own ``relay.redis_url`` keeps working, in a
+    fleet too (nonces may live in another Redis than the fleet's leases and agents).
+    """
+    if config.relay.nonce_store == "redis":
+        return "redis", config.relay.redis_url or config.fleet.redis_url
+    if config.fleet.enabled:
+        return "redis", config.fleet.redis_url
+    return "memory", None
+
+
+# -- agents kept outside the file (the fleet's registry in Redis) ------------------------
+
+def agent_to_dict(agent: AgentConfig) -> dict:
+    """An agent as the table it was written as (what ``wsrelay agents apply`` stores)."""
+    table: dict = {"name": agent.name, "organization": agent.organization, "upstreams": list(agent.upstreams),
+                   "websocket_auth": agent.websocket_auth, "public_keys": list(agent.public_keys),
+                   "max_session_seconds": agent.max_session_seconds}
+    if agent.max_sessions is not None:
+        table["max_sessions"] = agent.max_sessions
+    if agent.idle_timeout is not None:
+        table["idle_timeout"] = agent.idle_timeout
+    if agent.regions:
+        table["regions"] = list(agent.regions)
+    if agent.twilio_auth_token is not None:
+        table["twilio_auth_token"] = agent.twilio_auth_token
+    return table
+
+
+def agent_from_dict(table: object, source: str) -> AgentConfig:
+    """An agent from a stored table, checked by the rules of the file (ConfigErrors if not)."""
+    check = _Checker({}, source)
+    agent = _agent(check, 0, table)
+    check.finish()
+    assert agent is not None            # _agent returns None only after an error
+    return agent

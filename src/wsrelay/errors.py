@@ -11,12 +11,18 @@
     │   ├── AuthError                 401 token missing / 403 token invalid
     │   │   └── NonceStoreUnavailable 503 the shared nonce store (Redis) did not answer
     │   └── CapacityError             429 agent at max_sessions (carries Retry-After)
+    │       └── CapacityUnavailable   503 the fleet's Redis did not answer for a capped agent
     ├── UpstreamError                 no bot instance could take the session
     │   │                             (carries the HTTP status to answer with)
     │   ├── UpstreamUnreachable       502: every instance refused or was unreachable
     │   ├── UpstreamTimeout           504: connecting or the bot's handshake timed out
     │   └── UpstreamRejected          the bot answered the upgrade with an HTTP error
+    ├── SessionRefused                a provider session refused after its upgrade
+    │   │                             (carries the close code and reason to send)
+    │   ├── ProviderRefused           1008 first messages wrong, unknown agent, no start in time
+    │   └── FrameError                1002 the held first frames break RFC 6455
     ├── TokenError                    a token could not be minted (e.g. no signing key)
+    ├── FleetError                    the fleet's Redis cannot be used (``wsrelay agents``)
     └── ListenError                   a listener could not be opened (port busy, address not here)
 
 Messages are sentences a user can act on: they say what was wrong and what to do.
@@ -113,6 +119,16 @@ class CapacityError(RequestRefused):
     public_reason = "Too Many Requests: the agent is at its session limit, retry later"
 
 
+class CapacityUnavailable(CapacityError):
+    """The fleet's Redis did not answer, so a capped agent's count is unknown: 503, never a pass."""
+
+    status = 503
+    public_reason = "Service Unavailable: the session limit cannot be checked, retry later"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, headers={"Retry-After": "1"})
+
+
 class UpstreamError(WsrelayError):
     """No bot instance took the session; ``status`` is what the client gets."""
 
@@ -139,8 +155,41 @@ class UpstreamRejected(UpstreamError):
         self.status = status
 
 
+class SessionRefused(WsrelayError):
+    """A session refused after its upgrade (a provider endpoint holds first messages).
+
+    The client already has its ``101``, so the refusal is a close frame with ``code`` and
+    ``public_reason`` (by default the full reason, ``str(self)``, which is also logged).
+    Nothing was sent to a bot.
+    """
+
+    code: int = 1008
+
+    def __init__(self, reason: str, *, code: int | None = None, public_reason: str | None = None) -> None:
+        super().__init__(reason)
+        if code is not None:
+            self.code = code
+        self.public_reason = public_reason or reason
+
+
+class ProviderRefused(SessionRefused):
+    """The first messages are not the provider's protocol, or name no agent we serve (1008)."""
+
+    code = 1008
+
+
+class FrameError(SessionRefused):
+    """The client's first frames break RFC 6455 itself (unmasked, reserved opcode): 1002."""
+
+    code = 1002
+
+
 class TokenError(WsrelayError):
     """A token could not be minted, e.g. the relay has no signing key configured."""
+
+
+class FleetError(WsrelayError):
+    """The fleet's Redis could not be reached or holds something unusable; the message says which."""
 
 
 class ListenError(WsrelayError):

@@ -12,9 +12,12 @@ Each side (``CLIENT``, ``BOT``) is in one ``SideState``::
          │                   │                                                     ▲
          └───────────────────┴──────────────── socket gone ────────────────────────┘
 
-(``HOLDING`` and ``DETACHED`` are reserved for provider endpoints that hold the first
-messages, and for session resume.) The session is ``CONNECTING`` until both sides are
-open, ``OPEN`` while frames flow, ``CLOSING`` from the first close or loss, and ``ENDED``
+A provider endpoint's client starts ``HOLDING`` instead (``client_held``): it is upgraded,
+but its socket is still the gate's, which holds its first frames while the bot is
+contacted (edge/hold.py); ``opened`` takes it to ``OPEN`` when the held frames are handed
+to the pump, and a close the relay sends it meanwhile ends it at once (the gate lingers
+for the reply), so ``HOLDING ──close sent──▶ CLOSED``. (``DETACHED`` is reserved for
+session resume.) The session is ``CONNECTING`` until both sides are open, ``OPEN`` while frames flow, ``CLOSING`` from the first close or loss, and ``ENDED``
 once both sockets are gone: then exactly one ``End`` action carries the ``Outcome``.
 
 Rules, each one place:
@@ -61,7 +64,7 @@ class SideState(enum.Enum):
     OPEN = "open"               # frames flow
     CLOSING = "closing"         # a close went one way: sent to it or received from it
     CLOSED = "closed"           # its socket is gone
-    HOLDING = "holding"         # reserved: first messages held before a bot is chosen
+    HOLDING = "holding"         # upgraded, its first frames held by the gate (provider endpoints)
     DETACHED = "detached"       # reserved: the bot side open while the client reconnects
 
 
@@ -85,6 +88,7 @@ class Outcome(enum.Enum):
     KEEPALIVE_TIMEOUT = "keepalive timeout"
     CLOSE_TIMEOUT = "close timeout"
     STALLED = "stalled"
+    ENDED_BY_OPERATOR = "ended by operator"      # DELETE /sessions/{id} on the admin port
 
 
 class Timer(enum.Enum):
@@ -197,6 +201,7 @@ class SessionMachine:
     watch_seconds: float = 1.0
     time_limit: float | None = None
     idle_timeout: float | None = None
+    client_held: bool = False             # a provider endpoint's client: it starts HOLDING
     sides: dict[str, Side] = field(default_factory=lambda: {CLIENT: Side(), BOT: Side()})
     first_closer: str | None = None       # "client", "bot" or "relay"
     outcome: Outcome | None = None
@@ -204,6 +209,10 @@ class SessionMachine:
     ended: bool = False
     _timers: list[Timer] = field(default_factory=list)     # started and not yet fired
     _idle_mark: int = -1
+
+    def __post_init__(self) -> None:
+        if self.client_held:
+            self.sides[CLIENT].state = SideState.HOLDING
 
     # -- state ---------------------------------------------------------------------------
 
@@ -238,8 +247,8 @@ class SessionMachine:
     def opened(self, side: str) -> list[Action]:
         """``side``'s WebSocket is open. When the client opens, the session is on."""
         s = self.sides[side]
-        if s.state is not SideState.CONNECTING:
-            return []
+        if self.ended or s.state not in (SideState.CONNECTING, SideState.HOLDING):
+            return []                             # (the driver drops a side opening after the end)
         s.state = SideState.OPEN
         actions: list[Action] = []
         if side == CLIENT:
@@ -356,6 +365,8 @@ class SessionMachine:
 
     def timer_fired(self, timer: Timer, activity: int = 0) -> list[Action]:
         """A timer the machine started has fired; ``activity`` counts frames so far (IDLE)."""
+        if timer not in self._timers:             # never started, or cancelled: a stale callback
+            return []
         self._timer_done(timer)
         if self.ended:
             return []
@@ -394,8 +405,8 @@ class SessionMachine:
             s = self.sides[name]
             if s.open:
                 actions.append(Disconnect(name, graceful=False))
-            elif s.state is SideState.CONNECTING:
-                s.state = SideState.CLOSED        # it never had a socket to drop
+            elif s.state in (SideState.CONNECTING, SideState.HOLDING):
+                s.state = SideState.CLOSED        # no socket of the session's to drop
         return actions + self._maybe_end()
 
     # -- internals -------------------------------------------------------------------------
@@ -406,6 +417,11 @@ class SessionMachine:
 
     def _close(self, side: str, code: int, reason: str) -> list[Action]:
         """The relay's own close to ``side``, if it may still get one."""
+        s = self.sides[side]
+        if s.state is SideState.HOLDING and not s.close_sent:
+            # The gate sends it and waits for the reply: for the session the side is gone.
+            s.close_sent, s.close_to, s.state = True, code, SideState.CLOSED
+            return [SendClose(side, code, reason)]
         if not self.may_relay_to(side):
             return []
         return [SendClose(side, code, reason)] + self._mark_close_sent(side, code)
@@ -482,7 +498,7 @@ class SessionMachine:
         if self.ended:
             return []
         client, bot = self.sides[CLIENT], self.sides[BOT]
-        if bot.gone and client.state in (SideState.CLOSED, SideState.CONNECTING):
+        if bot.gone and client.state in (SideState.CLOSED, SideState.CONNECTING, SideState.HOLDING):
             self.ended = True
             actions: list[Action] = [CancelTimer(t) for t in sorted(self._timers, key=lambda t: t.value)]
             self._timers.clear()

@@ -1,17 +1,30 @@
 """The admin listener (``[relay] admin_port``, not public): /healthz, /readyz, /metrics.
 
+Also the live sessions (``/sessions``, edge/live_sessions.py) and the dashboard (``/``,
+static files in edge/dashboard/); with ``[relay] admin_token`` everything but the probes
+needs the token.
+
 One request per connection, read with the public gate's bounded reader (edge/http.py)
 under a size limit and a deadline, answered, closed. ``/readyz`` turns 503 when the relay drains, so a load balancer stops sending
 new clients before live sessions are closed.
+With ``--workers N``, ``gather_metrics`` makes /metrics the whole process group's
+(edge/metrics_group.py asks the other workers when scraped).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Callable, cast
+import base64
+import binascii
+import hmac
+import json
+from importlib import resources
+from typing import Awaitable, Callable, cast
+from urllib.parse import parse_qs, unquote
 
 from ..errors import RequestRefused
-from .http import RequestReader, http_response
+from .http import RequestReader, header, http_response
+from .live_sessions import BadCursor, LiveSessions, session_view
 
 MAX_HEAD = 8192
 
@@ -20,8 +33,13 @@ class AdminServer:
     """Serves the admin endpoints of one relay process."""
 
     def __init__(self, *, render_metrics: Callable[[], tuple[bytes, str]],
-                 is_ready: Callable[[], bool], read_timeout: float = 10.0) -> None:
+                 is_ready: Callable[[], bool], read_timeout: float = 10.0,
+                 gather_metrics: Callable[[], Awaitable[tuple[bytes, str]]] | None = None,
+                 sessions: LiveSessions | None = None, token: str | None = None) -> None:
         self.render_metrics = render_metrics
+        self.sessions = sessions
+        self.token = token
+        self.gather_metrics = gather_metrics
         self.is_ready = is_ready
         self.read_timeout = read_timeout
         self._server: asyncio.Server | None = None
@@ -39,10 +57,30 @@ class AdminServer:
         if self._server is not None:
             self._server.close()
 
+    def authorized(self, path: bytes, authorization: str | None) -> bool:
+        """``[relay] admin_token``: required on all but the probes. Scripts send it as
+        ``Bearer <token>``; a browser opening the dashboard is asked for it (HTTP Basic, any
+        user name, the token as password) and resends it on the page's own requests."""
+        if self.token is None or path in PUBLIC_PATHS:
+            return True
+        if not authorization:
+            return False
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                value = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+        elif scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(value.strip().encode("utf-8", "replace"), self.token.encode())
+
     def answer(self, method: bytes, target: bytes) -> tuple[int, bytes, dict[str, str]]:
-        """(status, body, headers) for one request."""
-        path = target.split(b"?", 1)[0]
-        if path not in (b"/healthz", b"/readyz", b"/metrics"):
+        """(status, body, headers) for one (authorized) request."""
+        path, _, query = target.partition(b"?")
+        if path.startswith(b"/sessions"):
+            return self._sessions(method, path, query)
+        if path not in (b"/healthz", b"/readyz", b"/metrics") and path not in STATIC:
             return 404, b"not found\n", {}
         if method not in (b"GET", b"HEAD"):
             return 405, b"use GET\n", {"Allow": "GET, HEAD"}
@@ -50,8 +88,60 @@ class AdminServer:
             return 200, b"ok\n", {}
         if path == b"/readyz":
             return (200, b"ready\n", {}) if self.is_ready() else (503, b"draining\n", {})
+        if path in STATIC:
+            return 200, _static(STATIC[path][0]), {"Content-Type": STATIC[path][1], **PAGE_HEADERS}
         body, content_type = self.render_metrics()
         return 200, body, {"Content-Type": content_type}
+
+    def _sessions(self, method: bytes, path: bytes, query: bytes) -> tuple[int, bytes, dict[str, str]]:
+        """``GET /sessions[?cursor=&limit=]``, ``GET /sessions/{id}``, ``DELETE /sessions/{id}``."""
+        if self.sessions is None:
+            return 404, b"not found\n", {}
+        if path == b"/sessions":
+            if method not in (b"GET", b"HEAD"):
+                return 405, b"use GET\n", {"Allow": "GET, HEAD"}
+            params = parse_qs(query.decode("latin-1"), max_num_fields=10)
+            try:
+                limit = int(params.get("limit", ["1000"])[0])
+                return _json(200, self.sessions.page(params.get("cursor", [None])[0], limit))
+            except (BadCursor, ValueError) as exc:
+                return _json(400, {"error": str(exc) if isinstance(exc, BadCursor) else "limit must be a number"})
+        if not path.startswith(b"/sessions/") or len(path) > 200:
+            return 404, b"not found\n", {}
+        session_id = unquote(path[len(b"/sessions/"):].decode("latin-1"))
+        if method in (b"GET", b"HEAD"):
+            session = self.sessions.find(session_id)
+            if session is None:
+                return _json(404, {"error": f"no live session {session_id!r}"})
+            return _json(200, session_view(session))
+        if method == b"DELETE":
+            if not self.sessions.end(session_id):
+                return _json(404, {"error": f"no live session {session_id!r}"})
+            return _json(200, {"ended": session_id, "close_code": 1008})
+        return 405, b"use GET or DELETE\n", {"Allow": "GET, HEAD, DELETE"}
+
+
+PUBLIC_PATHS = (b"/healthz", b"/readyz")
+CHALLENGE = {"WWW-Authenticate": 'Basic realm="wsrelay admin", charset="UTF-8", Bearer realm="wsrelay admin"'}
+STATIC = {b"/": ("index.html", "text/html; charset=utf-8"),
+          b"/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+          b"/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
+# The dashboard loads nothing from elsewhere, and the headers say so to the browser.
+PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                "Referrer-Policy": "no-referrer",
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"}
+_STATIC_CACHE: dict[str, bytes] = {}
+
+
+def _static(name: str) -> bytes:
+    """A dashboard file shipped in the package (edge/dashboard/), read once."""
+    if name not in _STATIC_CACHE:
+        _STATIC_CACHE[name] = resources.files("wsrelay.edge").joinpath("dashboard").joinpath(name).read_bytes()
+    return _STATIC_CACHE[name]
+
+
+def _json(status: int, payload: dict) -> tuple[int, bytes, dict[str, str]]:
+    return status, json.dumps(payload).encode(), {"Content-Type": "application/json", "Cache-Control": "no-store"}
 
 
 class _AdminConnection(asyncio.Protocol):
@@ -62,6 +152,7 @@ class _AdminConnection(asyncio.Protocol):
         self.reader = RequestReader(MAX_HEAD, max_body=0)
         self.transport: asyncio.Transport | None = None       # set by connection_made, asyncio's first call
         self.timer: asyncio.TimerHandle | None = None
+        self.gathering: asyncio.Task | None = None            # /metrics being gathered from the workers
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # create_server's connections are stream transports (a BaseTransport only by the signature).
@@ -87,10 +178,24 @@ class _AdminConnection(asyncio.Protocol):
         if complete:
             request = self.reader.request
             assert request is not None           # a complete reader holds its request
+            if not self.server.authorized(request.target.split(b"?", 1)[0], header(request, b"authorization")):
+                self._send(401, b"" if request.method == b"HEAD" else b"unauthorized: send the admin token\n",
+                           CHALLENGE)
+                return
+            if (self.server.gather_metrics is not None and request.method in (b"GET", b"HEAD")
+                    and request.target.split(b"?", 1)[0] == b"/metrics"):
+                self.gathering = asyncio.get_running_loop().create_task(self._gathered(request.method))
+                return
             status, body, headers = self.server.answer(request.method, request.target)
             if request.method == b"HEAD":
                 body = b""
             self._send(status, body, headers)
+
+    async def _gathered(self, method: bytes) -> None:
+        """/metrics of the whole process group (bounded by the gatherer's own timeout)."""
+        assert self.server.gather_metrics is not None
+        body, content_type = await self.server.gather_metrics()
+        self._send(200, b"" if method == b"HEAD" else body, {"Content-Type": content_type})
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         assert self.transport is not None        # called from data_received or the timer connection_made set

@@ -4,8 +4,15 @@
 module: endpoint (core/routing.py's table) → route → agent lookup (admission/registry.py)
 → upgrade check (core/upgrade.py) → auth (admission/auth.py) → capacity → session
 (edge/session.py: upstream connector, hand-over, pump). Every refusal is an HTTP answer
-before any upgrade and before any bot is contacted. The capacity slot is taken in
+before any upgrade and before any bot is contacted; on a telephony provider's endpoint
+(``_admit_provider``) the client is upgraded first and its first messages held
+(edge/hold.py), so refusals from then on are close frames, still before any bot is contacted. The capacity slot is taken in
 ``_admit_and_run`` and given back in ``_session_over``, once.
+
+In a fleet (``[fleet] redis_url``) the same line holds with the shared engines in place:
+agents from the file and Redis (admission/fleet_registry.py), a Redis lease per session
+of a capped agent (admission/leases.py), nonces in Redis. Their background tasks (lease
+renewal, registry refresh, DNS re-resolution) start with ``start`` and end with ``stop``.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import socket
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -21,26 +29,33 @@ from typing import TYPE_CHECKING
 from .. import pump as pump_selector
 from ..admission.auth import Authenticator
 from ..admission.capacity import Capacity, LocalCapacity
+from ..admission.fleet_registry import FleetRegistry
+from ..admission.leases import FleetCapacity
 from ..admission.nonces import NonceStore, make_nonce_store
+from ..admission.redis_link import RedisDown, RedisLink
 from ..admission.registry import AgentRegistry, StaticRegistry
 from ..admission.start_api import StartRequest, handle_start
-from ..config import Config
+from ..config import Config, nonce_store_of
 from ..core.cors import CorsPolicy, is_preflight
-from ..core.routing import EndpointKind, find_endpoint, route_start_api, route_websocket, split_target
+from ..core.routing import (EndpointKind, Route, RouteAt, find_endpoint, route_provider, route_start_api,
+                            route_websocket, split_target)
+from ..core.signatures import candidate_urls
 from ..core.session_machine import Outcome
 from ..core.upgrade import parse_upgrade
-from ..errors import CapacityError, RequestRefused, UpstreamError
+from ..errors import CapacityError, ProviderRefused, RequestRefused, SessionRefused, UpstreamError
 from .gate import Gate
 from .http import header
-from .logs import log_refusal, log_session
+from .hold import Hold
+from .logs import log_refusal, log_session, log_session_refused
+from .discovery import Resolver
 from .metrics import RelayMetrics
 from .session import Session
 from .tls import server_tls_context, upstream_tls_context
 from .upstream import UpstreamConnector
+from .upstream_metrics import UpstreamCollector
 
 if TYPE_CHECKING:
     from ..config import AgentConfig
-    from ..core.routing import Route
     from ..core.upgrade import UpgradeRequest
 
 log = logging.getLogger("wsrelay.relay")
@@ -59,21 +74,32 @@ class Relay:
                  nonces: NonceStore | None = None) -> None:
         self.config = config
         self.capacity = capacity or LocalCapacity()
-        self.registry = registry or StaticRegistry(config.agents)
-        self.pump = pump_selector.load(pump)
         cfg = config.relay
+        fleet = config.fleet
+        self.link = RedisLink(fleet.redis_url) if fleet.redis_url else None
+        self.leases: FleetCapacity | None = None
+        self._lease_of: dict[Session, str] = {}        # session -> its fleet lease, while held
+        self.relay_id = fleet.relay_id or f"{socket.gethostname()}:{os.getpid()}"
+        if self.link is not None:
+            self.leases = FleetCapacity(self.link, relay_id=self.relay_id, lease_seconds=fleet.lease_seconds)
+        self.registry = registry or (FleetRegistry(config.agents, self.link, region=cfg.region)
+                                     if self.link is not None else StaticRegistry(config.agents, region=cfg.region))
+        self.pump = pump_selector.load(pump)
         self.tls = server_tls_context(cfg)
-        self.authenticator = Authenticator(
-            config.auth, nonces or make_nonce_store(cfg.nonce_store, cfg.redis_url))
+        kind, nonce_url = nonce_store_of(config)
+        self.authenticator = Authenticator(config.auth, nonces or make_nonce_store(kind, nonce_url, self.link))
         self.upstreams = UpstreamConnector(
             ssl_context=upstream_tls_context(cfg),
             connect_timeout=cfg.upstream_connect_timeout, max_frame_size=cfg.max_frame_size,
             read_buffer_size=cfg.read_buffer_size, keepalive_interval=cfg.keepalive_interval,
-            keepalive_timeout=cfg.keepalive_timeout)
+            keepalive_timeout=cfg.keepalive_timeout,
+            resolver=Resolver(cfg.dns_servers, timeout=min(2.0, cfg.dns_refresh_seconds)))
+        self._background: list[asyncio.Task] = []
         self.sessions: set[Session] = set()            # admitted: connecting or connected
         self.rejections: Counter[int] = Counter()      # HTTP status -> refused handshakes
         self.accepting = True
         self.metrics = RelayMetrics(active=self._active_by_agent, rejections=lambda: self.rejections)
+        self.metrics.registry.register(UpstreamCollector(self.upstreams.balancer))
         self._server: asyncio.Server | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -81,9 +107,11 @@ class Relay:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self, *, sock: socket.socket | None = None) -> None:
-        """Listen on the configured host/port (or on ``sock``)."""
+        """Listen on the configured host/port (or on ``sock``); start the background tasks."""
         loop = asyncio.get_running_loop()
         cfg = self.config.relay
+        await self._start_fleet()
+        self._background.append(loop.create_task(self._rediscover()))
         # Without TLS both stay None, create_server's defaults (a handshake timeout needs ssl).
         handshake_timeout = cfg.handshake_timeout if self.tls else None
         if sock is not None:
@@ -94,6 +122,30 @@ class Relay:
             self._server = await loop.create_server(
                 self._new_gate, cfg.host, cfg.port, backlog=LISTEN_BACKLOG,
                 reuse_port=cfg.workers > 1 or None, ssl=self.tls, ssl_handshake_timeout=handshake_timeout)
+
+    async def _start_fleet(self) -> None:
+        """Load the fleet's agents (bounded: a Redis that is away is logged, not waited for)."""
+        if self.link is None or self.leases is None:
+            return
+        loop = asyncio.get_running_loop()
+        if isinstance(self.registry, FleetRegistry):
+            try:
+                await self.registry.refresh()
+            except RedisDown:
+                pass                      # registry.run says so in one line, and keeps trying
+            self._background.append(loop.create_task(self.registry.run()))
+        self._background.append(loop.create_task(self.leases.run()))
+        log.info("fleet: relay %s, Redis at %s, leases of %gs", self.relay_id, self.link.shown,
+                 self.config.fleet.lease_seconds)
+
+    async def _rediscover(self) -> None:
+        """Re-resolve the upstreams' host names every ``dns_refresh_seconds``."""
+        while True:
+            await asyncio.sleep(self.config.relay.dns_refresh_seconds)
+            try:
+                await self.upstreams.refresh({a.service_host: a.upstreams for a in self.registry.agents()})
+            except Exception:                          # a bug: log it, keep the pools as they are
+                log.exception("upstream re-resolution failed")
 
     def _new_gate(self) -> Gate:
         return Gate(self.config.relay, dispatch=self.dispatch, on_refused=self._refused,
@@ -122,7 +174,14 @@ class Relay:
             except TimeoutError:
                 for session in list(self.sessions):
                     session.abort()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.leases is not None:
+            await self.leases.close()
         await self.authenticator.nonces.close()
+        if self.link is not None:
+            await self.link.close()
 
     def reload(self, config: Config) -> None:
         """Take new agents and auth keys; live sessions keep the agent they started with.
@@ -130,18 +189,20 @@ class Relay:
         Listener settings (host, port, workers, TLS), the nonce store and the other
         ``[relay]`` bounds need a restart and are kept; ``cors_origins`` follows the file.
         """
-        changed = [k for k in ("host", "port", "workers", "tls_cert", "tls_key", "admin_port",
-                               "nonce_store", "redis_url")
+        changed = [f"relay.{k}" for k in ("host", "port", "workers", "tls_cert", "tls_key", "admin_port",
+                                          "nonce_store", "redis_url", "region", "dns_servers")
                    if getattr(config.relay, k) != getattr(self.config.relay, k)]
+        if config.fleet != self.config.fleet:
+            changed.append("[fleet]")
         if changed:
             log.warning("config reload: %s changed but take effect only after a restart",
-                        ", ".join(f"relay.{k}" for k in changed))
+                        ", ".join(changed))
         # cors_origins is read per request, so it follows the file like the agents do.
         relay = dataclasses.replace(self.config.relay, cors_origins=config.relay.cors_origins)
-        self.config = Config(relay=relay, auth=config.auth, agents=config.agents,
+        self.config = Config(relay=relay, auth=config.auth, fleet=self.config.fleet, agents=config.agents,
                              source=config.source)
         self.authenticator.auth = config.auth
-        if isinstance(self.registry, StaticRegistry):
+        if isinstance(self.registry, (StaticRegistry, FleetRegistry)):
             self.registry.replace(config.agents)
 
     # -- the data path --------------------------------------------------------------------
@@ -169,6 +230,8 @@ class Relay:
                 self._answer_start_api(gate, route_start_api(path) or "")
             elif endpoint.kind is EndpointKind.GENERIC:
                 self._admit_websocket(gate, target)
+            elif endpoint.kind is EndpointKind.PROVIDER and endpoint.provider is not None:
+                self._admit_provider(gate, target, endpoint.provider, endpoint.route_at)
         except RequestRefused as exc:
             gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
 
@@ -196,7 +259,7 @@ class Relay:
         task ends once both sides have their ``101``: a live session costs no coroutine.
         """
         try:
-            claims = await self.authenticator.check(route, upgrade, agent)
+            claims = await self.authenticator.check(route, upgrade, agent, urls=self._signed_urls(gate, upgrade))
         except RequestRefused as exc:
             gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
             return
@@ -210,11 +273,24 @@ class Relay:
                                  headers={"Retry-After": CAPACITY_RETRY_AFTER})
             gate.refuse(full.status, full.public_reason, reason=str(full), headers=full.headers)
             return
+        lease = None
+        if self.leases is not None and agent.max_sessions is not None:
+            try:
+                lease = await self.leases.acquire(host, agent.max_sessions)
+            except CapacityError as exc:             # 429 at the fleet's limit, 503 Redis away
+                self.capacity.release(host)
+                gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
+                return
+            except BaseException:                    # the client left meanwhile: give it all back
+                self.capacity.release(host)
+                raise
         session = Session(route=route, agent=agent, upgrade=upgrade, client_address=gate.peer,
                           secure=self.tls is not None, pump=self.pump, limits=self.config.relay,
                           connect=self.upstreams.connect, attach=gate.attach, on_end=self._session_over,
                           session_id=claims.session_id if claims else None)
         self.sessions.add(session)
+        if lease is not None:
+            self._lease_of[session] = lease
         self._idle.clear()
         try:
             await session.run()
@@ -228,12 +304,157 @@ class Relay:
         if session.upstream_seconds is not None:
             self.metrics.upstream_connected(session.upstream_seconds)
 
+    # -- provider endpoints (SPEC §6): the first messages are held, refusals after the upgrade are closes
+
+    def _admit_provider(self, gate: Gate, target: str, provider: str, route_at: RouteAt) -> None:
+        """``/ws/{provider}``: route (Telnyx, Plivo, Exotel now; Twilio on its start message)."""
+        request = gate.request
+        assert request is not None
+        if not self.accepting:
+            raise RequestRefused("relay is draining", status=503,
+                                 public_reason="Service Unavailable: the relay is shutting down",
+                                 headers={"Retry-After": DRAINING_RETRY_AFTER})
+        route = route_provider(target, provider, service_host_in_query=route_at is RouteAt.BEFORE_UPGRADE)
+        agent = None
+        if isinstance(route, Route):
+            agent = self.registry.lookup(route.service_host)
+            if agent is None:
+                raise RequestRefused(f"unknown service host {route.service_host!r}", status=404,
+                                     public_reason="Not Found: unknown agent")
+        upgrade = parse_upgrade(request.method, request.headers, http_version=request.http_version)
+        gate.task = asyncio.get_running_loop().create_task(
+            self._run_provider(gate, provider, route, agent, upgrade, target[:200]))
+
+    async def _run_provider(self, gate: Gate, provider: str, route, agent: "AgentConfig | None",
+                            upgrade: "UpgradeRequest", target: str) -> None:
+        """Auth and capacity (HTTP refusals when routed before the upgrade), the hold, the session.
+
+        After the upgrade every refusal is a close frame (SPEC §6): 1008 for the first
+        messages, an unknown agent or a failed auth, 1013 at capacity, 1014 no bot. The
+        capacity slot, once taken, belongs to the session, or is given back here.
+        """
+        urls = self._signed_urls(gate, upgrade)
+        slot: tuple[str, str | None] | None = None          # (service host, fleet lease) until a session owns it
+        hold = Hold(gate, provider, start_timeout=self.config.relay.provider_start_timeout)
+        session = None
+        claims = None
+        try:
+            if agent is not None:                               # routed before the upgrade
+                try:
+                    claims = await self.authenticator.check(route, upgrade, agent, urls=urls)
+                    slot = await self._take_slot(agent)
+                except RequestRefused as exc:
+                    gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
+                    return
+            start = await hold.start_message(upgrade.key)
+            if not self.accepting:
+                raise SessionRefused("relay is draining", code=SHUTDOWN_CLOSE[0], public_reason=SHUTDOWN_CLOSE[1])
+            if agent is None:                                   # Twilio: the start message names the agent
+                assert start.service_host is not None
+                route = route.complete(*start.service_host)
+                agent = self.registry.lookup(route.service_host)
+                if agent is None:
+                    raise ProviderRefused(f"unknown agent {route.service_host!r} in start.customParameters",
+                                          public_reason=f"unknown agent {route.service_host}")
+                try:
+                    claims = await self.authenticator.check(route, upgrade, agent, urls=urls)
+                except RequestRefused as exc:
+                    raise ProviderRefused(str(exc), public_reason="forbidden: auth failed") from None
+                try:
+                    slot = await self._take_slot(agent)
+                except RequestRefused as exc:
+                    raise SessionRefused(str(exc), code=1013,          # Try Again Later (429 and 503 alike)
+                                         public_reason="agent at its session limit, try again later"
+                                         if exc.status == 429 else "session limit cannot be checked now") from None
+            session = Session(route=route, agent=agent, upgrade=dataclasses.replace(upgrade, subprotocols=None),
+                              client_address=gate.peer, secure=self.tls is not None, pump=self.pump,
+                              limits=self.config.relay, connect=self.upstreams.connect, attach=gate.attach,
+                              on_end=self._session_over, session_id=claims.session_id if claims else None,
+                              close_held=lambda code, reason: self._refused_held(
+                                  gate, SessionRefused(reason, code=code), provider, target, agent))
+            self.sessions.add(session)
+            if slot is not None and slot[1] is not None:
+                self._lease_of[session] = slot[1]
+            slot = None                                         # the session gives it back
+            self._idle.clear()
+            try:
+                await session.run()
+            except UpstreamError as exc:
+                self._session_over(session)
+                raise SessionRefused(str(exc), code=1014, public_reason=_upstream_public_reason(exc)) from None
+            if session.upstream_seconds is not None:
+                self.metrics.upstream_connected(session.upstream_seconds)
+        except SessionRefused as exc:
+            self._refused_held(gate, exc, provider, target, agent)
+        except asyncio.CancelledError:                          # the client left
+            if session is None or not session.started:
+                if session is not None:
+                    self._session_over(session)
+                log_session_refused(code=1001, reason=f"the client left before its {provider} session started",
+                                    client=gate.peer, target=target, provider=provider,
+                                    service_host=agent.service_host if agent else None)
+            raise
+        except Exception as exc:                                # a bug: answer or close, never hang
+            log.exception("provider session failed unexpectedly")
+            if gate.state == "busy":
+                gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
+            else:
+                self._refused_held(gate, SessionRefused(f"internal error: {exc!r}"[:200], code=1011,
+                                                        public_reason="internal error"), provider, target, agent)
+        finally:
+            hold.close()
+            if slot is not None:
+                self._give_slot(*slot)
+
+    async def _take_slot(self, agent: "AgentConfig") -> tuple[str, str | None]:
+        """A capacity slot for one session of ``agent`` (and its fleet lease); CapacityError if full."""
+        host = agent.service_host
+        if not self.capacity.try_acquire(host, agent.max_sessions):
+            raise CapacityError(f"{host} is at max_sessions={agent.max_sessions}",
+                                headers={"Retry-After": CAPACITY_RETRY_AFTER})
+        lease = None
+        if self.leases is not None and agent.max_sessions is not None:
+            try:
+                lease = await self.leases.acquire(host, agent.max_sessions)
+            except BaseException:
+                self.capacity.release(host)
+                raise
+        return host, lease
+
+    def _give_slot(self, host: str, lease: str | None) -> None:
+        self.capacity.release(host)
+        if lease is not None and self.leases is not None:
+            self.leases.release(lease)
+
+    def _signed_urls(self, gate: Gate, upgrade: "UpgradeRequest") -> list[str]:
+        """The URLs a provider may have signed for this request (twilio-signature agents)."""
+        target = gate.request.target.decode("ascii", "replace") if gate.request is not None else "/"
+        public_url = self.config.relay.public_url
+        if public_url:
+            public_url = public_url.replace("{region}", self.config.relay.region or "")
+        return candidate_urls(target, host=upgrade.host, public_url=public_url)
+
+    def _refused_held(self, gate: Gate, exc: SessionRefused, provider: str, target: str,
+                      agent: "AgentConfig | None") -> None:
+        """One refused provider session: its close frame, its log line, its count."""
+        if gate.state != "holding":
+            return
+        self.rejections[exc.code] += 1
+        log_session_refused(code=exc.code, reason=str(exc), client=gate.peer, target=target, provider=provider,
+                            service_host=agent.service_host if agent else None)
+        gate.refuse_held(exc.code, exc.public_reason, linger=self.config.relay.close_timeout)
+
     def _session_over(self, session: Session) -> None:
         """Give back the session's capacity slot, once; log it if it ran."""
         if session not in self.sessions:
             return
         self.sessions.discard(session)
         self.capacity.release(session.agent.service_host)
+        lease = self._lease_of.pop(session, None)
+        if lease is not None and self.leases is not None:
+            self.leases.release(lease)
+        if session.bot.transport is not None:
+            self.upstreams.release(session.bot.transport)
         if not self.sessions:
             self._idle.set()
         if session.ended:
@@ -275,7 +496,7 @@ class Relay:
         log_session(summary)
         if session.connected_at is not None:
             self.metrics.session_ended(session.agent.name, session.agent.organization,
-                                       session.outcome, summary["duration_s"])
+                                       session.outcome, summary["duration_s"], session.timing())
 
     def _active_by_agent(self) -> dict[tuple[str, str], int]:
         return {(a.name, a.organization): n for a, n in

@@ -49,13 +49,15 @@ class Session:
 
     # Slots: an idle session holds one of these for hours; no per-instance __dict__.
     __slots__ = ("route", "agent", "upgrade", "client_address", "secure", "id", "created_at",
-                 "connected_at", "ended_at", "upstream_seconds", "subprotocol", "machine", "client",
-                 "bot", "_connect", "_attach", "_on_end", "_limits", "_bot_response", "_timers")
+                 "connected_at", "connected_ns", "ended_at", "upstream_seconds", "subprotocol", "machine", "client",
+                 "bot", "_connect", "_attach", "_on_end", "_limits", "_bot_response", "_timers",
+                 "_close_held")
 
     def __init__(self, *, route: "Route", agent: "AgentConfig", upgrade: "UpgradeRequest",
                  client_address: str, secure: bool, pump: Any, limits: "RelayConfig",
                  connect: Connector, attach: Attach, on_end: Callable[["Session"], None],
-                 session_id: str | None = None) -> None:
+                 session_id: str | None = None,
+                 close_held: Callable[[int, str], None] | None = None) -> None:
         self.route = route
         self.agent = agent
         self.upgrade = upgrade
@@ -64,6 +66,7 @@ class Session:
         self.id = session_id or str(uuid.uuid4())
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
+        self.connected_ns = 0            # time.monotonic_ns() of the client's 101: first-frame times count from it
         self.ended_at: float | None = None
         self.upstream_seconds: float | None = None
         self.subprotocol: str | None = None
@@ -73,13 +76,18 @@ class Session:
         self._limits = limits
         self._bot_response: WSUpgradeResponse | None = None    # the bot's 101, until the bot side opens
         self._timers: dict[Timer, asyncio.TimerHandle] = {}
+        # A provider's client is upgraded and held by the gate until the bot answers:
+        # ``close_held`` sends it a close from there (the machine's HOLDING side).
+        self._close_held = close_held
         self.machine = SessionMachine(
             close_timeout=limits.close_timeout, stall_timeout=limits.stall_timeout,
-            time_limit=agent.max_session_seconds or None, idle_timeout=agent.idle_timeout)
+            time_limit=agent.max_session_seconds or None, idle_timeout=agent.idle_timeout,
+            client_held=close_held is not None)
         self.client = pump.Side(self, False)
         self.bot = pump.Side(self, True)
         self.client.peer = self.bot
         self.bot.peer = self.client
+        self.client.gap_threshold_ns = self.bot.gap_threshold_ns = int(limits.gap_threshold_ms * 1_000_000)
 
     # -- the relay's calls ------------------------------------------------------------------
 
@@ -167,6 +175,7 @@ class Session:
         self._bot_response = None
         if self._attach(self.client, self.subprotocol, self.upgrade.key):
             self.connected_at = time.monotonic()
+            self.connected_ns = time.monotonic_ns()
         else:                                    # the client left while the bot answered
             self._do(self.machine.client_gone_before_open())
 
@@ -210,6 +219,10 @@ class Session:
     def _send_close(self, action: SendClose | ForwardClose) -> None:
         side = self._side(action.side)
         side.close_sent = True           # the pump relays nothing more to it
+        if side.transport is None and not side.is_bot and self._close_held is not None:
+            if isinstance(action, SendClose):        # a held client: the gate has its socket
+                self._close_held(action.code, action.reason)
+            return
         if side.transport is not None and not side.disconnected:
             if isinstance(action, SendClose):
                 side.transport.send_close(action.code, action.reason.encode())
@@ -252,6 +265,12 @@ class Session:
 
     # -- the log line ---------------------------------------------------------------------------
 
+    def timing(self) -> dict[str, dict]:
+        """Per direction ("up" = client to bot, "down" = bot to client): frames, bytes and the
+        pump's arrival timing of data frames, in milliseconds (None before the first frame)."""
+        return {"up": _direction_timing(self.client, self.connected_ns),
+                "down": _direction_timing(self.bot, self.connected_ns)}
+
     def summary(self) -> dict:
         """The fields of the session's one log line."""
         m = self.machine
@@ -276,6 +295,8 @@ class Session:
             "first_closer": m.first_closer,
             "end_reason": m.end_reason or "closed",
             "upstream_connect_ms": round((self.upstream_seconds or 0) * 1000, 3),
+            **{f"{name}_{direction}": value for direction, figures in self.timing().items()
+               for name, value in figures.items() if name not in ("frames", "bytes")},
             "duration_s": round(end - (self.connected_at or self.created_at), 3),
         }
 
@@ -290,6 +311,20 @@ _CARRY_OUT: dict[type, Callable[[Session, Any], None]] = {
     PauseReading: Session._pause, ResumeReading: Session._resume, StartTimer: Session._start_timer,
     CancelTimer: Session._cancel_timer, End: Session._end,
 }
+
+
+def _direction_timing(side, connected_ns: int) -> dict:
+    """One direction's figures from the frames read on ``side`` (see pump ``_time_arrival``)."""
+    first = side.first_frame_ns
+    return {
+        "frames": side.frames,
+        "bytes": side.bytes,
+        # from the client's 101; a frame sent with the client's head arrives before it (0)
+        "first_frame_ms": round(max(0, first - connected_ns) / 1e6, 3) if first and connected_ns else None,
+        "jitter_ms": round(side.jitter_ns / 1e6, 3),
+        "max_gap_ms": round(side.max_gap_ns / 1e6, 3),
+        "gaps": side.gaps,
+    }
 
 
 def _name(side) -> str:
