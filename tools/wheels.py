@@ -171,11 +171,14 @@ def check_contents(wheel: Path) -> None:
         "the pump's C interface (.pxd)": r"^wsrelay/pump/_compiled\.pxd$",
         "the pump's stub (.pyi)": r"^wsrelay/pump/_compiled\.pyi$",
         "the typing marker py.typed": r"^wsrelay/py\.typed$",
-        "the admin dashboard": r"^wsrelay/edge/dashboard/dashboard\.js$",
+        "the dashboard page": r"^wsrelay/edge/dashboard/index\.html$",
+        "the dashboard script": r"^wsrelay/edge/dashboard/dashboard\.js$",
+        "the dashboard style": r"^wsrelay/edge/dashboard/dashboard\.css$",
         "the licence": r"^wsrelay-[^/]+\.dist-info/(licenses/)?LICENSE$",
     }
     missing = [what for what, pattern in required.items() if not any(re.match(pattern, n) for n in names)]
-    shipped_sources = [n for n in names if n.endswith((".c", ".pyx", ".pxi", ".h"))]
+    shipped_sources = [n for n in names if n.endswith((".c", ".pyx", ".pxi", ".h")) or
+                       (n.endswith(".html") and "/dashboard/" not in n)]
     if missing or shipped_sources:
         raise WheelError(f"{wheel.name}: missing {missing or 'nothing'}; sources that must not ship: "
                          f"{shipped_sources or 'none'}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import binascii
 import hmac
 import json
@@ -25,6 +26,8 @@ from urllib.parse import parse_qs, unquote
 from ..errors import RequestRefused
 from .http import RequestReader, header, http_response
 from .live_sessions import BadCursor, LiveSessions, session_view
+
+log = logging.getLogger("wsrelay.admin")
 
 MAX_HEAD = 8192
 
@@ -186,7 +189,12 @@ class _AdminConnection(asyncio.Protocol):
                     and request.target.split(b"?", 1)[0] == b"/metrics"):
                 self.gathering = asyncio.get_running_loop().create_task(self._gathered(request.method))
                 return
-            status, body, headers = self.server.answer(request.method, request.target)
+            try:
+                status, body, headers = self.server.answer(request.method, request.target)
+            except Exception:                    # a bug here must still answer, and be one log line
+                log.exception("admin request failed", extra={"fields": {
+                    "event": "admin_error", "target": request.target.decode("latin-1")[:200]}})
+                status, body, headers = 500, b"internal error: see the relay's log\n", {}
             if request.method == b"HEAD":
                 body = b""
             self._send(status, body, headers)
