@@ -88,7 +88,7 @@ def cmd_check(args) -> int:
 
 def cmd_token(args) -> int:
     from .admission.auth import mint_for_config
-    cfg = config_mod.auth_secret_from_env(config_mod.load_config(args.config), os.environ)
+    cfg = config_mod.secrets_from_env(config_mod.load_config(args.config), os.environ)
     print(mint_for_config(cfg, args.service_host, ttl=args.ttl))
     return 0
 
@@ -143,7 +143,7 @@ def _raise_open_files_limit() -> None:
 
 
 def _load(path):
-    return config_mod.auth_secret_from_env(config_mod.load_config(path), os.environ)
+    return config_mod.secrets_from_env(config_mod.load_config(path), os.environ)
 
 
 def _run(cfg, args, capacity, worker: int, group=None) -> int:

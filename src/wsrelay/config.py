@@ -1144,6 +1144,23 @@ def auth_secret_from_env(config: Config, environ: Mapping[str, str] = os.environ
     return dataclasses.replace(config, auth=auth)
 
 
+def fleet_redis_url_from_env(config: Config, environ: Mapping[str, str] = os.environ) -> Config:
+    """``WSRELAY_FLEET_REDIS_URL`` replaces ``[fleet] redis_url``, so a password need not be written
+    into a config file (in Kubernetes: an env var from a Secret, the file in a ConfigMap)."""
+    url = environ.get("WSRELAY_FLEET_REDIS_URL")
+    if not url:
+        return config
+    if not url.startswith(("redis://", "rediss://", "unix://")) or _SPACE_OR_CONTROL.search(url):
+        raise ConfigError("WSRELAY_FLEET_REDIS_URL must be a URL like 'redis://:password@redis:6379/0' or "
+                          "'rediss://user:password@redis.example.com:6380/0'", key="WSRELAY_FLEET_REDIS_URL")
+    return dataclasses.replace(config, fleet=dataclasses.replace(config.fleet, redis_url=url))
+
+
+def secrets_from_env(config: Config, environ: Mapping[str, str] = os.environ) -> Config:
+    """The environment's secrets over the file's: WSRELAY_AUTH_SECRET, WSRELAY_FLEET_REDIS_URL."""
+    return fleet_redis_url_from_env(auth_secret_from_env(config, environ), environ)
+
+
 def require_signing_key(config: Config) -> None:
     """A relay with token agents must have a key; say which agents need one."""
     needing = [a.service_host for a in config.agents if a.websocket_auth == "token"]

@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_agents(args) -> int:
-    cfg = config_mod.load_config(args.config)
+    cfg = config_mod.fleet_redis_url_from_env(config_mod.load_config(args.config))
     if not cfg.fleet.enabled:
         raise ConfigError("wsrelay agents needs [fleet] redis_url in the config: the Redis the relays share",
                           key="fleet.redis_url", source=cfg.source)
