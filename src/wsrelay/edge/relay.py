@@ -267,23 +267,11 @@ class Relay:
             log.exception("auth failed unexpectedly")
             gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
             return
-        host = agent.service_host
-        if not self.capacity.try_acquire(host, agent.max_sessions):
-            full = CapacityError(f"{host} is at max_sessions={agent.max_sessions}",
-                                 headers={"Retry-After": CAPACITY_RETRY_AFTER})
-            gate.refuse(full.status, full.public_reason, reason=str(full), headers=full.headers)
+        try:
+            _, lease = await self._take_slot(agent)
+        except CapacityError as exc:                 # 429 at the limit (here or fleet-wide), 503 Redis away
+            gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
             return
-        lease = None
-        if self.leases is not None and agent.max_sessions is not None:
-            try:
-                lease = await self.leases.acquire(host, agent.max_sessions)
-            except CapacityError as exc:             # 429 at the fleet's limit, 503 Redis away
-                self.capacity.release(host)
-                gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
-                return
-            except BaseException:                    # the client left meanwhile: give it all back
-                self.capacity.release(host)
-                raise
         session = Session(route=route, agent=agent, upgrade=upgrade, client_address=gate.peer,
                           secure=self.tls is not None, pump=self.pump, limits=self.config.relay,
                           connect=self.upstreams.connect, attach=gate.attach, on_end=self._session_over,
@@ -449,10 +437,7 @@ class Relay:
         if session not in self.sessions:
             return
         self.sessions.discard(session)
-        self.capacity.release(session.agent.service_host)
-        lease = self._lease_of.pop(session, None)
-        if lease is not None and self.leases is not None:
-            self.leases.release(lease)
+        self._give_slot(session.agent.service_host, self._lease_of.pop(session, None))
         if session.bot.transport is not None:
             self.upstreams.release(session.bot.transport)
         if not self.sessions:
