@@ -188,17 +188,20 @@ async def serve(cfg, *, config_path=None, host=None, port=None, admin_port=None,
     admin = peer = None
     if group is not None and worker > 0:      # --workers N: worker 0 asks this one when scraped
         from .edge.metrics_group import serve_peer
-        peer = await serve_peer(group[0], worker, relay.metrics.render)
+        from .edge.live_sessions import LiveSessions
+        peer = await serve_peer(group[0], worker, relay.metrics.render, LiveSessions(lambda: relay.sessions))
     if cfg.relay.admin_port and worker == 0:
         from .edge.admin import AdminServer
         from .edge.live_sessions import LiveSessions
         gather = None
+        live = LiveSessions(lambda: relay.sessions)
         if group is not None:
-            from .edge.metrics_group import group_renderer
+            from .edge.metrics_group import group_renderer, group_sessions
             gather = group_renderer(group[0], group[1], relay.metrics.render)
+            others, end_other = group_sessions(group[0], group[1])
+            live = LiveSessions(lambda: relay.sessions, remote=others, remote_end=end_other)
         admin = AdminServer(render_metrics=relay.metrics.render, is_ready=lambda: relay.accepting,
-                            gather_metrics=gather, sessions=LiveSessions(lambda: relay.sessions),
-                            token=cfg.relay.admin_token)
+                            gather_metrics=gather, sessions=live, token=cfg.relay.admin_token)
         try:
             admin_host = cfg.relay.admin_host or cfg.relay.host
             await _listen(admin.start(admin_host, cfg.relay.admin_port), admin_host,

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, unquote
 
 from ..errors import RequestRefused
 from .http import RequestReader, header, http_response
-from .live_sessions import BadCursor, LiveSessions, session_view
+from .live_sessions import BadCursor, LiveSessions
 
 log = logging.getLogger("wsrelay.admin")
 
@@ -80,9 +80,7 @@ class AdminServer:
 
     def answer(self, method: bytes, target: bytes) -> tuple[int, bytes, dict[str, str]]:
         """(status, body, headers) for one (authorized) request."""
-        path, _, query = target.partition(b"?")
-        if path.startswith(b"/sessions"):
-            return self._sessions(method, path, query)
+        path = target.split(b"?", 1)[0]
         if path not in (b"/healthz", b"/readyz", b"/metrics") and path not in STATIC:
             return 404, b"not found\n", {}
         if method not in (b"GET", b"HEAD"):
@@ -96,8 +94,10 @@ class AdminServer:
         body, content_type = self.render_metrics()
         return 200, body, {"Content-Type": content_type}
 
-    def _sessions(self, method: bytes, path: bytes, query: bytes) -> tuple[int, bytes, dict[str, str]]:
-        """``GET /sessions[?cursor=&limit=]``, ``GET /sessions/{id}``, ``DELETE /sessions/{id}``."""
+    async def answer_sessions(self, method: bytes, target: bytes) -> tuple[int, bytes, dict[str, str]]:
+        """``GET /sessions[?cursor=&limit=]``, ``GET /sessions/{id}``, ``DELETE /sessions/{id}``
+        (async: with ``--workers N`` the other workers are asked too)."""
+        path, _, query = target.partition(b"?")
         if self.sessions is None:
             return 404, b"not found\n", {}
         if path == b"/sessions":
@@ -106,19 +106,19 @@ class AdminServer:
             params = parse_qs(query.decode("latin-1"), max_num_fields=10)
             try:
                 limit = int(params.get("limit", ["1000"])[0])
-                return _json(200, self.sessions.page(params.get("cursor", [None])[0], limit))
+                return _json(200, await self.sessions.page(params.get("cursor", [None])[0], limit))
             except (BadCursor, ValueError) as exc:
                 return _json(400, {"error": str(exc) if isinstance(exc, BadCursor) else "limit must be a number"})
         if not path.startswith(b"/sessions/") or len(path) > 200:
             return 404, b"not found\n", {}
         session_id = unquote(path[len(b"/sessions/"):].decode("latin-1"))
         if method in (b"GET", b"HEAD"):
-            session = self.sessions.find(session_id)
-            if session is None:
+            view = await self.sessions.view(session_id)
+            if view is None:
                 return _json(404, {"error": f"no live session {session_id!r}"})
-            return _json(200, session_view(session))
+            return _json(200, view)
         if method == b"DELETE":
-            if not self.sessions.end(session_id):
+            if not await self.sessions.end(session_id):
                 return _json(404, {"error": f"no live session {session_id!r}"})
             return _json(200, {"ended": session_id, "close_code": 1008})
         return 405, b"use GET or DELETE\n", {"Allow": "GET, HEAD, DELETE"}
@@ -185,6 +185,9 @@ class _AdminConnection(asyncio.Protocol):
                 self._send(401, b"" if request.method == b"HEAD" else b"unauthorized: send the admin token\n",
                            CHALLENGE)
                 return
+            if request.target.startswith(b"/sessions"):
+                self.gathering = asyncio.get_running_loop().create_task(self._sessions(request))
+                return
             if (self.server.gather_metrics is not None and request.method in (b"GET", b"HEAD")
                     and request.target.split(b"?", 1)[0] == b"/metrics"):
                 self.gathering = asyncio.get_running_loop().create_task(self._gathered(request.method))
@@ -198,6 +201,15 @@ class _AdminConnection(asyncio.Protocol):
             if request.method == b"HEAD":
                 body = b""
             self._send(status, body, headers)
+
+    async def _sessions(self, request) -> None:
+        try:
+            status, body, headers = await self.server.answer_sessions(request.method, request.target)
+        except Exception:                        # a bug here must still answer, and be one log line
+            log.exception("admin request failed", extra={"fields": {
+                "event": "admin_error", "target": request.target.decode("latin-1")[:200]}})
+            status, body, headers = 500, b"internal error: see the relay's log\n", {}
+        self._send(status, b"" if request.method == b"HEAD" else body, headers)
 
     async def _gathered(self, method: bytes) -> None:
         """/metrics of the whole process group (bounded by the gatherer's own timeout)."""

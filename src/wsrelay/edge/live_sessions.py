@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from ..core.session_machine import BOT, CLIENT, Outcome, SideState
 
@@ -55,8 +55,7 @@ def _key(session: Any) -> tuple[float, str]:
     return (session.created_at, session.id)
 
 
-def encode_cursor(session: Any) -> str:
-    created, sid = _key(session)
+def _encode(created: float, sid: str) -> str:
     return base64.urlsafe_b64encode(f"{created!r}|{sid}".encode()).decode().rstrip("=")
 
 
@@ -72,36 +71,63 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
 
 
 class LiveSessions:
-    """Reads the relay's book of sessions for the admin endpoints, and ends one on request."""
+    """Reads the relay's book of sessions for the admin endpoints, and ends one on request.
 
-    def __init__(self, sessions: Callable[[], Iterable[Any]]) -> None:
+    With ``--workers N`` the admin port is worker 0's: ``remote`` lists the other workers'
+    sessions and ``remote_end`` ends one of theirs (edge/metrics_group.py asks them over
+    their Unix sockets). Creation times are CLOCK_MONOTONIC, one clock for the whole
+    machine, so every worker's sessions share one order.
+    """
+
+    def __init__(self, sessions: Callable[[], Iterable[Any]], *,
+                 remote: Callable[[], Awaitable[list[dict]]] | None = None,
+                 remote_end: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self._sessions = sessions
+        self._remote = remote
+        self._remote_end = remote_end
 
-    def page(self, cursor: str | None = None, limit: int = MAX_PAGE) -> dict:
+    def local_views(self) -> list[dict]:
+        """This process's live sessions, each with its ``_order`` key (for merging)."""
+        now = time.monotonic()
+        return [dict(session_view(s, now), _order=list(_key(s))) for s in self._sessions() if not s.ended]
+
+    async def _all_views(self) -> list[dict]:
+        views = self.local_views()
+        if self._remote is not None:
+            views += await self._remote()
+        views.sort(key=lambda v: (v["_order"][0], v["_order"][1]))
+        return views
+
+    async def page(self, cursor: str | None = None, limit: int = MAX_PAGE) -> dict:
         """``{"sessions": [...], "next": cursor or None, "total": live count}``."""
         if not 1 <= limit <= MAX_PAGE:
             raise BadCursor(f"limit must be from 1 to {MAX_PAGE}")
         after = decode_cursor(cursor) if cursor else None
-        live = sorted((s for s in self._sessions() if not s.ended), key=_key)
-        rest = [s for s in live if after is None or _key(s) > after]
+        live = await self._all_views()
+        rest = [v for v in live if after is None or (v["_order"][0], v["_order"][1]) > after]
         chosen = rest[:limit]
-        now = time.monotonic()
-        return {
-            "sessions": [session_view(s, now) for s in chosen],
-            "next": encode_cursor(chosen[-1]) if len(rest) > limit else None,
-            "total": len(live),
-        }
+        next_cursor = _encode(*chosen[-1]["_order"]) if len(rest) > limit else None
+        return {"sessions": [_public(v) for v in chosen], "next": next_cursor, "total": len(live)}
 
-    def find(self, session_id: str) -> Any | None:
-        for session in self._sessions():
-            if session.id == session_id and not session.ended:
-                return session
+    async def view(self, session_id: str) -> dict | None:
+        for v in await self._all_views():
+            if v["id"] == session_id:
+                return _public(v)
         return None
 
-    def end(self, session_id: str) -> bool:
+    def end_local(self, session_id: str) -> bool:
+        for session in self._sessions():
+            if session.id == session_id and not session.ended:
+                session.close(*OPERATOR_CLOSE, Outcome.ENDED_BY_OPERATOR)
+                return True
+        return False
+
+    async def end(self, session_id: str) -> bool:
         """Close one session with 1008 to both sides; False when there is no such live session."""
-        session = self.find(session_id)
-        if session is None:
-            return False
-        session.close(*OPERATOR_CLOSE, Outcome.ENDED_BY_OPERATOR)
-        return True
+        if self.end_local(session_id):
+            return True
+        return self._remote_end is not None and await self._remote_end(session_id)
+
+
+def _public(view: dict) -> dict:
+    return {k: v for k, v in view.items() if k != "_order"}

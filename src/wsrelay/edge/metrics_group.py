@@ -9,6 +9,10 @@ every worker (``MAX_GAUGES``: instances per agent, build info) take the largest 
 A worker that does not answer within ``timeout`` is left out of that scrape, and
 ``wsrelay_workers_scraped`` says how many answered.
 
+The same sockets serve the admin port's live sessions (edge/live_sessions.py): worker 0
+sends one request line — ``metrics``, ``sessions`` (that worker's live sessions as JSON) or
+``end <id>`` (close one, answers ``1`` or ``0``) — and reads the answer to the end.
+
 prometheus-client's multiprocess mode was the alternative; it cannot carry the custom
 collectors that read the pump's counters at scrape time, which this keeps as they are.
 """
@@ -16,12 +20,17 @@ collectors that read the pump's counters at scrape time, which this keeps as the
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from .live_sessions import LiveSessions
 
 log = logging.getLogger("wsrelay.metrics")
 
@@ -33,11 +42,22 @@ def socket_path(directory: str, worker: int) -> str:
     return os.path.join(directory, f"worker-{worker}.sock")
 
 
-async def serve_peer(directory: str, worker: int, render: Callable[[], tuple[bytes, str]]) -> asyncio.AbstractServer:
-    """Worker ``worker`` (> 0): answer each connection with this worker's exposition, then close."""
+async def serve_peer(directory: str, worker: int, render: Callable[[], tuple[bytes, str]],
+                     sessions: "LiveSessions | None" = None) -> asyncio.AbstractServer:
+    """Worker ``worker`` (> 0): answer worker 0's one request per connection, then close."""
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            writer.write(render()[0])
+            try:
+                request = (await asyncio.wait_for(reader.readline(), 2.0)).strip()
+            except (asyncio.TimeoutError, ValueError):       # ValueError: a line over the reader's limit
+                return
+            verb, _, argument = request.partition(b" ")
+            if verb == b"sessions" and sessions is not None:
+                writer.write(json.dumps(sessions.local_views()).encode())
+            elif verb == b"end" and sessions is not None:
+                writer.write(b"1" if sessions.end_local(argument.decode("utf-8", "replace")) else b"0")
+            else:
+                writer.write(render()[0])
             await writer.drain()
         finally:
             writer.close()
@@ -47,11 +67,12 @@ async def serve_peer(directory: str, worker: int, render: Callable[[], tuple[byt
     return await asyncio.start_unix_server(answer, path)
 
 
-async def _fetch(path: str, timeout: float) -> str | None:
+async def _fetch(path: str, timeout: float, request: bytes = b"metrics\n") -> str | None:
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_unix_connection(path)
             try:
+                writer.write(request)
                 data = await reader.read(MAX_EXPOSITION)
                 while chunk := await reader.read(MAX_EXPOSITION):
                     data += chunk
@@ -115,3 +136,29 @@ def group_renderer(directory: str, workers: int, render: Callable[[], tuple[byte
                    f"# TYPE wsrelay_workers_scraped gauge\nwsrelay_workers_scraped {len(texts)}.0\n")
         return merge(texts) + scraped.encode(), CONTENT_TYPE_LATEST
     return render_group
+
+
+def group_sessions(directory: str, workers: int, *, timeout: float = 2.0
+                   ) -> tuple[Callable[[], Awaitable[list[dict]]], Callable[[str], Awaitable[bool]]]:
+    """Worker 0's view of the other workers' live sessions: (list them, end one by id).
+    A worker that does not answer in ``timeout`` is left out (its sessions go on)."""
+    paths = [socket_path(directory, w) for w in range(1, workers)]
+
+    async def views() -> list[dict]:
+        answers = await asyncio.gather(*(_fetch(p, timeout, b"sessions\n") for p in paths))
+        result: list[dict] = []
+        for text in answers:
+            if text is None:
+                continue
+            try:
+                result += json.loads(text)
+            except ValueError:
+                log.warning("sessions: a worker answered something that is not JSON")
+        return result
+
+    async def end(session_id: str) -> bool:
+        request = b"end " + session_id.encode("utf-8", "replace")[:200] + b"\n"
+        answers = await asyncio.gather(*(_fetch(p, timeout, request) for p in paths))
+        return any(a == "1" for a in answers)
+
+    return views, end
