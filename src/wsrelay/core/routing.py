@@ -133,6 +133,26 @@ def parse_service_host(value: str) -> tuple[str, str]:
     return agent, org
 
 
+def _routing_query(query: str) -> tuple[str | None, str | None, str]:
+    """(serviceHost, token, the rest of the query as sent) — each of the first two None when
+    absent, refused when repeated. The rest is forwarded to the bot byte for byte."""
+    fields = _split_query(query)
+    service_hosts = [v for n, v, _ in fields if n == "serviceHost"]
+    query_tokens = [v for n, v, _ in fields if n == "token"]
+    if len(service_hosts) > 1 or len(query_tokens) > 1:
+        raise RouteError("serviceHost or token given more than once", status=400,
+                         public_reason="Bad Request: repeated serviceHost or token parameter")
+    forward = "&".join(raw for n, _, raw in fields if n not in ("serviceHost", "token"))
+    return (service_hosts[0] if service_hosts else None, query_tokens[0] if query_tokens else None, forward)
+
+
+def _check_segments(segments: list[str]) -> None:
+    """Path segments are taken as sent: a percent-encoded one is refused, never decoded."""
+    if any("%" in s for s in segments):
+        raise RouteError("percent-encoded characters in the path", status=400,
+                         public_reason="Bad Request: malformed path")
+
+
 def _split_query(query: str) -> list[tuple[str, str, str]]:
     """(decoded name, decoded value, raw item) for each '&'-separated item of the query."""
     if not query:
@@ -169,25 +189,17 @@ def route_websocket(target: str) -> Route:
         segments = segments[:-1]          # tolerate one trailing slash
     if any(s == "" for s in segments) or len(segments) > 2:
         raise RouteError(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
-    if any("%" in s for s in segments):
-        raise RouteError("percent-encoded characters in the path", status=400,
-                         public_reason="Bad Request: malformed path")
+    _check_segments(segments)
 
-    fields = _split_query(query)
-    service_hosts = [v for n, v, _ in fields if n == "serviceHost"]
-    query_tokens = [v for n, v, _ in fields if n == "token"]
-    if len(service_hosts) > 1 or len(query_tokens) > 1:
-        raise RouteError("serviceHost or token given more than once", status=400,
-                         public_reason="Bad Request: repeated serviceHost or token parameter")
-    forward = "&".join(raw for n, _, raw in fields if n not in ("serviceHost", "token"))
+    service_host, query_token, forward = _routing_query(query)
 
     token = None
     source = None
-    if service_hosts:
+    if service_host is not None:
         if len(segments) > 1:
             raise RouteError("service host given both in the path and as serviceHost",
                              status=400, public_reason="Bad Request: service host given twice")
-        agent, org = parse_service_host(service_hosts[0])
+        agent, org = parse_service_host(service_host)
         if segments:
             token, source = _check_token_shape(segments[0]), "path"
     else:
@@ -197,12 +209,12 @@ def route_websocket(target: str) -> Route:
         agent, org = parse_service_host(segments[0])
         if len(segments) == 2:
             token, source = _check_token_shape(segments[1]), "path"
-    if query_tokens:
+    if query_token is not None:
         if token is not None:
             raise RouteError("token given both in the path and as ?token=", status=400,
                              public_reason="Bad Request: token given twice")
-        if query_tokens[0]:
-            token, source = _check_token_shape(query_tokens[0]), "query"
+        if query_token:
+            token, source = _check_token_shape(query_token), "query"
     return Route(agent, org, token, source, forward)
 
 
@@ -223,33 +235,25 @@ def route_provider(target: str, provider: str, *, service_host_in_query: bool) -
         segments = segments[:-1]          # tolerate one trailing slash
     if len(segments) > 1 or any(s == "" for s in segments):
         raise RouteError(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
-    if any("%" in s for s in segments):
-        raise RouteError("percent-encoded characters in the path", status=400,
-                         public_reason="Bad Request: malformed path")
-    fields = _split_query(query)
-    service_hosts = [v for n, v, _ in fields if n == "serviceHost"]
-    query_tokens = [v for n, v, _ in fields if n == "token"]
-    if len(service_hosts) > 1 or len(query_tokens) > 1:
-        raise RouteError("serviceHost or token given more than once", status=400,
-                         public_reason="Bad Request: repeated serviceHost or token parameter")
-    forward = "&".join(raw for n, _, raw in fields if n not in ("serviceHost", "token"))
+    _check_segments(segments)
+    service_host, query_token, forward = _routing_query(query)
     token, source = None, None
     if segments:
         token, source = _check_token_shape(segments[0]), "path"
-    if query_tokens and query_tokens[0]:
+    if query_token:
         if token is not None:
             raise RouteError("token given both in the path and as ?token=", status=400,
                              public_reason="Bad Request: token given twice")
-        token, source = _check_token_shape(query_tokens[0]), "query"
+        token, source = _check_token_shape(query_token), "query"
     if not service_host_in_query:
-        if service_hosts:
+        if service_host is not None:
             raise RouteError(f"serviceHost on /ws/{provider}: its start message names the agent",
                              status=400, public_reason="Bad Request: no serviceHost on this endpoint")
         return HeldRoute(token, source, forward)
-    if not service_hosts:
+    if service_host is None:
         raise RouteError(f"no service host: use /ws/{provider}?serviceHost={{agent}}.{{org}}",
                          status=400, public_reason="Bad Request: missing service host")
-    agent, org = parse_service_host(service_hosts[0])
+    agent, org = parse_service_host(service_host)
     return Route(agent, org, token, source, forward)
 
 
