@@ -235,13 +235,17 @@ class Relay:
         except RequestRefused as exc:
             gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
 
-    def _admit_websocket(self, gate: Gate, target: str) -> None:
-        request = gate.request
-        assert request is not None
+    def _refuse_while_draining(self) -> None:
+        """New sessions get 503 once the relay drains (a load balancer retries elsewhere)."""
         if not self.accepting:
             raise RequestRefused("relay is draining", status=503,
                                  public_reason="Service Unavailable: the relay is shutting down",
                                  headers={"Retry-After": DRAINING_RETRY_AFTER})
+
+    def _admit_websocket(self, gate: Gate, target: str) -> None:
+        request = gate.request
+        assert request is not None
+        self._refuse_while_draining()
         route = route_websocket(target)
         agent = self.registry.lookup(route.service_host)
         if agent is None:
@@ -298,10 +302,7 @@ class Relay:
         """``/ws/{provider}``: route (Telnyx, Plivo, Exotel now; Twilio on its start message)."""
         request = gate.request
         assert request is not None
-        if not self.accepting:
-            raise RequestRefused("relay is draining", status=503,
-                                 public_reason="Service Unavailable: the relay is shutting down",
-                                 headers={"Retry-After": DRAINING_RETRY_AFTER})
+        self._refuse_while_draining()
         route = route_provider(target, provider, service_host_in_query=route_at is RouteAt.BEFORE_UPGRADE)
         agent = None
         if isinstance(route, Route):
@@ -477,11 +478,12 @@ class Relay:
     # -- what is logged and counted -------------------------------------------------------
 
     def _session_ended(self, session: Session) -> None:
-        summary = session.summary()
+        timing = session.timing()
+        summary = session.summary(timing)
         log_session(summary)
         if session.connected_at is not None:
             self.metrics.session_ended(session.agent.name, session.agent.organization,
-                                       session.outcome, summary["duration_s"], session.timing())
+                                       session.outcome, summary["duration_s"], timing)
 
     def _active_by_agent(self) -> dict[tuple[str, str], int]:
         return {(a.name, a.organization): n for a, n in

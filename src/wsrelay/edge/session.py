@@ -271,8 +271,9 @@ class Session:
         return {"up": _direction_timing(self.client, self.connected_ns),
                 "down": _direction_timing(self.bot, self.connected_ns)}
 
-    def summary(self) -> dict:
-        """The fields of the session's one log line."""
+    def summary(self, timing: dict[str, dict] | None = None) -> dict:
+        """The fields of the session's one log line (``timing``: this session's ``timing()``,
+        when the caller has it already)."""
         m = self.machine
         client, bot = m.sides[CLIENT], m.sides[BOT]
         end = self.ended_at or time.monotonic()
@@ -295,7 +296,7 @@ class Session:
             "first_closer": m.first_closer,
             "end_reason": m.end_reason or "closed",
             "upstream_connect_ms": round((self.upstream_seconds or 0) * 1000, 3),
-            **{f"{name}_{direction}": value for direction, figures in self.timing().items()
+            **{f"{name}_{direction}": value for direction, figures in (timing or self.timing()).items()
                for name, value in figures.items() if name not in ("frames", "bytes")},
             "duration_s": round(end - (self.connected_at or self.created_at), 3),
         }
