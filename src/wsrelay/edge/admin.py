@@ -78,8 +78,19 @@ class AdminServer:
             return False
         return hmac.compare_digest(value.strip().encode("utf-8", "replace"), self.token.encode())
 
+    async def respond(self, method: bytes, target: bytes) -> tuple[int, bytes, dict[str, str]]:
+        """(status, body, headers) for one authorized request; with ``--workers N`` /sessions
+        and /metrics ask the other workers (each bounded by its gatherer's own timeout)."""
+        path = target.split(b"?", 1)[0]
+        if path.startswith(b"/sessions"):
+            return await self.answer_sessions(method, target)
+        if path == b"/metrics" and self.gather_metrics is not None and method in (b"GET", b"HEAD"):
+            body, content_type = await self.gather_metrics()
+            return 200, body, {"Content-Type": content_type}
+        return self.answer(method, target)
+
     def answer(self, method: bytes, target: bytes) -> tuple[int, bytes, dict[str, str]]:
-        """(status, body, headers) for one (authorized) request."""
+        """(status, body, headers) for one authorized request this process answers alone."""
         path = target.split(b"?", 1)[0]
         if path not in (b"/healthz", b"/readyz", b"/metrics") and path not in STATIC:
             return 404, b"not found\n", {}
@@ -155,7 +166,7 @@ class _AdminConnection(asyncio.Protocol):
         self.reader = RequestReader(MAX_HEAD, max_body=0)
         self.transport: asyncio.Transport | None = None       # set by connection_made, asyncio's first call
         self.timer: asyncio.TimerHandle | None = None
-        self.gathering: asyncio.Task | None = None            # /metrics being gathered from the workers
+        self.answering: asyncio.Task | None = None            # the request's answer (may ask the workers)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # create_server's connections are stream transports (a BaseTransport only by the signature).
@@ -185,37 +196,16 @@ class _AdminConnection(asyncio.Protocol):
                 self._send(401, b"" if request.method == b"HEAD" else b"unauthorized: send the admin token\n",
                            CHALLENGE)
                 return
-            if request.target.startswith(b"/sessions"):
-                self.gathering = asyncio.get_running_loop().create_task(self._sessions(request))
-                return
-            if (self.server.gather_metrics is not None and request.method in (b"GET", b"HEAD")
-                    and request.target.split(b"?", 1)[0] == b"/metrics"):
-                self.gathering = asyncio.get_running_loop().create_task(self._gathered(request.method))
-                return
-            try:
-                status, body, headers = self.server.answer(request.method, request.target)
-            except Exception:                    # a bug here must still answer, and be one log line
-                log.exception("admin request failed", extra={"fields": {
-                    "event": "admin_error", "target": request.target.decode("latin-1")[:200]}})
-                status, body, headers = 500, b"internal error: see the relay's log\n", {}
-            if request.method == b"HEAD":
-                body = b""
-            self._send(status, body, headers)
+            self.answering = asyncio.get_running_loop().create_task(self._answer(request))
 
-    async def _sessions(self, request) -> None:
+    async def _answer(self, request) -> None:
         try:
-            status, body, headers = await self.server.answer_sessions(request.method, request.target)
+            status, body, headers = await self.server.respond(request.method, request.target)
         except Exception:                        # a bug here must still answer, and be one log line
             log.exception("admin request failed", extra={"fields": {
                 "event": "admin_error", "target": request.target.decode("latin-1")[:200]}})
             status, body, headers = 500, b"internal error: see the relay's log\n", {}
         self._send(status, b"" if request.method == b"HEAD" else body, headers)
-
-    async def _gathered(self, method: bytes) -> None:
-        """/metrics of the whole process group (bounded by the gatherer's own timeout)."""
-        assert self.server.gather_metrics is not None
-        body, content_type = await self.server.gather_metrics()
-        self._send(200, b"" if method == b"HEAD" else body, {"Content-Type": content_type})
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
         assert self.transport is not None        # called from data_received or the timer connection_made set
