@@ -205,6 +205,30 @@ async def raw_request(port: int, data: bytes, *, read_timeout: float = 10) -> by
         writer.close()
 
 
+async def admin_request(port: int, method: str, path: str, headers: dict[str, str] | None = None,
+                        ) -> tuple[int, dict[str, str], bytes]:
+    """One request to an admin port: (status, lower-cased headers, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"{method} {path} HTTP/1.1", "Host: admin.test", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    fields = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        fields[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), fields, body
+
+
+async def metrics_text(port: int, headers: dict[str, str] | None = None) -> str:
+    """The /metrics body of an admin port."""
+    status, _, body = await admin_request(port, "GET", "/metrics", headers)
+    assert status == 200, body[:200]
+    return body.decode()
+
+
 def masked_frame(opcode: int, payload: bytes, *, fin: bool = True, mask: bytes | None = None) -> bytes:
     """A client frame: masked, as RFC 6455 requires from clients."""
     mask = mask if mask is not None else os.urandom(4)

@@ -13,27 +13,11 @@ import logging
 
 import pytest
 
-from support import Bot, arun, connect_client, relay_config, start_relay
+from support import Bot, admin_request, arun, connect_client, relay_config, start_relay
 from wsrelay.edge.admin import AdminServer
 from wsrelay.edge.live_sessions import LiveSessions
 
 TOKEN = "admin-token-for-the-tests-0123456789"
-
-
-async def admin_request(port: int, method: str, path: str, headers: dict[str, str] | None = None,
-                        ) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    lines = [f"{method} {path} HTTP/1.1", "Host: admin.test", *(f"{k}: {v}" for k, v in (headers or {}).items())]
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status_line, *header_lines = head.decode("latin-1").split("\r\n")
-    fields = {}
-    for line in header_lines:
-        name, _, value = line.partition(":")
-        fields[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), fields, body
 
 
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

@@ -19,7 +19,7 @@ import pytest
 from picows import WSMsgType
 
 from fleet_support import BotProcess, DnsServer, redis_command, start_redis, wait_until
-from support import RelayProcess, arun, connect_client, free_port, raw_request, status_of, upgrade_head
+from support import RelayProcess, arun, connect_client, free_port, metrics_text, raw_request, status_of, upgrade_head
 
 LEASE_SECONDS = 2
 DNS_NAME = "bots.fleet.test"
@@ -135,14 +135,6 @@ async def _close(clients) -> None:
 
 def _leases(fleet: Fleet, agent: str) -> int:
     return int(redis_command(fleet.redis, "ZCARD", f"wsrelay:leases:{agent}"))
-
-
-async def _metrics(port: int) -> str:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    data = await asyncio.wait_for(reader.read(-1), 5)
-    writer.close()
-    return data.decode()
 
 
 def _wsrelay(*args: str) -> subprocess.CompletedProcess:
@@ -272,7 +264,7 @@ def test_dns_name_balanced_by_fewest_sessions_and_a_dead_bot_is_ejected(fleet):
         await asyncio.sleep(0.1)
         more = [await _open(url) for _ in range(4)]         # never a 502 while .2 and .3 are up
         assert sorted(c[2] for c in more) == ["hello from 127.0.0.2"] * 2 + ["hello from 127.0.0.3"] * 2
-        metrics = await _metrics(fleet.admin_ports[0])
+        metrics = await metrics_text(fleet.admin_ports[0])
         assert 'wsrelay_upstream_instances{agent="dns",organization="fleet",state="ejected"} 1.0' in metrics
         assert re.search(r'wsrelay_upstream_ejections_total\{agent="dns",organization="fleet"\} [1-9]', metrics)
         assert re.search(r'wsrelay_upstream_connect_failures_total\{agent="dns",organization="fleet"\} [1-9]',
@@ -280,7 +272,7 @@ def test_dns_name_balanced_by_fewest_sessions_and_a_dead_bot_is_ejected(fleet):
 
         fleet.dns.records[DNS_NAME] = ["127.0.0.2", "127.0.0.3"]       # the pod is gone from DNS too
         started = time.monotonic()
-        while 'state="ejected"} 0.0' not in (metrics := await _metrics(fleet.admin_ports[0])):
+        while 'state="ejected"} 0.0' not in (metrics := await metrics_text(fleet.admin_ports[0])):
             assert time.monotonic() - started < 3, "the instance left in DNS is still counted"
             await asyncio.sleep(0.1)
         assert 'wsrelay_upstream_instances{agent="dns",organization="fleet",state="healthy"} 2.0' in metrics

@@ -9,7 +9,7 @@ from picows import WSMsgType
 
 from wsrelay.edge.metrics_group import merge
 
-from support import Bot, RelayProcess, arun, connect_client, free_port
+from support import Bot, RelayProcess, arun, connect_client, free_port, metrics_text
 
 
 def _exposition(sessions: int, seconds: list[float], instances: int) -> str:
@@ -37,49 +37,52 @@ def test_merge_adds_counters_and_histograms_and_takes_the_largest_shared_gauge()
     assert 'wsrelay_upstream_instances{state="healthy"} 3.0' in merged      # seen by both, not 6
 
 
-async def _metrics(port: int) -> str:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    data = await asyncio.wait_for(reader.read(-1), 5)
-    writer.close()
-    return data.decode()
-
-
 def _value(metrics: str, pattern: str) -> float:
     match = re.search(re.escape(pattern) + r" ([0-9.e+]+)", metrics)
     assert match, (pattern, metrics[-2000:])
     return float(match.group(1))
 
 
-def test_metrics_of_two_workers_are_one_exposition(tmp_path):
-    async def main():
-        bot = await Bot(echo=True).start()
-        port, admin = free_port(), free_port()
-        relay = RelayProcess(f"""[relay]
+async def two_workers_with_clients(bot, tmp_path, relay_extra: str = "", clients: int = 12):
+    """A ``wsrelay serve`` with 2 workers in front of ``bot``, and ``clients`` sessions that have each
+    relayed one frame. SO_REUSEPORT spreads them over both workers (all on one: 1 in 2**(n-1))."""
+    port, admin = free_port(), free_port()
+    relay = RelayProcess(f"""[relay]
 host = "127.0.0.1"
 port = {port}
 admin_port = {admin}
 workers = 2
 drain_seconds = 0.5
-
+{relay_extra}
 [[agents]]
 name = "echo"
 organization = "demo"
 upstreams = ["{bot.url}"]
 """, tmp_path)
+    opened = []
+    try:
+        await relay.wait_port(port)
+        await relay.wait_port(admin)
+        await asyncio.sleep(0.5)                 # both workers listening
+        for _ in range(clients):
+            transport, rec = await connect_client(f"ws://127.0.0.1:{port}/ws/generic/echo.demo")
+            transport.send(WSMsgType.TEXT, b"x")
+            await rec.wait_frames(1)
+            opened.append((transport, rec))
+    except BaseException:
+        relay.stop()
+        raise
+    return relay, port, admin, opened
+
+
+def test_metrics_of_two_workers_are_one_exposition(tmp_path):
+    async def main():
+        bot = await Bot(echo=True).start()
+        relay, port, admin, clients = await two_workers_with_clients(bot, tmp_path)
         try:
-            await relay.wait_port(port)
-            await relay.wait_port(admin)
-            await asyncio.sleep(0.5)                     # both workers listening
-            clients = []
-            for _ in range(12):
-                transport, rec = await connect_client(f"ws://127.0.0.1:{port}/ws/generic/echo.demo")
-                transport.send(WSMsgType.TEXT, b"x")
-                await rec.wait_frames(1)
-                clients.append((transport, rec))
             # SO_REUSEPORT spreads the 12 over both workers (all on one: a chance of 1 in 2048),
             # so worker 0 alone would count fewer.
-            metrics = await _metrics(admin)
+            metrics = await metrics_text(admin)
             assert _value(metrics, "wsrelay_workers_scraped") == 2
             assert _value(metrics, 'wsrelay_sessions_active{agent="echo",organization="demo"}') == 12
             assert _value(metrics, 'wsrelay_frames_total{direction="client_to_bot"}') == 12
@@ -87,7 +90,7 @@ upstreams = ["{bot.url}"]
                 transport.send_close(1000)
                 await rec.disconnected.wait()
             await asyncio.sleep(0.3)
-            metrics = await _metrics(admin)
+            metrics = await metrics_text(admin)
             assert _value(metrics, 'wsrelay_sessions_total{agent="echo",organization="demo",outcome="closed"}') == 12
             assert _value(metrics, "wsrelay_session_seconds_count") == 12
         finally:

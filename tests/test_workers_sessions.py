@@ -5,39 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 
-from picows import WSMsgType
-
-from support import Bot, RelayProcess, arun, connect_client, free_port
-from test_admin_sessions import BEARER, TOKEN, admin_request
+from support import Bot, admin_request, arun
+from test_admin_sessions import BEARER, TOKEN
+from test_workers_metrics import two_workers_with_clients
 
 
 def test_sessions_of_two_workers_are_one_list_and_each_can_be_ended(tmp_path):
     async def main():
         bot = await Bot(echo=True).start()
-        port, admin = free_port(), free_port()
-        relay = RelayProcess(f"""[relay]
-host = "127.0.0.1"
-port = {port}
-admin_port = {admin}
-admin_token = "{TOKEN}"
-workers = 2
-drain_seconds = 0.5
-
-[[agents]]
-name = "echo"
-organization = "demo"
-upstreams = ["{bot.url}"]
-""", tmp_path)
+        relay, _, admin, clients = await two_workers_with_clients(bot, tmp_path, f'admin_token = "{TOKEN}"')
         try:
-            await relay.wait_port(port)
-            await relay.wait_port(admin)
-            await asyncio.sleep(0.5)                     # both workers listening
-            clients = []
-            for _ in range(12):
-                transport, rec = await connect_client(f"ws://127.0.0.1:{port}/ws/generic/echo.demo")
-                transport.send(WSMsgType.TEXT, b"x")
-                await rec.wait_frames(1)
-                clients.append((transport, rec))
             # SO_REUSEPORT spreads the 12 over both workers (all on one: a chance of 1 in 2048)
             seen: list[str] = []
             cursor = None
