@@ -30,48 +30,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from support import debian_binary
+
 REPO = Path(__file__).resolve().parent.parent
 NPM_TOOLS = REPO / ".cache" / "npm-tools"          # not part of the package; see .gitignore
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 # -- installing the real clients ---------------------------------------------------------
-
-_apt_updated = False
-
-
-def debian_binary(binary: str, package: str) -> str:
-    """The path of ``binary``; installs Debian's ``package`` when it is missing (as root).
-
-    Missing and not installable is an error (the caller's test fails), never a skip.
-    """
-    global _apt_updated
-    path = shutil.which(binary)
-    if path:
-        return path
-    log = []
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        lock = ["-o", "DPkg::Lock::Timeout=120"]
-        try:
-            if not _apt_updated:
-                r = subprocess.run(["apt-get", *lock, "update", "-qq"], capture_output=True, text=True,
-                                   env=env, timeout=240)
-                log.append(f"apt-get update: exit {r.returncode}: {r.stderr[-2000:]}")
-                _apt_updated = r.returncode == 0
-            r = subprocess.run(["apt-get", *lock, "install", "-y", "-qq", package],
-                               capture_output=True, text=True, env=env, timeout=600)
-            log.append(f"apt-get install {package}: exit {r.returncode}: {r.stderr[-2000:]}")
-        except subprocess.TimeoutExpired as exc:
-            log.append(f"timed out: {exc}")
-    else:
-        log.append("not root or no apt-get")
-    path = shutil.which(binary)
-    if path is None:
-        raise RuntimeError(f"{binary} is not installed and could not be installed "
-                           f"(apt-get install {package}): " + "; ".join(log))
-    return path
-
 
 def wscat_binary() -> str:
     """``wscat`` from PATH, else from ``.cache/npm-tools`` (``npm install`` there when missing)."""

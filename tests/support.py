@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import shutil
 import socket
 import struct
-from dataclasses import dataclass, field, replace
+import subprocess
+from dataclasses import dataclass, replace
 
 import uvloop
 from picows import WSListener, WSMsgType, WSUpgradeResponse, WSUpgradeResponseWithListener, ws_connect, ws_create_server
@@ -327,10 +329,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
-        import shutil
-        import subprocess
         import time
-        binary = shutil.which("redis-server") or _install_redis_server()
+        binary = debian_binary("redis-server", "redis-server")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--protected-mode", "no"],
@@ -352,16 +352,37 @@ class RedisServer:
             self.proc = None
 
 
-def _install_redis_server() -> str:
-    import shutil
-    import subprocess
+_apt_updated = False
+
+
+def debian_binary(binary: str, package: str) -> str:
+    """The path of ``binary``; installs Debian's ``package`` when it is missing (as root).
+
+    Missing and not installable is an error (the caller's test fails), never a skip.
+    """
+    global _apt_updated
+    path = shutil.which(binary)
+    if path:
+        return path
+    log = []
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=300)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], capture_output=True,
-                       env=env, timeout=600)
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed and could not be installed: "
-                           "apt-get install redis-server")
-    return binary
+        lock = ["-o", "DPkg::Lock::Timeout=120"]
+        try:
+            if not _apt_updated:
+                r = subprocess.run(["apt-get", *lock, "update", "-qq"], capture_output=True, text=True,
+                                   env=env, timeout=240)
+                log.append(f"apt-get update: exit {r.returncode}: {r.stderr[-2000:]}")
+                _apt_updated = r.returncode == 0
+            r = subprocess.run(["apt-get", *lock, "install", "-y", "-qq", package],
+                               capture_output=True, text=True, env=env, timeout=600)
+            log.append(f"apt-get install {package}: exit {r.returncode}: {r.stderr[-2000:]}")
+        except subprocess.TimeoutExpired as exc:
+            log.append(f"timed out: {exc}")
+    else:
+        log.append("not root or no apt-get")
+    path = shutil.which(binary)
+    if path is None:
+        raise RuntimeError(f"{binary} is not installed and could not be installed "
+                           f"(apt-get install {package}): " + "; ".join(log))
+    return path

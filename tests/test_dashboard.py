@@ -14,8 +14,7 @@ import asyncio
 import pytest
 from picows import WSMsgType
 
-from real_clients import debian_binary
-from support import arun
+from support import arun, debian_binary
 from test_admin_sessions import TOKEN, Stage
 
 pytestmark = pytest.mark.system      # Debian's chromium, installed by the test when missing

@@ -23,11 +23,11 @@ import uuid
 import pytest
 
 from real_clients import (
-    DemoRelay, OriginCheckingBot, PageServer, PtyProcess, Tap, accept_for, debian_binary, env_with_wscat,
+    DemoRelay, OriginCheckingBot, PageServer, PtyProcess, Tap, accept_for, env_with_wscat,
     head_headers, header_value, kill_process_tree, launch_chromium, launch_firefox,
     read_frame, read_head, tail, tokens, wscat_binary,
 )
-from support import Bot, arun, masked_frame, relay_config, start_relay
+from support import Bot, arun, debian_binary, masked_frame, relay_config, start_relay
 from wsrelay import pump as pump_selector
 
 pytestmark = pytest.mark.system      # browsers from Debian's packages, wscat from npm

@@ -125,6 +125,7 @@ class FleetRegistry(AgentRegistry):
                     message = await self.link.call(
                         lambda: pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0),
                         timeout=self.link.timeout + 1.0)
+                    _raise_if_cancelled()            # redis-py may swallow a cancellation in get_message
                     if message is not None or loop.time() - last >= self.refresh_seconds:
                         await self.refresh()
                         last = loop.time()
@@ -135,9 +136,21 @@ class FleetRegistry(AgentRegistry):
             finally:
                 try:
                     await asyncio.wait_for(pubsub.aclose(), 1.0)
-                except BaseException:                # a dead connection: nothing to close cleanly
+                except Exception:                    # a dead connection: nothing to close cleanly
                     pass
+            _raise_if_cancelled()
             await asyncio.sleep(RECONNECT_SECONDS)
+
+
+def _raise_if_cancelled() -> None:
+    """Stop a background loop whose task was cancelled even if a library swallowed the CancelledError.
+
+    ``Relay.stop`` cancels the registry's task and waits for it: a loop that went on would
+    hang the shutdown.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 # -- what ``wsrelay agents apply|delete|list`` do ---------------------------------------------
