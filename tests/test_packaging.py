@@ -8,6 +8,7 @@ never from ``src/`` or an editable install. Without the variable (a developer's 
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import json
 import os
@@ -122,3 +123,32 @@ def test_other_cython_code_can_cimport_the_pump(tmp_path):
     cythonize([str(source)], include_path=search, language_level=3, quiet=True, force=True)
     generated = tmp_path / "uses_pump.c"
     assert generated.is_file() and "__pyx_vtabstruct_7wsrelay_4pump_9_compiled_Side" in generated.read_text()
+
+
+TOOLS_WHEELS = Path(__file__).resolve().parent.parent / "tools" / "wheels.py"
+
+
+def pip_commands_that_build_wsrelay(source: str) -> list[tuple[int, list[str]]]:
+    """Every ``[..., "pip", "wheel" | "install", ...]`` list in ``source`` that builds wsrelay: a
+    ``pip wheel``, or a ``pip install`` of the sdist (a name or string containing "sdist")."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.List):
+            continue
+        words = [e.value if isinstance(e, ast.Constant) else ast.unparse(e) for e in node.elts]
+        if "pip" not in words:
+            continue
+        rest = words[words.index("pip") + 1:]
+        if rest[:1] == ["wheel"] or (rest[:1] == ["install"] and any("sdist" in w for w in rest[1:])):
+            found.append((node.lineno, words))
+    return found
+
+
+def test_every_pip_build_of_wsrelay_bypasses_the_wheel_cache():
+    """pip caches a wheel it built from a local sdist under the file's URL: without --no-cache-dir
+    a rebuild after a source change with the same version would package the old code."""
+    commands = pip_commands_that_build_wsrelay(TOOLS_WHEELS.read_text())
+    assert len(commands) >= 2, commands           # the wheel build and the sdist check at least
+    assert [(line, words) for line, words in commands if "--no-cache-dir" not in words] == []
+    assert pip_commands_that_build_wsrelay('run(["py", "-m", "pip", "wheel", "-w", d, str(sdist)])') \
+        == [(1, ["py", "-m", "pip", "wheel", "-w", "d", "str(sdist)"])]

@@ -134,8 +134,13 @@ def build_wheel(tools: Path, python: Path, minor: str, sdist: Path) -> Built:
         old.unlink()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f"wsrelay-{tag}-") as raw_dir:
-        run([str(python), "-m", "pip", "wheel", "--no-deps", "--wheel-dir", raw_dir, str(sdist)],
-            f"building the {tag} wheel from {sdist.name}")
+        # --no-cache-dir: pip caches a wheel built from a local sdist under the file's URL, so a
+        # re-run after a source change with the same version would package the old build.
+        output = run([str(python), "-m", "pip", "wheel", "--no-cache-dir", "--no-deps", "--wheel-dir", raw_dir,
+                      str(sdist)], f"building the {tag} wheel from {sdist.name}")
+        if not re.search(r"Building wheel for wsrelay", output):
+            raise WheelError(f"pip did not build wsrelay from {sdist.name} for {tag}; it may have used a "
+                             "cached wheel of an older build")
         raw = next(Path(raw_dir).glob("wsrelay-*.whl"))
         plat = f"{POLICY}_{platform.machine()}"
         run([str(tools), "-m", "auditwheel", "repair", "--plat", plat, "--wheel-dir", str(DIST), str(raw)],
