@@ -20,7 +20,8 @@ import websockets
 from websockets.asyncio.client import connect
 
 from providers import PROVIDERS, Call, PipecatBot, collect, play
-from support import Bot, arun, free_port, raw_request, relay_config, start_relay, status_of, upgrade_head
+from support import (Bot, arun, free_port, masked_frame, raw_request, relay_config, start_relay, status_of,
+                     upgrade_head)
 from wsrelay.core.signatures import twilio_signature
 
 AGENT = "bot.acme"
@@ -268,6 +269,10 @@ AFTER_UPGRADE = [
      {}, 1008, "stream_id"),
     ("plivo without callId", "plivo",
      lambda: [json.dumps({"event": "start", "start": {"streamId": "s"}})], {}, 1008, "start.callId"),
+    ("telnyx without an encoding", "telnyx",      # pipecat's serializer needs it as outbound_encoding
+     lambda: [json.dumps({"event": "connected"}),
+              json.dumps({"event": "start", "stream_id": "s", "start": {"call_control_id": "x"}})],
+     {}, 1008, "start.media_format.encoding"),
 ]
 
 
@@ -530,5 +535,88 @@ def test_a_token_on_the_twilio_path_is_checked_once_the_start_names_the_agent(pu
             await asyncio.wait_for(_until(lambda: bot.sessions and bot.sessions[0].transport_type), 5)
         assert bot.sessions[0].path == "/ws"                    # the token never reaches the bot
         await relay.stop()
+        bot.close()
+    arun(main())
+
+
+# -- what a hostile or early-leaving caller cannot do ---------------------------------------------
+
+async def _raw_held(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw client upgraded on a provider endpoint (the gate's own 101 read)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(upgrade_head(path))
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert status_of(head) == 101
+    return reader, writer
+
+
+async def _close_from(reader: asyncio.StreamReader) -> tuple[int, str]:
+    """The relay's close frame (unmasked, payload under 126 bytes)."""
+    first, second = await asyncio.wait_for(reader.readexactly(2), 5)
+    assert first & 0x0F == 0x8, f"expected a close frame, got opcode {first & 0x0F:#x}"
+    payload = await reader.readexactly(second & 0x7F)
+    return int.from_bytes(payload[:2], "big"), payload[2:].decode()
+
+
+@pytest.mark.parametrize("code", [1004, 2999, 4000, 4999])
+def test_a_caller_closing_before_its_start_gets_1000_not_its_own_code_back(pump, code, caplog):
+    """1004 and 2999 may never be on the wire; any code would be a metric label the caller chose."""
+    async def main():
+        bot = await Bot(echo=True).start()
+        relay = await _relay([bot.url], pump)
+        with caplog.at_level(logging.INFO, logger="wsrelay"):
+            reader, writer = await _raw_held(relay.port, "/ws/twilio")
+            writer.write(masked_frame(0x1, _twilio()[0].encode()))
+            writer.write(masked_frame(0x8, code.to_bytes(2, "big") + b"bye"))
+            assert (await _close_from(reader))[0] == 1000
+            writer.close()
+            await asyncio.sleep(0.05)
+        assert dict(relay.rejections) == {1000: 1}
+        lines = _refused_lines(caplog)
+        assert len(lines) == 1 and lines[0]["code"] == 1000 and str(code) in lines[0]["reason"], lines
+        assert bot.requests == []
+        await relay.stop()
+        bot.close()
+    arun(main())
+
+
+@pytest.mark.parametrize("rsv", [0x40, 0x20, 0x10])
+def test_reserved_bits_on_a_first_message_are_1008_before_any_bot(pump, rsv, caplog):
+    async def main():
+        bot = await Bot(echo=True).start()
+        relay = await _relay([bot.url], pump)
+        with caplog.at_level(logging.INFO, logger="wsrelay"):
+            reader, writer = await _raw_held(relay.port, "/ws/twilio")
+            frame = bytearray(masked_frame(0x1, _twilio()[0].encode()))
+            frame[0] |= rsv
+            writer.write(bytes(frame))
+            code, reason = await _close_from(reader)
+            writer.close()
+        assert code == 1008 and "reserved bits" in reason, (code, reason)
+        assert bot.requests == [] and relay.rejections[1008] == 1
+        await relay.stop()
+        bot.close()
+    arun(main())
+
+
+def test_a_relay_shutting_down_closes_a_caller_still_waiting_for_its_start_with_1012(pump, caplog):
+    """No session exists yet (no start message): the gate still sends 1012, and logs it once."""
+    caplog.set_level(logging.INFO, logger="wsrelay")
+
+    async def main():
+        bot = await Bot(echo=True).start()
+        relay = await _relay([bot.url], pump, close_timeout=0.5)
+        async with connect(f"ws://127.0.0.1:{relay.port}/ws/exotel?serviceHost={AGENT}") as ws:
+            await ws.send(json.dumps({"event": "connected"}))
+            await asyncio.wait_for(_until(lambda: relay.holds), 5)
+            stopping = asyncio.create_task(relay.stop(drain_seconds=0))
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert info.value.rcvd is not None
+            assert (info.value.rcvd.code, info.value.rcvd.reason) == (1012, "relay restarting")
+            await asyncio.wait_for(stopping, 5)
+        assert [line["code"] for line in _refused_lines(caplog)] == [1012]
+        assert bot.requests == [] and not relay.holds
+        assert relay.capacity.try_acquire(AGENT, 1)        # the caller held no slot after the stop
         bot.close()
     arun(main())

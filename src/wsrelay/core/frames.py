@@ -29,6 +29,7 @@ class Frame:
 
     opcode: int
     fin: bool
+    rsv: int                      # the three reserved bits (0 unless an extension was negotiated)
     length: int
     payload: bytes | None
     end: int                      # offset in the buffer just after this frame
@@ -87,7 +88,7 @@ class FrameScanner:
             payload = unmask(bytes(buffer[start - 4:start]), bytes(buffer[start:end]))
         self.pos = end
         self.frames += 1
-        return Frame(opcode, fin, length, payload, end)
+        return Frame(opcode, fin, (first >> 4) & 0x07, length, payload, end)
 
 
 def unmask(mask: bytes, data: bytes) -> bytes:

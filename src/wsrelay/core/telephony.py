@@ -12,7 +12,8 @@ provider    first messages (``event``)   fields the ``start`` message must carry
 ==========  ===========================  ===============================================
 twilio      ``connected``, ``start``     ``start.streamSid``, ``callSid``, ``accountSid``,
                                          ``customParameters._pipecatCloudServiceHost``
-telnyx      ``connected``, ``start``     top-level ``stream_id``, ``start.call_control_id``
+telnyx      ``connected``, ``start``     top-level ``stream_id``, ``start.call_control_id``,
+                                         ``start.media_format.encoding``
 plivo       ``start``                    ``start.streamId``, ``start.callId``
 exotel      ``connected``, ``start``     ``start.stream_sid``, ``call_sid``, ``account_sid``
 ==========  ===========================  ===============================================
@@ -20,7 +21,8 @@ exotel      ``connected``, ``start``     ``start.stream_sid``, ``call_sid``, ``a
 ``FirstMessages.scan`` is fed the held bytes (the gate's buffer, untouched: those very
 bytes go to the bot later) and answers ``None`` (need more), a ``Start`` (valid: the
 call, and for Twilio the agent), or a ``ClientClosed``; anything else raises
-``ProviderRefused`` (1008, with a reason naming what was wrong) or ``FrameError`` (1002).
+``ProviderRefused`` (1008, with a reason naming what was wrong: reserved bits set
+included, since no extension is negotiated) or ``FrameError`` (1002).
 Every input ends in one of these: nothing else is raised (property-tested).
 """
 
@@ -53,7 +55,8 @@ PROVIDERS = {
     "twilio": Provider("twilio", ("connected", "start"),
                        (("start", "streamSid"), ("start", "callSid"), ("start", "accountSid")),
                        routes_by_start=True),
-    "telnyx": Provider("telnyx", ("connected", "start"), (("stream_id",), ("start", "call_control_id"))),
+    "telnyx": Provider("telnyx", ("connected", "start"),
+                       (("stream_id",), ("start", "call_control_id"), ("start", "media_format", "encoding"))),
     "plivo": Provider("plivo", ("start",), (("start", "streamId"), ("start", "callId"))),
     "exotel": Provider("exotel", ("connected", "start"),
                        (("start", "stream_sid"), ("start", "call_sid"), ("start", "account_sid"))),
@@ -103,6 +106,9 @@ class FirstMessages:
             if frame.opcode == CLOSE:
                 code, reason = close_code_and_reason(frame.payload or b"")
                 return ClientClosed(code, reason)
+            if frame.rsv:
+                raise ProviderRefused(f"reserved bits {frame.rsv:#05b} set on a first {self.provider.name} "
+                                      "frame (no extension is negotiated)")
             if frame.opcode in (TEXT, BINARY, CONTINUATION):
                 message = self._assemble(frame.opcode, frame.fin, frame.payload or b"")
                 if message is not None:

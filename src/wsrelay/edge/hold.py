@@ -50,6 +50,10 @@ class Hold:
         self._gate.hold(key, self._held)
         return await self._verdict
 
+    def refuse(self, refusal: SessionRefused) -> None:
+        """End a hold still waiting for its start message (the relay is shutting down)."""
+        self._decide(refusal)
+
     def close(self) -> None:
         """Stop the timer; the hold is over (routed, refused, or the client left)."""
         if self._timer is not None:
@@ -68,9 +72,10 @@ class Hold:
             self._decide(exc)
             return
         if isinstance(result, ClientClosed):
-            code = result.code if result.code is not None else NORMAL_CLOSURE
+            # Answered (and counted) as 1000 whatever the client sent: its own code may be
+            # one that must never be on the wire, and it would be a metric label it chose.
             self._decide(SessionRefused(f"the client closed ({result.code}, {result.reason[:60]!r}) before "
-                                        f"its {self.provider} start message", code=code))
+                                        f"its {self.provider} start message", code=NORMAL_CLOSURE))
         elif result is not None:
             self.close()
             self._verdict.set_result(result)

@@ -96,6 +96,7 @@ class Relay:
             resolver=Resolver(cfg.dns_servers, timeout=min(2.0, cfg.dns_refresh_seconds)))
         self._background: list[asyncio.Task] = []
         self.sessions: set[Session] = set()            # admitted: connecting or connected
+        self.holds: set[Hold] = set()                  # provider clients upgraded, start message not yet read
         self.rejections: Counter[int] = Counter()      # HTTP status -> refused handshakes
         self.accepting = True
         self.metrics = RelayMetrics(active=self._active_by_agent, rejections=lambda: self.rejections)
@@ -166,6 +167,9 @@ class Relay:
                 await asyncio.wait_for(self._idle.wait(), drain_seconds)
             except TimeoutError:
                 pass
+        for hold in list(self.holds):                 # no session yet: the gate sends the close
+            hold.refuse(SessionRefused("relay is shutting down", code=SHUTDOWN_CLOSE[0],
+                                       public_reason=SHUTDOWN_CLOSE[1]))
         for session in list(self.sessions):
             session.close(*SHUTDOWN_CLOSE, Outcome.SHUTDOWN)
         if self.sessions:
@@ -335,7 +339,11 @@ class Relay:
                 except RequestRefused as exc:
                     gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
                     return
-            start = await hold.start_message(upgrade.key)
+            self.holds.add(hold)
+            try:
+                start = await hold.start_message(upgrade.key)
+            finally:
+                self.holds.discard(hold)
             if not self.accepting:
                 raise SessionRefused("relay is draining", code=SHUTDOWN_CLOSE[0], public_reason=SHUTDOWN_CLOSE[1])
             if agent is None:                                   # Twilio: the start message names the agent
