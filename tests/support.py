@@ -354,13 +354,29 @@ class RedisServer:
 
 _apt_updated = False
 
+# Every Debian package a test may install (.github/workflows/ci.yml installs them all up front;
+# tests/test_ci_files.py checks its apt-get line names each one).
+DEBIAN_PACKAGES = ("redis-server", "chromium", "firefox-esr", "npm")
+
+# Set by conftest.py before each test's fixtures are set up: whether the test is marked
+# ``system``. None outside pytest (no check).
+current_test_is_system: bool | None = None
+
 
 def debian_binary(binary: str, package: str) -> str:
     """The path of ``binary``; installs Debian's ``package`` when it is missing (as root).
 
-    Missing and not installable is an error (the caller's test fails), never a skip.
+    Missing and not installable is an error (the caller's test fails), never a skip. Only a
+    test marked ``system`` may call it, even where the binary is already there: cibuildwheel's
+    containers run the suite with ``-m "not system"`` and have no apt-get.
     """
     global _apt_updated
+    if current_test_is_system is False:
+        raise RuntimeError(f"a test that needs Debian's {package} must be marked @pytest.mark.system "
+                           "(cibuildwheel's containers deselect those: they have no apt-get)")
+    if package not in DEBIAN_PACKAGES:
+        raise RuntimeError(f"{package} is not in support.DEBIAN_PACKAGES: add it there and to the "
+                           "apt-get line of .github/workflows/ci.yml")
     path = shutil.which(binary)
     if path:
         return path

@@ -100,6 +100,38 @@ def test_ci_runs_the_readme_test_command():
     assert "--json benchmarks/results/" in bench and "--plot benchmarks/results/" in bench
 
 
+def apt_installed(command: str) -> set[str]:
+    """The packages of every ``apt-get install`` in a shell command (options left out)."""
+    names = set()
+    for part in re.split(r"&&|\|\||;|\n", command):
+        words = shlex.split(part, comments=True)
+        if words[:1] == ["apt-get"] and "install" in words:
+            names |= {w for w in words[words.index("install") + 1:] if not w.startswith("-")}
+    return names
+
+
+def test_ci_installs_every_debian_package_the_tests_and_the_benchmark_use():
+    """ci.yml's container installs up front what the system tests and `make bench-short` would
+    otherwise apt-get one by one (support.DEBIAN_PACKAGES, and e2e.py's nginx and HAProxy)."""
+    import support
+    installed = set().union(*(apt_installed(run) for run in run_steps(workflow("ci.yml"))))
+    ensure = (REPO / "benchmarks" / "e2e.py").read_text().split("def ensure_packages", 1)[1].split("\ndef ", 1)[0]
+    bench = set(re.findall(r'\("([a-z0-9.+-]+)", "[a-z0-9.+-]+"\)', ensure))
+    assert bench == {"nginx-light", "haproxy"}, "the parser must find the benchmark's packages"
+    assert {"redis-server", "chromium"} <= set(support.DEBIAN_PACKAGES)
+    assert set(support.DEBIAN_PACKAGES) | bench | {"make", "gcc"} <= installed
+    assert apt_installed("apt-get update -qq && apt-get install -y -qq make redis-server") == \
+        {"make", "redis-server"}
+
+
+def test_a_test_not_marked_system_cannot_install_debian_packages():
+    """cibuildwheel's containers run `-m "not system"` with no apt-get: support.debian_binary
+    refuses a test without the marker even where the binary is already installed."""
+    from support import debian_binary
+    with pytest.raises(RuntimeError, match="must be marked @pytest.mark.system"):
+        debian_binary("redis-server", "redis-server")
+
+
 def test_wheels_workflow_builds_tests_and_publishes_with_trusted_publishing():
     flow = workflow("wheels.yml")
     triggers = flow[True] if True in flow else flow["on"]      # YAML 1.1 reads `on:` as True

@@ -21,6 +21,8 @@ from picows import WSMsgType
 from fleet_support import BotProcess, DnsServer, redis_command, start_redis, wait_until
 from support import RelayProcess, arun, connect_client, free_port, metrics_text, raw_request, status_of, upgrade_head
 
+pytestmark = pytest.mark.system      # a real redis-server from Debian's packages
+
 LEASE_SECONDS = 2
 DNS_NAME = "bots.fleet.test"
 

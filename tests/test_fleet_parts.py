@@ -211,6 +211,7 @@ def test_start_api_builds_wsurl_from_the_regions_public_url():
 
 # -- the lease script and the registry against a real Redis ---------------------------------------
 
+@pytest.mark.system                  # a real redis-server from Debian's packages
 def test_leases_are_exact_under_concurrency_and_lapse_without_renewal(redis_server):
     async def main():
         links = [RedisLink(redis_server.url) for _ in range(3)]
@@ -253,6 +254,7 @@ def test_leases_answer_503_quickly_when_redis_is_unreachable():
     arun(main())
 
 
+@pytest.mark.system                  # a real redis-server from Debian's packages
 def test_registry_follows_apply_and_delete_and_the_file_wins(redis_server):
     async def main():
         link = RedisLink(redis_server.url)
@@ -289,6 +291,7 @@ def test_registry_follows_apply_and_delete_and_the_file_wins(redis_server):
     arun(main())
 
 
+@pytest.mark.system                  # a real redis-server from Debian's packages
 def test_registry_rereads_redis_periodically_even_without_a_message(redis_server):
     """A change whose message was missed (a relay reconnecting) is found by the full refresh."""
     async def main():
