@@ -267,7 +267,8 @@ class Relay:
         task ends once both sides have their ``101``: a live session costs no coroutine.
         """
         try:
-            claims = await self.authenticator.check(route, upgrade, agent, urls=self._signed_urls(gate, upgrade))
+            urls = self._signed_urls(gate, upgrade) if agent.websocket_auth == "twilio-signature" else None
+            claims = await self.authenticator.check(route, upgrade, agent, urls=urls)
         except RequestRefused as exc:
             gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
             return
