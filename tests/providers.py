@@ -21,21 +21,33 @@ from dataclasses import dataclass, field
 from hypothesis import strategies as st
 from websockets.asyncio.server import serve
 
-logging.getLogger("pipecat").setLevel(logging.WARNING)
-try:                                   # pipecat logs with loguru: keep the test output quiet
-    from loguru import logger as _loguru
-    _loguru.remove()
-except ImportError:                    # pragma: no cover - loguru comes with pipecat
-    pass
+from support import needs_test_extra
 
-with warnings.catch_warnings():        # pipecat's audio helpers import audioop (deprecated in 3.11+)
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from pipecat.frames.frames import InputAudioRawFrame, InputDTMFFrame, OutputAudioRawFrame
-    from pipecat.runner.utils import parse_telephony_websocket
-    from pipecat.serializers.exotel import ExotelFrameSerializer
-    from pipecat.serializers.plivo import PlivoFrameSerializer
-    from pipecat.serializers.telnyx import TelnyxFrameSerializer
-    from pipecat.serializers.twilio import TwilioFrameSerializer
+logging.getLogger("pipecat").setLevel(logging.WARNING)
+
+
+def _import_pipecat() -> None:
+    """pipecat's parser, frames and serializers, imported by the first PipecatBot: only the bot
+    needs them (the call simulators and strategies do not), and cibuildwheel's containers, which
+    install the short test-requires list without pipecat-ai, skip the bot's tests."""
+    global InputAudioRawFrame, InputDTMFFrame, OutputAudioRawFrame, parse_telephony_websocket
+    global ExotelFrameSerializer, PlivoFrameSerializer, TelnyxFrameSerializer, TwilioFrameSerializer
+    if "parse_telephony_websocket" in globals():
+        return
+    needs_test_extra("pipecat")
+    with warnings.catch_warnings():    # pipecat's audio helpers import audioop (deprecated in 3.11+)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from pipecat.frames.frames import InputAudioRawFrame, InputDTMFFrame, OutputAudioRawFrame
+        from pipecat.runner.utils import parse_telephony_websocket
+        from pipecat.serializers.exotel import ExotelFrameSerializer
+        from pipecat.serializers.plivo import PlivoFrameSerializer
+        from pipecat.serializers.telnyx import TelnyxFrameSerializer
+        from pipecat.serializers.twilio import TwilioFrameSerializer
+    try:                               # pipecat logs with loguru: keep the test output quiet
+        from loguru import logger as _loguru
+        _loguru.remove()
+    except ImportError:                # pragma: no cover - loguru comes with pipecat
+        pass
 
 PROVIDERS = ("twilio", "telnyx", "plivo", "exotel")
 MEDIA_PER_SECOND = 50
@@ -184,6 +196,7 @@ class PipecatBot:
     """A WebSocket bot at ``/ws`` that does what a pipecat telephony bot does on connect."""
 
     def __init__(self, *, delay: float = 0.0, reply: bool = True) -> None:
+        _import_pipecat()
         self.sessions: list[BotSession] = []
         self.delay = delay                  # seconds before the bot accepts (a slow bot)
         self.reply = reply

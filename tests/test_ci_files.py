@@ -9,7 +9,9 @@ picows pin agree everywhere, and the release publishes with trusted publishing.
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata
+import os
 import re
 import shlex
 import subprocess
@@ -163,6 +165,109 @@ def cibuildwheel_identifiers(arch: str) -> list[str]:
 def test_cibuildwheel_accepts_the_config_and_builds_the_promised_wheels(arch, expected):
     """cibuildwheel parses [tool.cibuildwheel] (it rejects an unknown key) and expands it."""
     assert set(cibuildwheel_identifiers(arch)) == expected
+
+
+# What the [test] extra has and cibuildwheel's containers do not install: large, and not
+# installable everywhere (playwright has no musllinux wheel). Their tests are `system`, or skip
+# in those containers only (support.needs_test_extra).
+NOT_IN_TEST_REQUIRES = {"playwright", "pipecat-ai", "kubernetes-validate", "mypy", "pytest-benchmark"}
+
+
+def test_cibuildwheel_installs_a_short_test_requires_list_with_the_test_extras_versions():
+    from packaging.requirements import Requirement
+    import support
+    cibw = PYPROJECT["tool"]["cibuildwheel"]
+    assert "test-extras" not in cibw, "the whole [test] extra cannot install in every container"
+    extra = {Requirement(r).name.lower(): str(Requirement(r)) for r in PYPROJECT["project"]["optional-dependencies"]["test"]}
+    short = {Requirement(r).name.lower(): str(Requirement(r)) for r in cibw["test-requires"]}
+    assert {name: spec for name, spec in short.items() if extra.get(name) != spec} == {}, \
+        "each test-requires entry is the [test] extra's, with the same version"
+    assert set(extra) - set(short) == NOT_IN_TEST_REQUIRES
+    assert cibw["test-environment"] == {"WSRELAY_TEST_REQUIRES": "cibuildwheel"}
+    assert "WSRELAY_TEST_REQUIRES" in (REPO / "tests" / "support.py").read_text()
+    assert support.TEST_REQUIRES_ONLY == (os.environ.get("WSRELAY_TEST_REQUIRES") == "cibuildwheel")
+
+
+def pytest_as_in_cibuildwheel(*args: str, test_requires_only: bool) -> subprocess.CompletedProcess:
+    """pytest in this venv with only what cibuildwheel's test venv installs importable
+    (tests/cibw_venv.py), with or without its WSRELAY_TEST_REQUIRES."""
+    env = {k: v for k, v in os.environ.items() if k != "WSRELAY_TEST_REQUIRES"}
+    env.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", PYTHONPATH=str(REPO / "tests"))
+    if test_requires_only:
+        env["WSRELAY_TEST_REQUIRES"] = "cibuildwheel"
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "cibw_venv", "-p", "no:cacheprovider", "-q", "-rs",
+                           "-m", "not system", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_tests_outside_system_need_only_cibuildwheels_test_requires():
+    """Every test module collects with only test-requires installed; the tests needing the rest
+    of the [test] extra skip there, and fail (not skip) anywhere else, as under `make test`."""
+    collected = pytest_as_in_cibuildwheel("--collect-only", "tests", test_requires_only=True)
+    assert collected.returncode == 0, collected.stdout[-3000:] + collected.stderr[-3000:]
+    assert re.search(r"^\d+/\d+ tests collected \(\d+ deselected\)", collected.stdout, re.M), collected.stdout[-500:]
+
+    heavy = ("tests/test_deploy.py", "tests/test_telephony.py", "-k", "kubernetes or pipecat")
+    there = pytest_as_in_cibuildwheel(*heavy, test_requires_only=True)
+    assert there.returncode == 0, there.stdout[-3000:]
+    for module in ("kubernetes_validate", "pipecat"):
+        assert f"{module} is in the [test] extra, not in cibuildwheel's test-requires" in there.stdout
+    assert re.search(r"^\d+ skipped, \d+ deselected in ", there.stdout, re.M), there.stdout[-500:]
+
+    elsewhere = pytest_as_in_cibuildwheel(*heavy, test_requires_only=False)
+    assert elsewhere.returncode == 1 and "skipped" not in elsewhere.stdout, elsewhere.stdout[-3000:]
+    assert "No module named 'kubernetes_validate'" in elsewhere.stdout
+    assert "No module named 'pipecat'" in elsewhere.stdout
+
+
+def unguarded_imports(source: str, blocked: set[str]) -> list[tuple[int, str]]:
+    """Imports of a ``blocked`` top-level module that would break a test in cibuildwheel's venv:
+    not in a module marked system (pytestmark), not in a try/except ImportError, and with no
+    ``needs_test_extra("<module>")`` before them in the same function (or module)."""
+    tree = ast.parse(source)
+    if re.search(r"^pytestmark = pytest\.mark\.system\b", source, re.M):
+        return []
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        for top in {name.partition(".")[0] for name in names} & blocked:
+            scope, guarded = node, False
+            while scope in parents and not guarded:
+                scope = parents[scope]
+                if isinstance(scope, ast.Try):
+                    guarded = any(isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                                  for h in scope.handlers)
+                if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module)):
+                    guarded = guarded or any(
+                        isinstance(call, ast.Call) and getattr(call.func, "id", None) == "needs_test_extra"
+                        and [getattr(a, "value", None) for a in call.args] == [top] and call.lineno < node.lineno
+                        for call in ast.walk(scope))
+                    break
+            if not guarded:
+                found.append((node.lineno, top))
+    return found
+
+
+def test_every_import_outside_test_requires_is_guarded():
+    """The tests' imports of what cibuildwheel's venv lacks (tests/cibw_venv.py: this venv's
+    distributions that test-requires and the wheel do not bring) are in system tests, or after
+    needs_test_extra(), or optional: function-level imports included, which collection misses."""
+    import cibw_venv
+    blocked = set(cibw_venv.blocked())
+    if "pipecat-ai" in {d.metadata["Name"] for d in importlib.metadata.distributions()}:
+        assert {"pipecat", "kubernetes_validate", "playwright"} <= blocked
+    unguarded = {path.name: found for path in sorted((REPO / "tests").glob("*.py"))
+                 if (found := unguarded_imports(path.read_text(), blocked))}
+    assert unguarded == {}, "add these to test-requires (and the [test] extra), or guard them"
+    sample = "import yaml\ndef f():\n    import dnslib\ndef g():\n    needs_test_extra('dnslib')\n    import dnslib\n" \
+             "try:\n    from dnslib.server import X\nexcept ImportError:\n    pass\n"
+    assert unguarded_imports(sample, {"dnslib", "os"}) == [(3, "dnslib")]
+    assert unguarded_imports("import pytest\npytestmark = pytest.mark.system\nimport dnslib\n", {"dnslib"}) == []
 
 
 def test_python_versions_agree_everywhere():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from support import needs_test_extra
 from wsrelay.config import (DEFAULT_ADMIN_PORT, DEFAULT_PORT, auth_secret_from_env, parse_config,
                             require_signing_key)
 
@@ -33,6 +34,7 @@ def test_the_manifests_are_all_there():
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=[p.name for p in MANIFESTS])
 def test_every_manifest_is_valid_for_the_current_kubernetes_api(path):
+    needs_test_extra("kubernetes_validate")
     import kubernetes_validate
     from kubernetes_validate.utils import latest_version
     version = latest_version()
@@ -42,6 +44,7 @@ def test_every_manifest_is_valid_for_the_current_kubernetes_api(path):
 
 
 def test_kubernetes_validate_does_refuse_a_wrong_manifest():
+    needs_test_extra("kubernetes_validate")
     import kubernetes_validate
     from kubernetes_validate.utils import latest_version
     doc = _documents()["Deployment"]
