@@ -103,6 +103,16 @@ def test_lease_book_tracks_leases_and_redis_state_changes():
     assert [book.renewed(ok) for ok in (True, False, False, True, True)] == [None, "lost", None, "restored", None]
 
 
+def test_lease_book_keeps_given_up_acquires_until_their_leases_would_lapse():
+    book = LeaseBook("relay-a")
+    book.abandon("relay-a/1", "y.o", lapses_at=10.0)
+    book.abandon("relay-a/2", "z.o", lapses_at=20.0)
+    assert book.abandoned_now(5.0) == ([lease_key("y.o"), lease_key("z.o")], ["relay-a/1", "relay-a/2"])
+    assert book.abandoned_now(15.0) == ([lease_key("z.o")], ["relay-a/2"])
+    book.removed(["relay-a/2"])
+    assert book.abandoned_now(15.0) == ([], [])
+
+
 # -- configuration ----------------------------------------------------------------------------
 
 FLEET_FILE = """[relay]
@@ -251,6 +261,73 @@ def test_leases_answer_503_quickly_when_redis_is_unreachable():
         assert info.value.status == 503 and info.value.headers == {"Retry-After": "1"}
         assert "pw" not in str(info.value) and "***@127.0.0.1" in str(info.value)
         await link.close()
+    arun(main())
+
+
+# A slow Lua script on another connection stops Redis for ``seconds``: commands sent meanwhile
+# wait in their sockets and run afterwards, even those whose caller has given up by then.
+STALL = """
+local t = redis.call('TIME')
+local until_us = (tonumber(t[1]) * 1000000 + tonumber(t[2])) + tonumber(ARGV[1])
+repeat t = redis.call('TIME') until tonumber(t[1]) * 1000000 + tonumber(t[2]) >= until_us
+return 1
+"""
+
+
+async def _stall_redis(url: str, seconds: float) -> asyncio.Task:
+    """Redis busy for ``seconds`` from now (returns once the stall has begun)."""
+    async def stall():
+        link = RedisLink(url, timeout=seconds + 5)
+        try:
+            await link.call(lambda: link.client.eval(STALL, 0, int(seconds * 1_000_000)))
+        finally:
+            await link.close()
+    task = asyncio.get_running_loop().create_task(stall())
+    await asyncio.sleep(0.1)
+    return task
+
+
+async def _lease_count(link: RedisLink, service_host: str, *, settle: float = 3.0) -> int:
+    """The members of ``service_host``'s lease set once the removals in flight had ``settle`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settle
+    while True:
+        count = await link.client.zcard(lease_key(service_host))
+        if count == 0 or loop.time() > deadline:
+            return count
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.system                  # a real redis-server from Debian's packages
+@pytest.mark.parametrize("how", ["timeout", "cancelled"])
+def test_an_acquire_given_up_after_the_script_ran_leaves_no_lease(redis_server, how):
+    """The 2 s cut (503) or the client leaving lands while Redis is busy: the ACQUIRE script
+    still runs after, in Redis; its lease must be taken back, not block a slot for lease_seconds."""
+    async def main():
+        link = RedisLink(redis_server.url, timeout=0.3)
+        capacity = FleetCapacity(link, relay_id="r", lease_seconds=30)
+        host = f"given-up-{how}.o"
+        try:
+            capacity.release(await capacity.acquire(host, 1))    # a pooled connection, the script loaded
+            assert await _lease_count(link, host) == 0
+            stall = await _stall_redis(redis_server.url, 1.0)
+            if how == "timeout":
+                with pytest.raises(CapacityUnavailable):
+                    await capacity.acquire(host, 1)
+            else:
+                link.timeout = 5.0
+                attempt = asyncio.get_running_loop().create_task(capacity.acquire(host, 1))
+                await asyncio.sleep(0.2)
+                attempt.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await attempt
+            await stall
+            await capacity.renew()                        # as the relay does every lease_seconds / 3
+            assert await _lease_count(link, host) == 0
+            assert capacity.book.held == {} and capacity.book.abandoned == {}
+        finally:
+            await capacity.close()
+            await link.close()
     arun(main())
 
 

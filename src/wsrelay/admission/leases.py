@@ -13,6 +13,11 @@ Redis away: a new session of a capped agent gets ``503`` after the link's bounde
 renewal re-adds every lease it holds, so when Redis returns — even empty, after a
 restart — the leases of the live sessions are restored at the next renewal.
 
+Leases are never left behind by a relay that lives on. An acquire given up (the link's
+time limit, or the client leaving) may have run in Redis all the same (sent, or queued
+behind a busy Redis): its lease is removed at once and again by each renewal until it
+would have lapsed.
+
 ``LeaseBook`` is the bookkeeping (which leases this relay holds, whether the last renewal
 reached Redis), without I/O; ``FleetCapacity`` does the talking.
 """
@@ -43,15 +48,22 @@ redis.call('PEXPIRE', KEYS[1], ttl * 2)
 return 1
 """
 
-# KEYS: a lease set per lease; ARGV[1] the lease in ms, ARGV[i + 1] the member of KEYS[i].
-# ZADD without XX: a lease Redis lost (restart, expiry during an outage) is put back.
+# KEYS: a lease set per lease; ARGV[1] the lease in ms, ARGV[2] how many leases to renew
+# (the first ones), ARGV[i + 2] the member of KEYS[i]; the leases after those are removed
+# (acquires given up). ZADD without XX: a lease Redis lost (restart, expiry during an
+# outage) is put back.
 RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
+local renewed = tonumber(ARGV[2])
 for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + ttl, ARGV[i + 1])
-  redis.call('PEXPIRE', key, ttl * 2)
+  if i > renewed then
+    redis.call('ZREM', key, ARGV[i + 2])
+  else
+    redis.call('ZADD', key, now + ttl, ARGV[i + 2])
+    redis.call('PEXPIRE', key, ttl * 2)
+  end
 end
 return #KEYS
 """
@@ -67,7 +79,8 @@ class LeaseBook:
     def __init__(self, relay_id: str) -> None:
         self.relay_id = relay_id
         self.held: dict[str, str] = {}          # member -> lease set key
-        self.in_redis = True                    # the last renewal (or acquire) reached Redis
+        self.in_redis = True                    # the last renewal reached Redis
+        self.abandoned: dict[str, tuple[str, float]] = {}   # member -> (key, when it lapses): acquires given up
 
     def new_member(self) -> str:
         return f"{self.relay_id}/{uuid.uuid4()}"
@@ -84,6 +97,22 @@ class LeaseBook:
         members = list(self.held)
         return [self.held[m] for m in members], members
 
+    def abandon(self, member: str, service_host: str, lapses_at: float) -> None:
+        """An acquire given up: its lease may be in Redis all the same, until ``lapses_at``."""
+        self.abandoned[member] = (lease_key(service_host), lapses_at)
+
+    def abandoned_now(self, now: float) -> tuple[list[str], list[str]]:
+        """(keys, members) of the given-up leases that may still be in Redis at ``now``."""
+        for member in [m for m, (_, lapses_at) in self.abandoned.items() if lapses_at <= now]:
+            del self.abandoned[member]
+        members = list(self.abandoned)
+        return [self.abandoned[m][0] for m in members], members
+
+    def removed(self, members: list[str]) -> None:
+        """Given-up leases Redis has removed."""
+        for member in members:
+            self.abandoned.pop(member, None)
+
     def renewed(self, ok: bool) -> str | None:
         """Record a renewal's outcome; the state change to log, if any ("lost" / "restored")."""
         was, self.in_redis = self.in_redis, ok
@@ -99,6 +128,7 @@ class FleetCapacity:
 
     def __init__(self, link: RedisLink, *, relay_id: str, lease_seconds: float) -> None:
         self.link = link
+        self.lease_seconds = lease_seconds
         self.lease_ms = int(lease_seconds * 1000)
         self.interval = max(0.2, lease_seconds / 3)
         self.book = LeaseBook(relay_id)
@@ -107,13 +137,22 @@ class FleetCapacity:
         self._pending: set[asyncio.Task] = set()
 
     async def acquire(self, service_host: str, limit: int) -> str:
-        """Take a slot of ``service_host``; its lease id, or CapacityError (429) / CapacityUnavailable (503)."""
+        """Take a slot of ``service_host``; its lease id, or CapacityError (429) / CapacityUnavailable (503).
+
+        Given up — the link's time limit, or cancelled (the client left) — the script may
+        still have run in Redis (it was sent, or is queued behind a busy Redis): its lease is
+        removed now, and by each renewal until it would have lapsed anyway.
+        """
         member = self.book.new_member()
         key = lease_key(service_host)
         try:
             taken = await self.link.call(lambda: self._acquire(keys=[key], args=[limit, member, self.lease_ms]))
-        except RedisDown as exc:
-            raise CapacityUnavailable(f"{service_host}: max_sessions cannot be checked: {exc}") from None
+        except BaseException as exc:              # RedisDown, or cancelled: the client left
+            self.book.abandon(member, service_host, asyncio.get_running_loop().time() + self.lease_seconds)
+            self._remove_later(key, member)       # a task: the cancellation cannot skip it
+            if isinstance(exc, RedisDown):
+                raise CapacityUnavailable(f"{service_host}: max_sessions cannot be checked: {exc}") from None
+            raise
         if not taken:
             raise CapacityError(f"{service_host} is at max_sessions={limit} across the fleet",
                                 headers={"Retry-After": CAPACITY_RETRY_AFTER})
@@ -123,8 +162,11 @@ class FleetCapacity:
     def release(self, member: str) -> None:
         """Give a slot back now (best effort: a lease Redis does not hear about lapses alone)."""
         key = self.book.remove(member)
-        if key is None:
-            return
+        if key is not None:
+            self._remove_later(key, member)
+
+    def _remove_later(self, key: str, member: str) -> None:
+        """ZREM in a task of its own (nothing the caller suffers can cancel it); ``close`` waits for it."""
         task = asyncio.get_running_loop().create_task(self._remove(key, member))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -132,16 +174,23 @@ class FleetCapacity:
     async def _remove(self, key: str, member: str) -> None:
         client = self.link.client
         try:
-            await self.link.call(lambda: client.zrem(key, member))
+            if await self.link.call(lambda: client.zrem(key, member)):
+                self.book.removed([member])
         except RedisDown:
             pass                                 # it expires within lease_seconds
 
     async def renew(self) -> int:
-        """Renew every held lease in one call; how many (RedisDown when Redis did not answer)."""
+        """Renew every held lease in one call; how many (RedisDown when Redis did not answer).
+
+        Given-up acquires' leases are removed.
+        """
         keys, members = self.book.renewal()
-        if not keys:
+        gone_keys, gone = self.book.abandoned_now(asyncio.get_running_loop().time())
+        if not keys and not gone:
             return 0
-        await self.link.call(lambda: self._renew(keys=keys, args=[self.lease_ms, *members]))
+        await self.link.call(lambda: self._renew(
+            keys=keys + gone_keys, args=[self.lease_ms, len(keys), *members, *gone]))
+        self.book.removed(gone)
         return len(keys)
 
     async def run(self) -> None:
@@ -164,5 +213,8 @@ class FleetCapacity:
         """At shutdown: give back what is still held, and wait for the removals in flight (bounded)."""
         for member in list(self.book.held):
             self.release(member)
+        for key, member in zip(*self.book.abandoned_now(asyncio.get_running_loop().time())):
+            self._remove_later(key, member)
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=self.link.timeout + 0.5)
+
