@@ -402,19 +402,27 @@ def check(report: dict, baseline_path: str) -> int:
         return 0
     baseline = json.loads(Path(baseline_path).read_text()) if Path(baseline_path).exists() else {}
     failed = False
-    for workload in ("pingpong", "audio"):
-        mine = (summary.get("wsrelay", {}).get(workload) or {}).get("relay_cpu_us_per_frame")
-        theirs = (summary["nginx"].get(workload) or {}).get("relay_cpu_us_per_frame")
+    for workload, key, what in CHECKED:
+        if f"{workload}_ratio" not in baseline or workload not in report["workloads"]:
+            continue
+        mine = (summary.get("wsrelay", {}).get(workload) or {}).get(key)
+        theirs = (summary["nginx"].get(workload) or {}).get(key)
         if not mine or not theirs:
             print(f"check {workload}: no measurement (errors: {report['errors']})")
             failed = True
             continue
         ratio = mine / theirs
-        limit = baseline.get(f"{workload}_ratio", 1.0) * baseline.get("tolerance", 1.5)
+        limit = baseline[f"{workload}_ratio"] * baseline.get("tolerance", 1.5)
         verdict = "ok" if ratio <= limit else "REGRESSION"
         failed |= ratio > limit
-        print(f"check {workload}: wsrelay/nginx CPU per frame = {ratio:.2f} (limit {limit:.2f}) {verdict}")
+        print(f"check {workload}: wsrelay/nginx {what} = {ratio:.2f} (limit {limit:.2f}) {verdict}")
     return 1 if failed else 0
+
+
+# What --check compares: wsrelay's figure as a ratio to nginx's in the same run.
+CHECKED = [("pingpong", "relay_cpu_us_per_frame", "CPU per frame"),
+           ("audio", "relay_cpu_us_per_frame", "CPU per frame"),
+           ("setup", "relay_cpu_ms_per_session", "CPU per session")]
 
 
 if __name__ == "__main__":
