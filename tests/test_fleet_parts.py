@@ -103,6 +103,20 @@ def test_lease_book_tracks_leases_and_redis_state_changes():
     assert [book.renewed(ok) for ok in (True, False, False, True, True)] == [None, "lost", None, "restored", None]
 
 
+def test_lease_book_remembers_leases_released_during_a_renewal():
+    book = LeaseBook("relay-a")
+    ended, kept, later = book.new_member(), book.new_member(), book.new_member()
+    book.add(ended, "x.o")
+    book.add(kept, "x.o")
+    assert book.renewal() == ([lease_key("x.o")] * 2, [ended, kept])
+    book.add(later, "x.o")                                # not in the renewal in flight
+    book.remove(ended)
+    book.remove(later)
+    assert book.renewal_over() == [(lease_key("x.o"), ended)]
+    book.remove(kept)                                     # no renewal in flight
+    assert book.renewal_over() == []
+
+
 def test_lease_book_keeps_given_up_acquires_until_their_leases_would_lapse():
     book = LeaseBook("relay-a")
     book.abandon("relay-a/1", "y.o", lapses_at=10.0)
@@ -325,6 +339,44 @@ def test_an_acquire_given_up_after_the_script_ran_leaves_no_lease(redis_server, 
             await capacity.renew()                        # as the relay does every lease_seconds / 3
             assert await _lease_count(link, host) == 0
             assert capacity.book.held == {} and capacity.book.abandoned == {}
+        finally:
+            await capacity.close()
+            await link.close()
+    arun(main())
+
+
+class _InterleavedLink(RedisLink):
+    """A RedisLink whose next call first runs ``before`` (to order two callers' commands)."""
+
+    before = None
+
+    async def call(self, make, *, timeout=None):
+        before, self.before = self.before, None
+        if before is not None:
+            await before()
+        return await super().call(make, timeout=timeout)
+
+
+@pytest.mark.system                  # a real redis-server from Debian's packages
+def test_a_release_during_a_renewal_is_not_undone_by_it(redis_server):
+    """The renewal has read the leases to renew; a session ends and its ZREM reaches Redis
+    first; the renewal's ZADD must not put the released lease back."""
+    async def main():
+        link = _InterleavedLink(redis_server.url)
+        capacity = FleetCapacity(link, relay_id="r", lease_seconds=30)
+        try:
+            ended = await capacity.acquire("renewed.o", 2)
+            kept = await capacity.acquire("renewed.o", 2)
+
+            async def session_ends():
+                capacity.release(ended)
+                await asyncio.gather(*capacity._pending)
+                assert await link.client.zscore(lease_key("renewed.o"), ended) is None
+            link.before = session_ends
+            assert await capacity.renew() == 2
+            await asyncio.gather(*capacity._pending)
+            members = await link.client.zrange(lease_key("renewed.o"), 0, -1)
+            assert members == [kept.encode()]
         finally:
             await capacity.close()
             await link.close()

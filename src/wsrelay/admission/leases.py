@@ -16,7 +16,8 @@ restart — the leases of the live sessions are restored at the next renewal.
 Leases are never left behind by a relay that lives on. An acquire given up (the link's
 time limit, or the client leaving) may have run in Redis all the same (sent, or queued
 behind a busy Redis): its lease is removed at once and again by each renewal until it
-would have lapsed.
+would have lapsed. A lease released while a renewal is in flight is removed again after
+it, since that renewal's ZADD may have re-added it.
 
 ``LeaseBook`` is the bookkeeping (which leases this relay holds, whether the last renewal
 reached Redis), without I/O; ``FleetCapacity`` does the talking.
@@ -80,6 +81,8 @@ class LeaseBook:
         self.relay_id = relay_id
         self.held: dict[str, str] = {}          # member -> lease set key
         self.in_redis = True                    # the last renewal reached Redis
+        self._renewing: set[str] | None = None  # the members of the renewal in flight
+        self._undo: list[tuple[str, str]] = []  # (key, member) released while it was in flight
         self.abandoned: dict[str, tuple[str, float]] = {}   # member -> (key, when it lapses): acquires given up
 
     def new_member(self) -> str:
@@ -90,11 +93,15 @@ class LeaseBook:
 
     def remove(self, member: str) -> str | None:
         """The lease set ``member`` was in, or None if it was not held."""
-        return self.held.pop(member, None)
+        key = self.held.pop(member, None)
+        if key is not None and self._renewing is not None and member in self._renewing:
+            self._undo.append((key, member))
+        return key
 
     def renewal(self) -> tuple[list[str], list[str]]:
-        """(keys, members) for one RENEW call covering every held lease."""
+        """(keys, members) for one RENEW call covering every held lease; ``renewal_over`` after it."""
         members = list(self.held)
+        self._renewing, self._undo = set(members), []
         return [self.held[m] for m in members], members
 
     def abandon(self, member: str, service_host: str, lapses_at: float) -> None:
@@ -112,6 +119,12 @@ class LeaseBook:
         """Given-up leases Redis has removed."""
         for member in members:
             self.abandoned.pop(member, None)
+
+    def renewal_over(self) -> list[tuple[str, str]]:
+        """The (key, member) leases released while the renewal was in flight: its ZADD may have
+        put them back after their ZREM, so they are removed once more."""
+        undo, self._renewing, self._undo = self._undo, None, []
+        return undo
 
     def renewed(self, ok: bool) -> str | None:
         """Record a renewal's outcome; the state change to log, if any ("lost" / "restored")."""
@@ -182,14 +195,19 @@ class FleetCapacity:
     async def renew(self) -> int:
         """Renew every held lease in one call; how many (RedisDown when Redis did not answer).
 
-        Given-up acquires' leases are removed.
+        One released while the call was in flight is removed again after it; given-up
+        acquires' leases are removed.
         """
         keys, members = self.book.renewal()
         gone_keys, gone = self.book.abandoned_now(asyncio.get_running_loop().time())
-        if not keys and not gone:
-            return 0
-        await self.link.call(lambda: self._renew(
-            keys=keys + gone_keys, args=[self.lease_ms, len(keys), *members, *gone]))
+        try:
+            if not keys and not gone:
+                return 0
+            await self.link.call(lambda: self._renew(
+                keys=keys + gone_keys, args=[self.lease_ms, len(keys), *members, *gone]))
+        finally:
+            for key, member in self.book.renewal_over():
+                self._remove_later(key, member)
         self.book.removed(gone)
         return len(keys)
 
