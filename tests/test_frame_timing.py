@@ -151,3 +151,38 @@ def test_first_frame_time_is_the_bots_delay_after_the_clients_101(pump, caplog):
     assert line["first_frame_ms_up"] < 100, line
     assert 'wsrelay_session_first_frame_seconds_bucket{direction="bot_to_client",le="0.1"} 0.0' in metrics
     assert 'wsrelay_session_first_frame_seconds_bucket{direction="bot_to_client",le="0.5"} 1.0' in metrics
+
+
+def test_first_frame_time_on_a_telephony_endpoint_counts_from_the_gates_101(pump, caplog):
+    """/ws/twilio: the gate writes the caller's 101 itself, before any bot is contacted. A bot
+    slow to answer is part of the caller's wait for first audio, and the caller's first message
+    (held by the gate while the bot is contacted) counts from that 101 too, not as 0."""
+    from websockets.asyncio.client import connect
+
+    from providers import Call, PipecatBot
+    caplog.set_level(logging.INFO, logger="wsrelay.session")
+    pause, delay = 0.1, 0.4             # the caller speaks 100 ms after its 101; the bot answers 400 ms late
+
+    async def main():
+        bot = await PipecatBot(delay=delay).start()
+        relay = await start_relay(relay_config({"bot.acme": [bot.url]}), pump)
+        try:
+            call = Call("twilio", service_host="bot.acme")
+            async with connect(f"ws://127.0.0.1:{relay.port}/ws/twilio") as ws:
+                await asyncio.sleep(pause)
+                for message in call.first_messages():
+                    await ws.send(message)
+                await ws.send(call.media(0))
+                await asyncio.wait_for(ws.recv(), 10)          # the bot's first audio
+            for _ in range(250):
+                if not relay.sessions:
+                    break
+                await asyncio.sleep(0.02)
+            assert not relay.sessions
+        finally:
+            await relay.stop()
+            bot.close()
+    arun(main())
+    line = session_line(caplog)
+    assert line["first_frame_ms_down"] >= (pause + delay) * 1000, line
+    assert pause * 1000 <= line["first_frame_ms_up"] < (pause + delay) * 1000, line

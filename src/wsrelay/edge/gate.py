@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Callable
 
 import h11
@@ -51,6 +52,10 @@ class Gate(asyncio.Protocol):
         self.body = b""
         self.state = "head"
         self.task: asyncio.Task | None = None
+        # Provider endpoints (``hold``): time.monotonic_ns(), the pump's clock, when the gate
+        # wrote the client's 101, and when the client's first bytes after it arrived.
+        self.upgraded_ns = 0
+        self.first_held_ns = 0
         self._limits = limits
         self._dispatch_request = dispatch
         self._on_refused = on_refused
@@ -84,6 +89,8 @@ class Gate(asyncio.Protocol):
         elif self.state == "busy":
             self._keep_early(data)
         elif self.state == "holding":
+            if not self.first_held_ns:
+                self.first_held_ns = time.monotonic_ns()
             self._keep_early(data)
             if self._on_held is not None:
                 self._on_held()
@@ -152,14 +159,17 @@ class Gate(asyncio.Protocol):
     def hold(self, key: str, on_held: Callable[[], None]) -> None:
         """Answer ``101`` now and keep what follows in ``early``; ``on_held`` after each read.
 
-        The ``101`` carries no sub-protocol: no bot has chosen one yet.
+        The ``101`` carries no sub-protocol: no bot has chosen one yet. Its time is kept
+        (``upgraded_ns``): the session's first-frame times count from it.
         """
         if self.state != "busy" or self.transport is None:
             return
         self.state = "holding"
         self._on_held = on_held
         self.transport.write(switching_protocols(key))
-        if self.early:
+        self.upgraded_ns = time.monotonic_ns()
+        if self.early:                # sent with the head, before the 101: a first frame at 0 ms
+            self.first_held_ns = self.upgraded_ns
             on_held()
 
     def refuse_held(self, code: int, reason: str, linger: float) -> None:

@@ -369,7 +369,8 @@ class Relay:
                               limits=self.config.relay, connect=self.upstreams.connect, attach=gate.attach,
                               on_end=self._session_over, session_id=claims.session_id if claims else None,
                               close_held=lambda code, reason: self._refused_held(
-                                  gate, SessionRefused(reason, code=code), provider, target, agent))
+                                  gate, SessionRefused(reason, code=code), provider, target, agent),
+                              client_101_ns=gate.upgraded_ns, client_first_ns=gate.first_held_ns)
             self.sessions.add(session)
             if slot is not None and slot[1] is not None:
                 self._lease_of[session] = slot[1]

@@ -51,13 +51,14 @@ class Session:
     __slots__ = ("route", "agent", "upgrade", "client_address", "secure", "id", "created_at",
                  "connected_at", "connected_ns", "ended_at", "upstream_seconds", "subprotocol", "machine", "client",
                  "bot", "_connect", "_attach", "_on_end", "_limits", "_bot_response", "_timers",
-                 "_close_held")
+                 "_close_held", "_client_first_ns")
 
     def __init__(self, *, route: "Route", agent: "AgentConfig", upgrade: "UpgradeRequest",
                  client_address: str, secure: bool, pump: Any, limits: "RelayConfig",
                  connect: Connector, attach: Attach, on_end: Callable[["Session"], None],
                  session_id: str | None = None,
-                 close_held: Callable[[int, str], None] | None = None) -> None:
+                 close_held: Callable[[int, str], None] | None = None,
+                 client_101_ns: int = 0, client_first_ns: int = 0) -> None:
         self.route = route
         self.agent = agent
         self.upgrade = upgrade
@@ -66,7 +67,11 @@ class Session:
         self.id = session_id or str(uuid.uuid4())
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
-        self.connected_ns = 0            # time.monotonic_ns() of the client's 101: first-frame times count from it
+        # time.monotonic_ns() (the pump's clock) of the client's 101: first-frame times count from it.
+        # A provider's client got its 101 from the gate before any bot was contacted (``client_101_ns``),
+        # and its first frame arrived at the gate then (``client_first_ns``), before the pump saw it.
+        self.connected_ns = client_101_ns
+        self._client_first_ns = client_first_ns
         self.ended_at: float | None = None
         self.upstream_seconds: float | None = None
         self.subprotocol: str | None = None
@@ -175,7 +180,7 @@ class Session:
         self._bot_response = None
         if self._attach(self.client, self.subprotocol, self.upgrade.key):
             self.connected_at = time.monotonic()
-            self.connected_ns = time.monotonic_ns()
+            self.connected_ns = self.connected_ns or time.monotonic_ns()
         else:                                    # the client left while the bot answered
             self._do(self.machine.client_gone_before_open())
 
@@ -267,8 +272,11 @@ class Session:
 
     def timing(self) -> dict[str, dict]:
         """Per direction ("up" = client to bot, "down" = bot to client): frames, bytes and the
-        pump's arrival timing of data frames, in milliseconds (None before the first frame)."""
-        return {"up": _direction_timing(self.client, self.connected_ns),
+        pump's arrival timing of data frames, in milliseconds (None before the first frame).
+
+        On a provider endpoint both count from the 101 the gate wrote, and the client's first
+        frame from its arrival at the gate (the pump sees it only when it is handed over)."""
+        return {"up": _direction_timing(self.client, self.connected_ns, self._client_first_ns),
                 "down": _direction_timing(self.bot, self.connected_ns)}
 
     def summary(self, timing: dict[str, dict] | None = None) -> dict:
@@ -314,9 +322,10 @@ _CARRY_OUT: dict[type, Callable[[Session, Any], None]] = {
 }
 
 
-def _direction_timing(side, connected_ns: int) -> dict:
-    """One direction's figures from the frames read on ``side`` (see pump ``_time_arrival``)."""
-    first = side.first_frame_ns
+def _direction_timing(side, connected_ns: int, first_ns: int = 0) -> dict:
+    """One direction's figures from the frames read on ``side`` (see pump ``_time_arrival``);
+    ``first_ns``: when its first frame arrived, if that was before the pump had the socket."""
+    first = first_ns or side.first_frame_ns
     return {
         "frames": side.frames,
         "bytes": side.bytes,
