@@ -384,6 +384,51 @@ def test_a_release_during_a_renewal_is_not_undone_by_it(redis_server):
 
 
 @pytest.mark.system                  # a real redis-server from Debian's packages
+def test_leases_lost_by_redis_are_put_back_soon_after_it_returns(caplog):
+    """Redis restarted empty: until this relay's leases are back, another relay could admit
+    past max_sessions. A relay that saw the outage renews every RESTORE_SECONDS until Redis
+    answers, not every lease_seconds / 3; one that did not see it says so at its next renewal."""
+    redis = start_redis()
+    async def main():
+        link = RedisLink(redis.url, timeout=0.5)
+        capacity = FleetCapacity(link, relay_id="r", lease_seconds=6)        # renewals 2 s apart
+        renewing = asyncio.get_running_loop().create_task(capacity.run())
+        loop = asyncio.get_running_loop()
+        try:
+            member = await capacity.acquire("restored.o", 1)
+            redis.stop()
+            started = loop.time()
+            while capacity.book.in_redis:
+                assert loop.time() - started < 5
+                await asyncio.sleep(0.05)
+            start_redis(redis.port)                                          # back, and empty
+            back = loop.time()
+            while await link.client.zscore(lease_key("restored.o"), member) is None:
+                assert loop.time() - back < 1.2, "the lease was not restored soon after Redis returned"
+                await asyncio.sleep(0.05)
+            with pytest.raises(CapacityError):
+                await FleetCapacity(link, relay_id="other", lease_seconds=6).acquire("restored.o", 1)
+
+            await link.client.flushall()                   # a restart between two renewals
+            caplog.clear()
+            with caplog.at_level("WARNING", logger="wsrelay.leases"):
+                assert await capacity.renew() == 1
+            assert await link.client.zscore(lease_key("restored.o"), member) is not None
+            assert [r.getMessage() for r in caplog.records] == [
+                "1 session lease(s) were missing in Redis (restarted empty?) and are put back; "
+                "until now other relays could admit past max_sessions"]
+        finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+            await capacity.close()
+            await link.close()
+    try:
+        arun(main())
+    finally:
+        redis.stop()
+
+
+@pytest.mark.system                  # a real redis-server from Debian's packages
 def test_registry_follows_apply_and_delete_and_the_file_wins(redis_server):
     async def main():
         link = RedisLink(redis_server.url)

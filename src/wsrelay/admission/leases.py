@@ -11,7 +11,10 @@ all its live leases in one script call per ``lease_seconds / 3``; a relay that d
 Redis away: a new session of a capped agent gets ``503`` after the link's bounded wait
 (agents without ``max_sessions`` never ask Redis); live sessions go on, untouched. The
 renewal re-adds every lease it holds, so when Redis returns — even empty, after a
-restart — the leases of the live sessions are restored at the next renewal.
+restart — the leases of the live sessions are restored at the next renewal; while the
+last renewal failed, the next comes after ``RESTORE_SECONDS`` instead of ``lease_seconds
+/ 3``. Until a relay's leases are back, the others may admit past ``max_sessions`` (by
+at most the leases Redis lost); README "Running a fleet" gives the bound.
 
 Leases are never left behind by a relay that lives on. An acquire given up (the link's
 time limit, or the client leaving) may have run in Redis all the same (sent, or queued
@@ -36,6 +39,7 @@ log = logging.getLogger("wsrelay.leases")
 
 KEY_PREFIX = "wsrelay:leases:"
 CAPACITY_RETRY_AFTER = "1"
+RESTORE_SECONDS = 0.5          # renewal period while the last renewal failed (Redis away or back)
 
 # KEYS[1] the agent's lease set; ARGV: limit, member, lease in ms. 1 = taken, 0 = full.
 ACQUIRE = """
@@ -52,21 +56,22 @@ return 1
 # KEYS: a lease set per lease; ARGV[1] the lease in ms, ARGV[2] how many leases to renew
 # (the first ones), ARGV[i + 2] the member of KEYS[i]; the leases after those are removed
 # (acquires given up). ZADD without XX: a lease Redis lost (restart, expiry during an
-# outage) is put back.
+# outage) is put back. Returns the (1-based) indexes of the renewed leases that were not there.
 RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[1])
 local renewed = tonumber(ARGV[2])
+local missing = {}
 for i, key in ipairs(KEYS) do
   if i > renewed then
     redis.call('ZREM', key, ARGV[i + 2])
   else
-    redis.call('ZADD', key, now + ttl, ARGV[i + 2])
+    if redis.call('ZADD', key, now + ttl, ARGV[i + 2]) == 1 then missing[#missing + 1] = i end
     redis.call('PEXPIRE', key, ttl * 2)
   end
 end
-return #KEYS
+return missing
 """
 
 
@@ -195,26 +200,31 @@ class FleetCapacity:
     async def renew(self) -> int:
         """Renew every held lease in one call; how many (RedisDown when Redis did not answer).
 
-        One released while the call was in flight is removed again after it; given-up
-        acquires' leases are removed.
+        A lease Redis did not have is put back (logged: Redis lost it); one released while
+        the call was in flight is removed again after it; given-up acquires' leases are removed.
         """
         keys, members = self.book.renewal()
         gone_keys, gone = self.book.abandoned_now(asyncio.get_running_loop().time())
         try:
             if not keys and not gone:
                 return 0
-            await self.link.call(lambda: self._renew(
+            missing = await self.link.call(lambda: self._renew(
                 keys=keys + gone_keys, args=[self.lease_ms, len(keys), *members, *gone]))
         finally:
             for key, member in self.book.renewal_over():
                 self._remove_later(key, member)
         self.book.removed(gone)
+        lost = sum(1 for i in missing if members[int(i) - 1] in self.book.held)
+        if lost and self.book.in_redis:
+            log.warning("%d session lease(s) were missing in Redis (restarted empty?) and are put back; "
+                        "until now other relays could admit past max_sessions", lost)
         return len(keys)
 
     async def run(self) -> None:
-        """Renew every ``interval`` until cancelled; log when Redis is lost and when it returns."""
+        """Renew every ``interval`` (every RESTORE_SECONDS while the last renewal failed) until
+        cancelled; log when Redis is lost and when it returns."""
         while True:
-            await asyncio.sleep(self.interval)
+            await asyncio.sleep(self.interval if self.book.in_redis else min(self.interval, RESTORE_SECONDS))
             try:
                 count = await self.renew()
                 change = self.book.renewed(True)
