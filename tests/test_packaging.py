@@ -106,6 +106,46 @@ def test_version_names_the_python_pump_when_it_is_forced():
     assert out.stdout.strip() == f"wsrelay {wsrelay.__version__} (pump: python)"
 
 
+def test_without_the_compiled_module_the_pure_pump_runs_and_version_says_so():
+    """As after an sdist install with WSRELAY_NO_EXTENSIONS=1 (``tools/wheels.py check-sdist``
+    installs one with no compiler and runs its demo): no ``_compiled``, no error, the pure pump."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["wsrelay.pump._compiled"] = None        # import wsrelay.pump._compiled fails
+        from wsrelay import pump
+        from wsrelay.cli import version_line
+        print(version_line())
+        print(pump.default_name(), pump.load().IMPLEMENTATION)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k != "WSRELAY_PURE_PYTHON"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [f"wsrelay {wsrelay.__version__} (pump: python)", "python python"]
+
+
+def test_setup_py_builds_no_extension_with_wsrelay_no_extensions(tmp_path):
+    """setup.py's opt-out: with WSRELAY_NO_EXTENSIONS=1 it lists no extension and needs no Cython.
+    (setuptools is stood in for: a 3.12+ test venv need not have it.)"""
+    setup_py = Path(__file__).resolve().parent.parent / "setup.py"
+    code = textwrap.dedent(f"""
+        import sys, types
+        captured = {{}}
+        setuptools = types.ModuleType("setuptools")
+        setuptools.Extension, setuptools.setup = object, lambda **kw: captured.update(kw)
+        build_py = types.ModuleType("setuptools.command.build_py")
+        build_py.build_py = object
+        sys.modules.update({{"setuptools": setuptools, "setuptools.command": types.ModuleType("setuptools.command"),
+                            "setuptools.command.build_py": build_py,
+                            "Cython": None}})               # import Cython fails: not even Cython is needed
+        exec(compile(open({str(setup_py)!r}).read(), "setup.py", "exec"), {{"__name__": "__main__"}})
+        print(captured["ext_modules"])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env=dict(os.environ, WSRELAY_NO_EXTENSIONS="1"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "[]"
+
+
 @installed_only
 def test_other_cython_code_can_cimport_the_pump(tmp_path):
     """The shipped .pxd resolves for a third-party .pyx (as picows.pxd does for us): Cython

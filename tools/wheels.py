@@ -2,7 +2,8 @@
 
     python3 tools/wheels.py build [--python 3.12 ...]   # sdist + a wheel per CPython found
     python3 tools/wheels.py check [--python 3.12 ...]   # install each wheel, run the demo
-    python3 tools/wheels.py check-sdist                   # build from the sdist, run the demo
+    python3 tools/wheels.py check-sdist                   # build from the sdist, run the demo;
+                                                          # again with WSRELAY_NO_EXTENSIONS=1
     python3 tools/wheels.py sdist | version [--tag v0.1.0]
 
 Run with any Python >= 3.11 (standard library only). Why each step is done this way:
@@ -279,7 +280,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_check_sdist(args: argparse.Namespace) -> int:
-    """The sdist installs into a fresh venv by building the extension from what it ships."""
+    """The sdist installs into a fresh venv by building the extension from what it ships; and,
+    with WSRELAY_NO_EXTENSIONS=1, into another with no compiler, running the pure-Python pump."""
     sdist = DIST / f"wsrelay-{version()}.tar.gz"
     if not sdist.exists():
         raise WheelError(f"{sdist.name} is not in dist/: run 'make wheel' first")
@@ -291,6 +293,18 @@ def cmd_check_sdist(args: argparse.Namespace) -> int:
         if not re.search(r"Building wheel for wsrelay", output):
             raise WheelError(f"pip did not build wsrelay from {sdist.name}; it may have used a cached wheel")
         smoke(venv, f"sdist {sdist.name}")
+    with tempfile.TemporaryDirectory(prefix="wsrelay-sdist-pure-") as tmp:
+        venv = Path(tmp) / "venv"
+        run([sys.executable, "-m", "venv", str(venv)], "creating a venv for the sdist without extensions")
+        env = dict(os.environ, WSRELAY_NO_EXTENSIONS="1", CC="/bin/false", CXX="/bin/false")
+        output = run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-cache-dir", str(sdist)],
+                     f"installing {sdist.name} with WSRELAY_NO_EXTENSIONS=1 and no compiler", env=env)
+        if not re.search(r"Building wheel for wsrelay", output):
+            raise WheelError(f"pip did not build wsrelay from {sdist.name}; it may have used a cached wheel")
+        compiled = [str(p) for p in venv.rglob("wsrelay/pump/_compiled*") if p.suffix in (".so", ".pxd")]
+        if compiled:
+            raise WheelError(f"WSRELAY_NO_EXTENSIONS=1 still installed {compiled}")
+        smoke(venv, f"sdist {sdist.name} with WSRELAY_NO_EXTENSIONS=1", pump="python")
     return 0
 
 
@@ -300,12 +314,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def smoke(venv: Path, what: str) -> None:
-    """``wsrelay --version`` names the compiled pump; the demo echoes a message and closes cleanly."""
+def smoke(venv: Path, what: str, pump: str = "cython") -> None:
+    """``wsrelay --version`` names ``pump`` (the compiled one unless said otherwise); the demo
+    echoes a message and closes cleanly."""
     wsrelay = venv / "bin" / "wsrelay"
     shown = run([str(wsrelay), "--version"], f"{what}: wsrelay --version").strip()
-    if shown != f"wsrelay {version()} (pump: cython)":
-        raise WheelError(f"{what}: 'wsrelay --version' printed {shown!r}, expected the compiled pump")
+    if shown != f"wsrelay {version()} (pump: {pump})":
+        raise WheelError(f"{what}: 'wsrelay --version' printed {shown!r}, expected the {pump} pump")
     port, admin = free_port(), free_port()
     server = subprocess.Popen([str(wsrelay), "serve", "--host", "127.0.0.1", "--port", str(port),
                                "--admin-port", str(admin), "--log-format", "json"],
@@ -315,8 +330,8 @@ def smoke(venv: Path, what: str) -> None:
         if echo != b"hello from the wheel check":
             raise WheelError(f"{what}: the demo answered {echo!r}")
         metrics = http_get(admin, "/metrics")
-        if 'wsrelay_build_info{pump="cython",version="%s"} 1.0' % version() not in metrics:
-            raise WheelError(f"{what}: /metrics does not report the compiled pump")
+        if 'wsrelay_build_info{pump="%s",version="%s"} 1.0' % (pump, version()) not in metrics:
+            raise WheelError(f"{what}: /metrics does not report the {pump} pump")
     except (OSError, WheelError) as exc:
         server.terminate()
         out = server.communicate(timeout=10)[0]
