@@ -99,6 +99,13 @@ def test_one_version_everywhere():
     assert out.stdout.strip() == f"wsrelay {wsrelay.__version__} (pump: {pump.default_name()})"
 
 
+def test_the_readmes_version_example_is_this_version():
+    """README's Install shows `wsrelay --version`'s output, version included: it must be this one."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    shown = re.findall(r"^wsrelay --version +# wsrelay (\S+) \(pump: (\w+)\)$", readme, re.M)
+    assert shown == [(wsrelay.__version__, "cython")], "update README.md's `wsrelay --version` example"
+
+
 def test_version_names_the_python_pump_when_it_is_forced():
     wsrelay_bin = Path(sys.executable).parent / "wsrelay"
     out = subprocess.run([str(wsrelay_bin), "--version"], capture_output=True, text=True, timeout=60,
