@@ -115,3 +115,31 @@ def test_keepalive_drops_a_peer_that_stops_answering(pump):
         assert _code(client_rec.close_frames()[0]) == 1011          # bot lost
         bot.close()
     arun(main())
+
+
+def test_a_capacity_check_that_fails_unexpectedly_answers_500(pump, caplog):
+    """Not a CapacityError (here: the shared table of --workers is full) must still answer."""
+    from wsrelay.admission.capacity import SharedCapacity
+    from wsrelay.edge.relay import Relay
+
+    async def main():
+        bot = await Bot(echo=True).start()
+        cfg = relay_config({"first.demo": [bot.url], "second.demo": [bot.url]})
+        cfg = _with_agent(cfg, max_sessions=5)
+        relay = Relay(cfg, pump=pump, capacity=SharedCapacity(slots=1))      # room for one agent
+        await relay.start()
+        try:
+            first, _ = await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/first.demo")
+            try:
+                response = await raw_request(relay.port, upgrade_head("/ws/generic/second.demo"), read_timeout=5)
+            except TimeoutError:
+                raise AssertionError("the client got no answer") from None
+            assert status_of(response) == 500
+            assert len(bot.requests) == 1
+            failures = [r for r in caplog.records if r.getMessage() == "capacity check failed unexpectedly"]
+            assert len(failures) == 1 and "capacity table full" in str(failures[0].exc_info[1])
+            first.disconnect()
+        finally:
+            await relay.stop()
+            bot.close()
+    arun(main())

@@ -281,6 +281,10 @@ class Relay:
         except CapacityError as exc:                 # 429 at the limit (here or fleet-wide), 503 Redis away
             gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
             return
+        except Exception as exc:      # a bug, or the shared capacity table full: answer, never hang
+            log.exception("capacity check failed unexpectedly")
+            gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
+            return
         session = Session(route=route, agent=agent, upgrade=upgrade, client_address=gate.peer,
                           secure=self.tls is not None, pump=self.pump, limits=self.config.relay,
                           connect=self.upstreams.connect, attach=gate.attach, on_end=self._session_over,
