@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 
 import pytest
 
@@ -486,6 +487,38 @@ def test_registry_rereads_redis_periodically_even_without_a_message(redis_server
             await asyncio.gather(runner, return_exceptions=True)
             await link.client.delete(AGENTS_KEY)
             await link.close()
+    arun(main())
+
+
+@pytest.mark.system                  # a real redis-server from Debian's packages
+def test_a_token_agent_from_redis_on_a_relay_without_a_signing_key_is_refused_in_one_line(
+        redis_server, pump, caplog):
+    """The file's token agents need a key for the relay to start; Redis' agents arrive later."""
+    from wsrelay.config import FleetConfig
+    from wsrelay.core.tokens import mint_token
+    async def main():
+        bot = await Bot(echo=True).start()
+        cfg = dataclasses.replace(relay_config({}), fleet=FleetConfig(redis_url=redis_server.url))
+        link = RedisLink(redis_server.url)
+        await apply_agents(link, [AgentConfig("keyless", "o", (bot.url,), websocket_auth="token",
+                                              public_keys=("pk",))])
+        relay = await start_relay(cfg, pump)
+        try:
+            assert relay.registry.lookup("keyless.o") is not None
+            head = (b"POST /v1/public/keyless/start HTTP/1.1\r\nHost: relay.test\r\n"
+                    b"Authorization: Bearer pk\r\nContent-Length: 2\r\n\r\n{}")
+            start = await raw_request(relay.port, head)
+            token = mint_token("keyless.o", keys={"k": "s"}, active_key="k", ttl=60, now=time.time())
+            upgrade = await raw_request(relay.port, upgrade_head(f"/ws/generic/keyless.o?token={token}"))
+            assert (status_of(start), status_of(upgrade)) == (503, 503), (start, upgrade)
+            assert b"cannot issue tokens" in start and b"cannot check tokens" in upgrade
+            assert not bot.requests
+            assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        finally:
+            await relay.stop()
+            await link.client.delete(AGENTS_KEY)
+            await link.close()
+            bot.close()
     arun(main())
 
 

@@ -42,6 +42,8 @@ class Authenticator:
             return None
         if agent.websocket_auth != "token":
             return None
+        if not self.auth.keys:
+            raise no_signing_key(agent, "check")
         token = upgrade.bearer_token or route.token
         if not token:
             raise missing_token_error()
@@ -52,9 +54,20 @@ class Authenticator:
             raise AuthError("token replayed: its nonce was already used", status=403)
         return claims
 
+    def can_mint(self) -> bool:
+        return bool(self.auth.active_key) and self.auth.active_key in self.auth.keys
+
     def mint(self, service_host: str, *, ttl: int | None = None, session_id: str | None = None) -> str:
         return mint_token(service_host, keys=self.auth.keys, active_key=self.auth.active_key or "",
                           ttl=ttl or self.auth.token_ttl, now=self.clock(), session_id=session_id)
+
+
+def no_signing_key(agent: AgentConfig, what: str) -> AuthError:
+    """A token agent on a relay without a signing key (an agent from the fleet's Redis: the
+    file's token agents need a key to start): 503, as another relay of the fleet may have one."""
+    return AuthError(f"{agent.service_host} uses websocket_auth = \"token\" but this relay has no signing key "
+                     "([auth] secret, or keys and active_key, or WSRELAY_AUTH_SECRET)", status=503,
+                     public_reason=f"Service Unavailable: this relay cannot {what} tokens for this agent")
 
 
 def check_twilio_signature(agent: AgentConfig, upgrade: UpgradeRequest, urls: list[str]) -> None:

@@ -19,7 +19,7 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from .auth import Authenticator
+from .auth import Authenticator, no_signing_key
 from ..config import Config
 from ..core.upgrade import parse_bearer
 from ..errors import RequestRefused
@@ -54,6 +54,8 @@ def handle_start(request: StartRequest, *, registry: AgentRegistry, config: Conf
     if agent is None:
         raise RequestRefused(f"start API: wrong public key for {request.agent_name!r}", status=403,
                              public_reason="Forbidden: invalid public key")
+    if agent.websocket_auth == "token" and not authenticator.can_mint():
+        raise no_signing_key(agent, "issue")
     payload = _parse_json(request.body)
     transport = payload.get("transport", "websocket")
     if transport != "websocket":
