@@ -8,7 +8,7 @@ import time
 import pytest
 
 from wsrelay.config import (apply_overrides, auth_secret_from_env, demo_config, load_config, locate_keys,
-                            parse_config, require_shared_nonces, require_signing_key)
+                            parse_config, require_shared_nonces, require_signing_key, nonce_store_of)
 from wsrelay.errors import ConfigError, ConfigErrors
 
 FULL = '''\
@@ -377,6 +377,13 @@ CROSS_KEY = [
 def test_cross_key_errors_point_at_a_written_key(text, key, line, words):
     error = _only(text)
     assert (error.key, error.line) == (key, line) and words in error.message
+
+
+def test_a_redis_nonce_store_without_its_own_url_uses_the_fleets_redis():
+    cfg = parse_config('[relay]\nnonce_store = "redis"\n\n[fleet]\nredis_url = "redis://fleet:6379/0"\n')
+    assert nonce_store_of(cfg) == ("redis", "redis://fleet:6379/0")
+    error = _only('[relay]\nnonce_store = "redis"\n')
+    assert error.key == "relay.nonce_store" and "[fleet] redis_url" in error.message
 
 
 def test_shared_nonces_error_points_at_workers_or_the_token_agent():

@@ -878,8 +878,6 @@ def _check_pairs(check: _Checker, table, values: dict) -> None:
         given, missing = ("tls_cert", "tls_key") if values["tls_cert"] else ("tls_key", "tls_cert")
         check.error(f"relay.{given}", f"relay.{given} is set but relay.{missing} is not: set both "
                                       "to serve wss://, or neither")
-    if values["nonce_store"] == "redis" and not values["redis_url"] and check.valid("relay.redis_url"):
-        check.error("relay.nonce_store", "relay.nonce_store = 'redis' needs relay.redis_url = 'redis://host:6379/0'")
 
 
 def _auth(check: _Checker, table) -> AuthConfig:
@@ -1047,6 +1045,11 @@ def parse_config(text: str, source: str | None = None) -> Config:
     relay = _relay(check, relay_table if isinstance(relay_table, dict) else {})
     auth = _auth(check, auth_table if isinstance(auth_table, dict) else {})
     fleet = _fleet(check, fleet_table if isinstance(fleet_table, dict) else {})
+    if relay.nonce_store == "redis" and not relay.redis_url and not fleet.redis_url \
+            and check.valid("relay.redis_url", "fleet.redis_url", "fleet"):
+        # Without its own redis_url the nonce store uses the fleet's Redis (nonce_store_of).
+        check.error("relay.nonce_store", "relay.nonce_store = 'redis' needs relay.redis_url = 'redis://host:6379/0' "
+                                         "(or a [fleet] redis_url, whose Redis it then uses)")
     agents_raw = data.get("agents", [])
     agents: list[AgentConfig] = []
     if not isinstance(agents_raw, list):
