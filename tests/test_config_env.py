@@ -27,7 +27,9 @@ def test_the_variable_alone_puts_a_relay_in_a_fleet():
     assert cfg.fleet.enabled and cfg.fleet.redis_url == "redis://r:6379"
 
 
-@pytest.mark.parametrize("url", ["http://redis:6379", "redis", "redis://a b", "redis://x\n"])
+@pytest.mark.parametrize("url", ["http://redis:6379", "redis", "redis://a b", "redis://x\n",
+                                 # the file's rule: redis:// or rediss:// with a host and a valid port
+                                 "unix:///run/redis.sock", "redis://[", "redis://:p%40ss@redis:99999/0"])
 def test_a_bad_url_in_the_environment_names_the_variable(url):
     with pytest.raises(ConfigError) as info:
         fleet_redis_url_from_env(parse_config(FILE), {"WSRELAY_FLEET_REDIS_URL": url})

@@ -1153,7 +1153,9 @@ def fleet_redis_url_from_env(config: Config, environ: Mapping[str, str] = os.env
     url = environ.get("WSRELAY_FLEET_REDIS_URL")
     if not url:
         return config
-    if not url.startswith(("redis://", "rediss://", "unix://")) or _SPACE_OR_CONTROL.search(url):
+    check = _Checker({}, None)
+    _check_redis_url(check, url, key="fleet.redis_url")     # the file's rule; its messages would show the URL
+    if check.errors:
         raise ConfigError("WSRELAY_FLEET_REDIS_URL must be a URL like 'redis://:password@redis:6379/0' or "
                           "'rediss://user:password@redis.example.com:6380/0'", key="WSRELAY_FLEET_REDIS_URL")
     return dataclasses.replace(config, fleet=dataclasses.replace(config.fleet, redis_url=url))
