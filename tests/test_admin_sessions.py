@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 
 import pytest
 
-from support import Bot, admin_request, arun, connect_client, relay_config, start_relay
+from support import Bot, admin_request, arun, connect_client, relay_config, start_relay, status_of, upgrade_head
 from wsrelay.edge.admin import AdminServer
 from wsrelay.edge.live_sessions import LiveSessions
 
@@ -153,6 +154,103 @@ def test_delete_ends_the_session_with_1008_to_both_sides(caplog):
     arun(main())
     ends = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "session_end"]
     assert [e["end_reason"] for e in ends] == ["ended by operator"]
+
+
+class SilentBot:
+    """A TCP server that reads each bot handshake and never answers it: a bot still connecting.
+    ``dropped`` counts the connections the relay has closed (EOF seen)."""
+
+    async def start(self) -> "SilentBot":
+        self.requests: list[bytes] = []
+        self.dropped = 0
+        self.changed = asyncio.Event()
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            self.requests.append(await reader.readuntil(b"\r\n\r\n"))
+            self.changed.set()
+            while await reader.read(4096):
+                pass
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        self.dropped += 1
+        self.changed.set()
+        writer.close()
+
+    async def until(self, predicate, timeout: float = 5) -> None:
+        async def wait():
+            while not predicate():
+                self.changed.clear()
+                await self.changed.wait()
+        await asyncio.wait_for(wait(), timeout)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/bot"
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.parametrize("endpoint", ["generic", "twilio"])
+def test_delete_of_a_session_whose_bot_has_not_answered_refuses_the_client_and_drops_the_bot(endpoint, caplog):
+    """The bot has not sent its 101 yet: the client is refused (HTTP 503 before its 101, or close
+    1008 on a telephony endpoint, whose 101 the relay wrote itself), the bot's connection is
+    dropped, the capacity slot is free at once (not after close_timeout), and the log says so."""
+    from websockets.asyncio.client import connect
+    import websockets
+
+    from providers import Call
+    caplog.set_level(logging.INFO, logger="wsrelay")
+
+    async def main():
+        bot = await SilentBot().start()
+        config = relay_config({"voice.acme": [bot.url]}, upstream_connect_timeout=30, close_timeout=10)
+        config = dataclasses.replace(config, agents=(dataclasses.replace(config.agents[0], max_sessions=1),))
+        relay = await start_relay(config, "cython")
+        admin = AdminServer(render_metrics=relay.metrics.render, is_ready=lambda: True,
+                            sessions=LiveSessions(lambda: relay.sessions), token=TOKEN)
+        await admin.start("127.0.0.1", 0)
+        try:
+            if endpoint == "generic":
+                reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+                writer.write(upgrade_head("/ws/generic/voice.acme"))
+            else:
+                ws = await connect(f"ws://127.0.0.1:{relay.port}/ws/twilio")
+                for message in Call("twilio", service_host="voice.acme").first_messages():
+                    await ws.send(message)
+            await bot.until(lambda: len(bot.requests) == 1)
+            status, _, body = await admin_request(admin.port, "GET", "/sessions", BEARER)
+            view, = json.loads(body)["sessions"]
+            assert view["state"] == "connecting"
+            status, _, body = await admin_request(admin.port, "DELETE", f"/sessions/{view['id']}", BEARER)
+            assert status == 200 and json.loads(body) == {"ended": view["id"], "close_code": 1008}
+            if endpoint == "generic":
+                answer = await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+                assert status_of(answer) == 503 and b"ended by the operator" in answer, answer
+                assert relay.rejections[503] == 1
+            else:
+                with pytest.raises(websockets.ConnectionClosed) as info:
+                    await asyncio.wait_for(ws.recv(), 5)
+                assert (info.value.rcvd.code, info.value.rcvd.reason) == (1008, "ended by the operator")
+                assert relay.rejections[1008] == 1
+            await bot.until(lambda: bot.dropped == 1, 2)
+            assert not relay.sessions
+            # the slot (max_sessions = 1) is free at once: the next client reaches the bot
+            reader2, writer2 = await asyncio.open_connection("127.0.0.1", relay.port)
+            writer2.write(upgrade_head("/ws/generic/voice.acme"))
+            await bot.until(lambda: len(bot.requests) == 2, 2)
+            writer2.close()
+        finally:
+            await admin.close()
+            await relay.stop()
+            bot.close()
+    arun(main())
+    ends = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "session_end"]
+    assert ends and ends[0]["end_reason"] == "ended by operator", ends
 
 
 def test_paging_returns_every_live_session_exactly_once_under_churn():

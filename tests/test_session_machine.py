@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsrelay.core.session_machine import (BOT, CLIENT, CancelTimer, Disconnect, End, ForwardClose, Outcome,
+from wsrelay.core.session_machine import (BOT, CLIENT, Abandon, CancelTimer, Disconnect, End, ForwardClose, Outcome,
                                           PauseReading, ResumeReading, SendClose, SessionMachine, SessionState,
                                           SideState, StartTimer, Timer, legal_close_code)
 
@@ -78,7 +78,7 @@ class Harness:
         return ends[0]
 
     def closes_to(self, side: str) -> list:
-        return [a for a in self.actions if isinstance(a, (SendClose, ForwardClose)) and a.side == side]
+        return [a for a in self.actions if isinstance(a, (SendClose, ForwardClose, Abandon)) and a.side == side]
 
 
 # -- the close paths of SPEC §2.6 ------------------------------------------------------------------
@@ -302,6 +302,37 @@ def test_shutdown_while_the_bot_is_contacted_closes_the_held_client_once():
     assert h.m.ended and len(h.closes_to(CLIENT)) == 1
 
 
+OPERATOR = (1008, "ended by the operator")
+
+
+def test_the_operator_ending_a_session_whose_bot_has_not_answered_abandons_both_sides_and_ends_it():
+    """Both sides still connecting (the client has no 101): nothing to close, no handshake to
+    wait for. The bot's connect is dropped, the client refused, and the session ends at once."""
+    h = Harness()
+    actions = h.do(h.m.close_by_relay(OPERATOR, OPERATOR, Outcome.ENDED_BY_OPERATOR))
+    assert actions == [Abandon(CLIENT, *OPERATOR), Abandon(BOT, *OPERATOR), End(Outcome.ENDED_BY_OPERATOR)]
+    assert h.m.ended and h.m.end_reason == "ended by operator" and h.m.first_closer == "relay"
+    assert h.m.sides[CLIENT].close_to == h.m.sides[BOT].close_to == 1008
+    assert h.do(h.m.opened(BOT)) == []                  # a 101 arriving anyway: the driver drops it
+    assert h.do(h.m.close_by_relay(OPERATOR, OPERATOR, Outcome.ENDED_BY_OPERATOR)) == []
+    assert h.drain().outcome is Outcome.ENDED_BY_OPERATOR
+
+
+def test_the_operator_ending_a_held_session_whose_bot_has_not_answered():
+    """A provider's client (its 101 written by the gate) gets its close; the bot's connect is dropped."""
+    h = Harness(client_held=True)
+    actions = h.do(h.m.close_by_relay(OPERATOR, OPERATOR, Outcome.ENDED_BY_OPERATOR))
+    assert actions == [SendClose(CLIENT, *OPERATOR), Abandon(BOT, *OPERATOR), End(Outcome.ENDED_BY_OPERATOR)]
+    assert h.drain().outcome is Outcome.ENDED_BY_OPERATOR
+
+
+def test_the_operator_ending_an_open_session_abandons_nothing():
+    h = Harness().open()
+    actions = h.do(h.m.close_by_relay(OPERATOR, OPERATOR, Outcome.ENDED_BY_OPERATOR))
+    assert actions == [SendClose(CLIENT, *OPERATOR), SendClose(BOT, *OPERATOR), StartTimer(Timer.CLOSE, 5.0)]
+    assert not h.m.ended
+
+
 def test_a_held_client_that_leaves_before_the_bot_answers():
     h = Harness(client_held=True)
     h.do(h.m.opened(BOT))
@@ -324,7 +355,7 @@ EVENTS = st.one_of(
     st.tuples(st.just("low"), SIDE),
     st.tuples(st.just("watch"), st.floats(0, 200), st.sets(SIDE)),
     st.tuples(st.just("timer"), st.sampled_from(list(Timer)), st.integers(0, 3)),
-    st.tuples(st.just("relay"), st.sampled_from([Outcome.SHUTDOWN, Outcome.TIME_LIMIT])),
+    st.tuples(st.just("relay"), st.sampled_from([Outcome.SHUTDOWN, Outcome.TIME_LIMIT, Outcome.ENDED_BY_OPERATOR])),
     st.tuples(st.just("abort")),
     st.tuples(st.just("gone early")),
 )

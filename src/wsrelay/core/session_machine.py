@@ -36,6 +36,9 @@ Rules, each one place:
 * A side that was sent a close has nothing more relayed to it, so its peer, if paused
   because of it, is read again (its close reply or EOF must be seen).
 * ``max_session_seconds`` and ``idle_timeout`` end the session from the relay's side.
+* The relay's close to a side still ``CONNECTING`` (shutdown, the operator, before the
+  bot's ``101``) abandons it: the bot's connection is dropped, the client is refused
+  before its ``101``, and the session ends at once.
 
 Each side gets at most one close from the relay, and every event sequence ends: the
 close timer bounds every wait (property-tested in tests/test_session_machine.py).
@@ -116,6 +119,17 @@ class ForwardClose:
 
 
 @dataclass(frozen=True)
+class Abandon:
+    """``side`` never opened and never will: stop its handshake. The bot: stop connecting to it
+    (drop its connection). The client before its ``101``: refuse it (an HTTP answer saying
+    ``reason``); ``code`` is the close it would have got, kept as its ``close_to``."""
+
+    side: str
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Disconnect:
     side: str
     graceful: bool = True
@@ -148,7 +162,8 @@ class End:
     detail: str | None = None   # which side, for protocol errors, keepalive and stalls
 
 
-Action = SendClose | ForwardClose | Disconnect | PauseReading | ResumeReading | StartTimer | CancelTimer | End
+Action = (SendClose | ForwardClose | Abandon | Disconnect | PauseReading | ResumeReading | StartTimer
+          | CancelTimer | End)
 
 
 # -- the machine ---------------------------------------------------------------------------
@@ -387,7 +402,9 @@ class SessionMachine:
         return []
 
     def close_by_relay(self, client: tuple[int, str], bot: tuple[int, str], outcome: Outcome) -> list[Action]:
-        """The relay ends the session (time limit, idle, shutdown): close both sides."""
+        """The relay ends the session (time limit, idle, shutdown, the operator): close both
+        sides. A side still connecting is abandoned, so a session whose bot has not answered
+        ends at once (it has no close handshake to wait for)."""
         if self.ended:
             return []
         if self.first_closer is None:
@@ -396,7 +413,7 @@ class SessionMachine:
         actions: list[Action] = []
         for name, (code, reason) in ((CLIENT, client), (BOT, bot)):
             actions += self._close(name, code, reason)
-        return actions + self._arm_close_timer()
+        return actions + (self._maybe_end() or self._arm_close_timer())
 
     def abort(self) -> list[Action]:
         """Drop both sockets at once (second shutdown signal, close timeout)."""
@@ -418,6 +435,10 @@ class SessionMachine:
     def _close(self, side: str, code: int, reason: str) -> list[Action]:
         """The relay's own close to ``side``, if it may still get one."""
         s = self.sides[side]
+        if s.state is SideState.CONNECTING:
+            # Not open yet, and it never will be: no close frame, its handshake is abandoned.
+            s.close_sent, s.close_to, s.state = True, code, SideState.CLOSED
+            return [Abandon(side, code, reason)]
         if s.state is SideState.HOLDING and not s.close_sent:
             # The gate sends it and waits for the reply: for the session the side is gone.
             s.close_sent, s.close_to, s.state = True, code, SideState.CLOSED

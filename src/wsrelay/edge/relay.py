@@ -288,7 +288,7 @@ class Relay:
         session = Session(route=route, agent=agent, upgrade=upgrade, client_address=gate.peer,
                           secure=self.tls is not None, pump=self.pump, limits=self.config.relay,
                           connect=self.upstreams.connect, attach=gate.attach, on_end=self._session_over,
-                          session_id=claims.session_id if claims else None)
+                          session_id=claims.session_id if claims else None, refuse_client=gate.refuse)
         self.sessions.add(session)
         if lease is not None:
             self._lease_of[session] = lease

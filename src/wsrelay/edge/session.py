@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from picows import WSListener, WSMsgType, WSUpgradeRequest, WSUpgradeResponse
 
-from ..core.session_machine import (BOT, CLIENT, CancelTimer, Disconnect, End, ForwardClose, PauseReading,
-                                   ResumeReading, SendClose, SessionMachine, SideState, StartTimer, Timer)
+from ..core.session_machine import (BOT, CLIENT, Abandon, CancelTimer, Disconnect, End, ForwardClose,
+                                   PauseReading, ResumeReading, SendClose, SessionMachine, SideState, StartTimer,
+                                   Timer)
 
 if TYPE_CHECKING:
     from ..config import AgentConfig, RelayConfig
@@ -42,6 +43,9 @@ _GONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 Connector = Callable[..., Awaitable[Any]]
 Attach = Callable[[Any, "str | None", str], bool]
+Refuse = Callable[..., None]             # the gate's refuse(status, public_reason, reason=...)
+
+REFUSED_BEFORE_OPEN = 503                # a client ended by the relay before its 101 (shutdown, the operator)
 
 
 class Session:
@@ -51,14 +55,15 @@ class Session:
     __slots__ = ("route", "agent", "upgrade", "client_address", "secure", "id", "created_at",
                  "connected_at", "connected_ns", "ended_at", "upstream_seconds", "subprotocol", "machine", "client",
                  "bot", "_connect", "_attach", "_on_end", "_limits", "_bot_response", "_timers",
-                 "_close_held", "_client_first_ns")
+                 "_close_held", "_client_first_ns", "_refuse_client", "_connecting")
 
     def __init__(self, *, route: "Route", agent: "AgentConfig", upgrade: "UpgradeRequest",
                  client_address: str, secure: bool, pump: Any, limits: "RelayConfig",
                  connect: Connector, attach: Attach, on_end: Callable[["Session"], None],
                  session_id: str | None = None,
                  close_held: Callable[[int, str], None] | None = None,
-                 client_101_ns: int = 0, client_first_ns: int = 0) -> None:
+                 client_101_ns: int = 0, client_first_ns: int = 0,
+                 refuse_client: Refuse | None = None) -> None:
         self.route = route
         self.agent = agent
         self.upgrade = upgrade
@@ -84,6 +89,10 @@ class Session:
         # A provider's client is upgraded and held by the gate until the bot answers:
         # ``close_held`` sends it a close from there (the machine's HOLDING side).
         self._close_held = close_held
+        # A client not yet upgraded is refused with an HTTP answer when the relay ends its
+        # session before the bot answered; the connect is cancelled (``_connecting``).
+        self._refuse_client = refuse_client
+        self._connecting: asyncio.Future | None = None
         self.machine = SessionMachine(
             close_timeout=limits.close_timeout, stall_timeout=limits.stall_timeout,
             time_limit=agent.max_session_seconds or None, idle_timeout=agent.idle_timeout,
@@ -122,21 +131,28 @@ class Session:
         session, and ``on_end`` is called once both sockets are gone. Raises
         ``UpstreamError`` when no bot instance takes the session (the relay answers the
         client with its status). Cancelled while connecting (the client left), it drops
-        whatever the bot side has opened.
+        whatever the bot side has opened. Ended by the relay while connecting (shutdown, the
+        operator: the machine abandons the bot), it returns with ``upstream_seconds`` None:
+        the client has been answered and ``on_end`` called.
         """
         started = time.monotonic()
         # picows keeps the extra headers object for the connection's life: hand it a list
         # (a header such as Cookie may repeat) and empty it once the handshake is sent.
         headers = self.forward_headers()
+        connecting = self._connecting = asyncio.ensure_future(self._connect(
+            self.route.service_host, self.agent.upstreams, query=self.route.forward_query, headers=headers,
+            listener_factory=self._bot_listener))
         try:
-            await self._connect(self.route.service_host, self.agent.upstreams,
-                                query=self.route.forward_query, headers=headers,
-                                listener_factory=self._bot_listener)
+            await connecting
         except asyncio.CancelledError:
             if self.bot.transport is not None and not self.bot.disconnected:
                 self.bot.transport.disconnect(False)
+            task = asyncio.current_task()
+            if connecting.cancelled() and self.machine.ended and not (task is not None and task.cancelling()):
+                return                       # abandoned: the relay ended the session
             raise
         finally:
+            self._connecting = None
             headers.clear()
         self.upstream_seconds = time.monotonic() - started
 
@@ -234,6 +250,17 @@ class Session:
             else:
                 side.transport.send(WSMsgType.CLOSE, action.payload)
 
+    def _abandon(self, action: Abandon) -> None:
+        """A side that never opened: stop connecting the bot; refuse the client before its 101."""
+        if action.side == BOT:
+            if self._connecting is not None:
+                self._connecting.cancel()
+            elif self.bot.transport is not None and not self.bot.disconnected:
+                self.bot.transport.disconnect(False)
+        elif self._refuse_client is not None:
+            self._refuse_client(REFUSED_BEFORE_OPEN, f"Service Unavailable: {action.reason}",
+                                reason=f"{action.reason} before the bot answered")
+
     def _disconnect(self, action: Disconnect) -> None:
         side = self._side(action.side)
         if side.transport is not None and not side.disconnected:
@@ -316,7 +343,8 @@ class Session:
 
 
 _CARRY_OUT: dict[type, Callable[[Session, Any], None]] = {
-    SendClose: Session._send_close, ForwardClose: Session._send_close, Disconnect: Session._disconnect,
+    SendClose: Session._send_close, ForwardClose: Session._send_close, Abandon: Session._abandon,
+    Disconnect: Session._disconnect,
     PauseReading: Session._pause, ResumeReading: Session._resume, StartTimer: Session._start_timer,
     CancelTimer: Session._cancel_timer, End: Session._end,
 }

@@ -13,11 +13,13 @@ own HTTP status when it refused the upgrade.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
 import time
 from typing import Callable
+from urllib.parse import urlsplit
 
 from picows import WSHandshakeError, WSListener, ws_connect
 
@@ -115,11 +117,13 @@ class UpstreamConnector:
         for instance in self.order(service_host):
             url = instance.url
             full_url = join_query(url, query)
+            address = instance.address or _ip_literal(url)
+            opened: list[socket.socket] = []
             try:
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(self._timeout), _dropped_when_cancelled(opened):
                     transport, listener = await ws_connect(
                         listener_factory, full_url,
-                        socket_factory=_connected_to(instance.address, url) if instance.address else None,
+                        socket_factory=_connected_to(address, url, opened) if address else None,
                         ssl_context=self._ssl_context if full_url.startswith("wss:") else None,
                         websocket_handshake_timeout=self._timeout,
                         logger_name=_picows_log,
@@ -160,19 +164,44 @@ class UpstreamConnector:
         raise UpstreamUnreachable(f"no instance of {service_host} could be reached")
 
 
-def _connected_to(address: str, url: str):
-    """A picows socket factory connecting to ``address`` (one resolved instance of ``url``).
+def _ip_literal(url: str) -> str | None:
+    """The host of ``url`` when it is an IP address (connected to by ``_connected_to`` too)."""
+    host = urlsplit(url).hostname
+    return host if host and host_of(url) is None else None
+
+
+@contextlib.asynccontextmanager
+async def _dropped_when_cancelled(opened: list[socket.socket]):
+    """Shut down the sockets of a connect that is cancelled (the session ended, the client
+    left, the timeout): picows leaves a connection whose handshake is under way open when
+    ``ws_connect`` is cancelled, so the bot would keep it until its own timeout. The socket
+    objects are the transport's own, so one already closed has no descriptor left to hit."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        for sock in opened:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        raise
+
+
+def _connected_to(address: str, url: str, opened: list[socket.socket] | None = None):
+    """A picows socket factory connecting to ``address`` (one resolved instance of ``url``);
+    each socket it makes is appended to ``opened``.
 
     The URL keeps its host name, so the bot's ``Host`` header and TLS server name are the
     name the operator wrote, while the TCP connection goes to the chosen address.
     """
-    from urllib.parse import urlsplit
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "wss" else 80)
 
     async def factory(_parsed) -> socket.socket:
         sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
+        if opened is not None:
+            opened.append(sock)
         try:
             await asyncio.get_running_loop().sock_connect(sock, (address, port))
         except BaseException:
