@@ -253,6 +253,27 @@ def test_delete_of_a_session_whose_bot_has_not_answered_refuses_the_client_and_d
     assert ends and ends[0]["end_reason"] == "ended by operator", ends
 
 
+def test_shutdown_while_the_bot_has_not_answered_refuses_the_client_with_503():
+    """Relay.stop ends a session still connecting as DELETE does: at once, the client refused
+    (it has no 101 yet), the bot's connection dropped; not after close_timeout, unanswered."""
+    async def main():
+        bot = await SilentBot().start()
+        relay = await start_relay(relay_config({"voice.acme": [bot.url]}, upstream_connect_timeout=30,
+                                               close_timeout=10), "cython")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            writer.write(upgrade_head("/ws/generic/voice.acme"))
+            await bot.until(lambda: len(bot.requests) == 1)
+            await asyncio.wait_for(relay.stop(drain_seconds=0), 2)
+            answer = await asyncio.wait_for(reader.read(), 2)
+            writer.close()
+            assert status_of(answer) == 503 and b"relay restarting" in answer, answer
+            await bot.until(lambda: bot.dropped == 1, 2)
+        finally:
+            bot.close()
+    arun(main())
+
+
 def test_paging_returns_every_live_session_exactly_once_under_churn():
     """Sessions start and end between pages: each one alive throughout is listed exactly once,
     none is listed twice, one that ended before its page came is not listed, and a page never
