@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
 
 from support import Bot, admin_request, arun
 from test_admin_sessions import BEARER, TOKEN
@@ -23,7 +26,7 @@ def test_sessions_of_two_workers_are_one_list_and_each_can_be_ended(tmp_path):
                                                       (f"&cursor={cursor}" if cursor else ""), BEARER)
                 assert status == 200, body
                 page = json.loads(body)
-                assert page["total"] == 12 and len(page["sessions"]) <= 5
+                assert page["total"] == 12 and len(page["sessions"]) <= 5 and page["incomplete"] == 0
                 seen += [s["id"] for s in page["sessions"]]
                 cursor = page["next"]
                 if cursor is None:
@@ -44,6 +47,35 @@ def test_sessions_of_two_workers_are_one_list_and_each_can_be_ended(tmp_path):
             ended = [line for line in relay.log().splitlines() if '"end_reason":"ended by operator"' in line]
             assert len(ended) == 12
         finally:
+            assert relay.stop() == 0, relay.log()
+            bot.close()
+    arun(main(), timeout=60)
+
+
+def test_a_worker_that_does_not_answer_is_counted_as_incomplete(tmp_path):
+    """Worker 1 stopped (SIGSTOP): /sessions still answers after the 2 s wait, with worker 0's
+    sessions and ``"incomplete": 1``; once it runs again, every session and ``"incomplete": 0``."""
+    async def main():
+        bot = await Bot(echo=True).start()
+        relay, _, admin, _ = await two_workers_with_clients(bot, tmp_path, f'admin_token = "{TOKEN}"')
+        worker_1 = None
+        try:
+            started = re.search(r"started 2 workers: \[(\d+), (\d+)\]", relay.log())
+            assert started, relay.log()
+            worker_1 = int(started.group(2))
+            os.kill(worker_1, signal.SIGSTOP)
+            status, _, body = await admin_request(admin, "GET", "/sessions", BEARER)
+            page = json.loads(body)
+            # SO_REUSEPORT spread the 12 over both workers (all on one: a chance of 1 in 2048)
+            assert status == 200 and page["incomplete"] == 1 and page["total"] < 12, page
+            assert len(page["sessions"]) == page["total"]
+            os.kill(worker_1, signal.SIGCONT)
+            status, _, body = await admin_request(admin, "GET", "/sessions", BEARER)
+            page = json.loads(body)
+            assert status == 200 and page["incomplete"] == 0 and page["total"] == 12, page
+        finally:
+            if worker_1 is not None:
+                os.kill(worker_1, signal.SIGCONT)
             assert relay.stop() == 0, relay.log()
             bot.close()
     arun(main(), timeout=60)

@@ -124,13 +124,14 @@ class AdminServer:
             return 404, b"not found\n", {}
         session_id = unquote(path[len(b"/sessions/"):].decode("latin-1"))
         if method in (b"GET", b"HEAD"):
-            view = await self.sessions.view(session_id)
+            view, missing = await self.sessions.view(session_id)
             if view is None:
-                return _json(404, {"error": f"no live session {session_id!r}"})
+                return _json(404, _not_live(session_id, missing))
             return _json(200, view)
         if method == b"DELETE":
-            if not await self.sessions.end(session_id):
-                return _json(404, {"error": f"no live session {session_id!r}"})
+            ended, missing = await self.sessions.end(session_id)
+            if not ended:
+                return _json(404, _not_live(session_id, missing))
             return _json(200, {"ended": session_id, "close_code": 1008})
         return 405, b"use GET or DELETE\n", {"Allow": "GET, HEAD, DELETE"}
 
@@ -152,6 +153,14 @@ def _static(name: str) -> bytes:
     if name not in _STATIC_CACHE:
         _STATIC_CACHE[name] = resources.files("wsrelay.edge").joinpath("dashboard").joinpath(name).read_bytes()
     return _STATIC_CACHE[name]
+
+
+def _not_live(session_id: str, missing: int) -> dict:
+    """The 404 of /sessions/{id}; with --workers N, whether some worker could not be asked."""
+    error = f"no live session {session_id!r}"
+    if missing:
+        error += f" on the workers that answered ({missing} did not answer in time: it may be on one of them)"
+    return {"error": error, "incomplete": missing}
 
 
 def _json(status: int, payload: dict) -> tuple[int, bytes, dict[str, str]]:

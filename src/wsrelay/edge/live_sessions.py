@@ -75,13 +75,14 @@ class LiveSessions:
 
     With ``--workers N`` the admin port is worker 0's: ``remote`` lists the other workers'
     sessions and ``remote_end`` ends one of theirs (edge/metrics_group.py asks them over
-    their Unix sockets). Creation times are CLOCK_MONOTONIC, one clock for the whole
-    machine, so every worker's sessions share one order.
+    their Unix sockets), each with the number of workers that did not answer in time
+    (``incomplete`` in the answers). Creation times are CLOCK_MONOTONIC, one clock for the
+    whole machine, so every worker's sessions share one order.
     """
 
     def __init__(self, sessions: Callable[[], Iterable[Any]], *,
-                 remote: Callable[[], Awaitable[list[dict]]] | None = None,
-                 remote_end: Callable[[str], Awaitable[bool]] | None = None) -> None:
+                 remote: Callable[[], Awaitable[tuple[list[dict], int]]] | None = None,
+                 remote_end: Callable[[str], Awaitable[tuple[bool, int]]] | None = None) -> None:
         self._sessions = sessions
         self._remote = remote
         self._remote_end = remote_end
@@ -91,29 +92,36 @@ class LiveSessions:
         now = time.monotonic()
         return [dict(session_view(s, now), _order=list(_key(s))) for s in self._sessions() if not s.ended]
 
-    async def _all_views(self) -> list[dict]:
+    async def _all_views(self) -> tuple[list[dict], int]:
+        """Every live session in order, and how many workers did not answer."""
         views = self.local_views()
+        missing = 0
         if self._remote is not None:
-            views += await self._remote()
+            remote, missing = await self._remote()
+            views += remote
         views.sort(key=lambda v: (v["_order"][0], v["_order"][1]))
-        return views
+        return views, missing
 
     async def page(self, cursor: str | None = None, limit: int = MAX_PAGE) -> dict:
-        """``{"sessions": [...], "next": cursor or None, "total": live count}``."""
+        """``{"sessions": [...], "next": cursor or None, "total": live count, "incomplete": n}``,
+        ``n`` the workers left out because they did not answer (0 without ``--workers``)."""
         if not 1 <= limit <= MAX_PAGE:
             raise BadCursor(f"limit must be from 1 to {MAX_PAGE}")
         after = decode_cursor(cursor) if cursor else None
-        live = await self._all_views()
+        live, missing = await self._all_views()
         rest = [v for v in live if after is None or (v["_order"][0], v["_order"][1]) > after]
         chosen = rest[:limit]
         next_cursor = _encode(*chosen[-1]["_order"]) if len(rest) > limit else None
-        return {"sessions": [_public(v) for v in chosen], "next": next_cursor, "total": len(live)}
+        return {"sessions": [_public(v) for v in chosen], "next": next_cursor, "total": len(live),
+                "incomplete": missing}
 
-    async def view(self, session_id: str) -> dict | None:
-        for v in await self._all_views():
+    async def view(self, session_id: str) -> tuple[dict | None, int]:
+        """The session, or None; and how many workers did not answer (it may be on one of them)."""
+        views, missing = await self._all_views()
+        for v in views:
             if v["id"] == session_id:
-                return _public(v)
-        return None
+                return _public(v), missing
+        return None, missing
 
     def end_local(self, session_id: str) -> bool:
         for session in self._sessions():
@@ -122,11 +130,14 @@ class LiveSessions:
                 return True
         return False
 
-    async def end(self, session_id: str) -> bool:
-        """Close one session with 1008 to both sides; False when there is no such live session."""
+    async def end(self, session_id: str) -> tuple[bool, int]:
+        """Close one session with 1008 to both sides: (ended, workers that did not answer);
+        not ended when no worker that answered has it live."""
         if self.end_local(session_id):
-            return True
-        return self._remote_end is not None and await self._remote_end(session_id)
+            return True, 0
+        if self._remote_end is None:
+            return False, 0
+        return await self._remote_end(session_id)
 
 
 def _public(view: dict) -> dict:

@@ -139,26 +139,31 @@ def group_renderer(directory: str, workers: int, render: Callable[[], tuple[byte
 
 
 def group_sessions(directory: str, workers: int, *, timeout: float = 2.0
-                   ) -> tuple[Callable[[], Awaitable[list[dict]]], Callable[[str], Awaitable[bool]]]:
-    """Worker 0's view of the other workers' live sessions: (list them, end one by id).
-    A worker that does not answer in ``timeout`` is left out (its sessions go on)."""
+                   ) -> tuple[Callable[[], Awaitable[tuple[list[dict], int]]],
+                              Callable[[str], Awaitable[tuple[bool, int]]]]:
+    """Worker 0's view of the other workers' live sessions: (list them, end one by id), each
+    with the number of workers that did not answer. A worker that does not answer in
+    ``timeout`` (or answers nonsense) is left out of that answer, and counted; its sessions go on."""
     paths = [socket_path(directory, w) for w in range(1, workers)]
 
-    async def views() -> list[dict]:
+    async def views() -> tuple[list[dict], int]:
         answers = await asyncio.gather(*(_fetch(p, timeout, b"sessions\n") for p in paths))
         result: list[dict] = []
+        missing = 0
         for text in answers:
             if text is None:
+                missing += 1
                 continue
             try:
                 result += json.loads(text)
             except ValueError:
+                missing += 1
                 log.warning("sessions: a worker answered something that is not JSON")
-        return result
+        return result, missing
 
-    async def end(session_id: str) -> bool:
+    async def end(session_id: str) -> tuple[bool, int]:
         request = b"end " + session_id.encode("utf-8", "replace")[:200] + b"\n"
         answers = await asyncio.gather(*(_fetch(p, timeout, request) for p in paths))
-        return any(a == "1" for a in answers)
+        return any(a == "1" for a in answers), sum(1 for a in answers if a is None)
 
     return views, end
