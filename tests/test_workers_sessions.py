@@ -69,6 +69,8 @@ def test_a_worker_that_does_not_answer_is_counted_as_incomplete(tmp_path):
             # SO_REUSEPORT spread the 12 over both workers (all on one: a chance of 1 in 2048)
             assert status == 200 and page["incomplete"] == 1 and page["total"] < 12, page
             assert len(page["sessions"]) == page["total"]
+            status, _, body = await admin_request(admin, "GET", "/sessions/not-a-session", BEARER)
+            assert status == 404 and json.loads(body)["incomplete"] == 1, body
             os.kill(worker_1, signal.SIGCONT)
             status, _, body = await admin_request(admin, "GET", "/sessions", BEARER)
             page = json.loads(body)
