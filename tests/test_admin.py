@@ -103,3 +103,44 @@ def test_admin_refuses_bad_input(pump, request_bytes, status):
         assert (await _get(admin.port, "/healthz"))[0] == 200       # still serving
         bot.close()
     arun(main())
+
+
+def test_an_admin_port_open_beyond_loopback_without_a_token_is_one_warning_at_startup(tmp_path):
+    """A real ``wsrelay serve``: the admin port carries client addresses and a kill switch, so
+    listening on 0.0.0.0 without ``admin_token`` is said once, in the JSON log; on 127.0.0.1,
+    or with a token, nothing is said."""
+    import json
+
+    from support import RelayProcess, free_port
+
+    cases = {"open": 'admin_host = "0.0.0.0"', "loopback": 'admin_host = "127.0.0.1"',
+             "token": 'admin_host = "0.0.0.0"\nadmin_token = "admin-token-for-the-tests-0123456789"'}
+
+    async def main():
+        relays = {}
+        try:
+            for name, extra in cases.items():
+                folder = tmp_path / name
+                folder.mkdir()
+                port, admin = free_port(), free_port()
+                relays[name] = (RelayProcess(f'[relay]\nhost = "127.0.0.1"\nport = {port}\nadmin_port = {admin}\n'
+                                             f'{extra}\n[[agents]]\nname = "echo"\norganization = "demo"\n'
+                                             f'upstreams = ["ws://127.0.0.1:9/"]\n', folder), admin)
+            for relay, admin in relays.values():
+                await relay.wait_port(admin)
+                for _ in range(200):                # started: its signal handlers are in place
+                    if "wsrelay listening" in relay.log():
+                        break
+                    await asyncio.sleep(0.05)
+        finally:
+            for relay, _ in relays.values():
+                assert relay.stop() == 0, relay.log()
+        warnings = {}
+        for name, (relay, admin) in relays.items():
+            lines = [json.loads(line) for line in relay.log().splitlines() if line.startswith("{")]
+            warnings[name] = [line for line in lines if line["level"] == "warning" and "admin_token" in line["msg"]]
+        assert len(warnings["open"]) == 1, warnings
+        assert warnings["loopback"] == warnings["token"] == [], warnings
+        text = warnings["open"][0]["msg"]
+        assert f"0.0.0.0:{relays['open'][1]}" in text and "client addresses" in text, text
+    arun(main())

@@ -18,6 +18,7 @@ import base64
 import logging
 import binascii
 import hmac
+import ipaddress
 import json
 from importlib import resources
 from typing import Awaitable, Callable, cast
@@ -50,6 +51,13 @@ class AdminServer:
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _AdminConnection(self), host, port)
+        if self.token is None:
+            exposed = [_shown(sock.getsockname()) for sock in self._server.sockets if not _loopback(sock.getsockname())]
+            if exposed:
+                log.warning("the admin port listens on %s, beyond loopback, and [relay] admin_token is not set: "
+                            "whoever reaches it sees client addresses and can end sessions (DELETE "
+                            "/sessions/{id}); set admin_token, or admin_host to an address only trusted "
+                            "hosts reach", ", ".join(exposed))
 
     @property
     def port(self) -> int:
@@ -161,6 +169,19 @@ def _not_live(session_id: str, missing: int) -> dict:
     if missing:
         error += f" on the workers that answered ({missing} did not answer in time: it may be on one of them)"
     return {"error": error, "incomplete": missing}
+
+
+def _loopback(address: tuple) -> bool:
+    """A listening socket's address is a loopback one (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(str(address[0]).split("%", 1)[0]).is_loopback
+    except ValueError:                  # not an IP address (a Unix socket): not reachable from elsewhere
+        return True
+
+
+def _shown(address: tuple) -> str:
+    host, port = str(address[0]), address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _json(status: int, payload: dict) -> tuple[int, bytes, dict[str, str]]:
