@@ -119,6 +119,10 @@ def test_sessions_lists_each_live_session_with_its_figures():
 @pytest.mark.parametrize("query, status", [
     ("?limit=0", 400), ("?limit=1001", 400), ("?limit=x", 400), ("?cursor=%%%", 400),
     ("?cursor=" + "A" * 300, 400), ("?cursor=bm90LWEtY3Vyc29y", 400), ("?limit=1000", 200),
+    ("?cursor=" + base64.urlsafe_b64encode(b"nan|x").decode(), 400),
+    ("?cursor=" + base64.urlsafe_b64encode(b"inf|x").decode(), 400),
+    ("?cursor=" + base64.urlsafe_b64encode(b"-inf|x").decode(), 400),
+    ("?" + "&".join(f"p{i}=1" for i in range(11)), 400),
 ])
 def test_bad_paging_parameters_are_400_with_a_reason(query, status):
     async def main():
@@ -127,6 +131,30 @@ def test_bad_paging_parameters_are_400_with_a_reason(query, status):
             assert got == status, body
             if status == 400:
                 assert body["error"]
+    arun(main())
+
+
+def test_each_bad_query_gets_a_sentence_saying_what_was_wrong():
+    async def main():
+        async with Stage() as stage:
+            _, body = await stage.get("/sessions?" + "&".join(f"p{i}=1" for i in range(11)))
+            assert "too many query parameters" in body["error"] and "cursor" in body["error"], body
+            _, body = await stage.get("/sessions?cursor=" + base64.urlsafe_b64encode(b"nan|x").decode())
+            assert "not a cursor from this relay" in body["error"], body
+            _, body = await stage.get("/sessions?limit=x")
+            assert body["error"] == "limit must be a number", body
+    arun(main())
+
+
+@pytest.mark.parametrize("method, path", [("GET", "/sessions"), ("GET", "/sessions?limit=0"),
+                                          ("GET", "/sessions/no-such-session"),
+                                          ("DELETE", "/sessions/no-such-session")])
+def test_json_answers_are_neither_cached_nor_sniffed(method, path):
+    async def main():
+        async with Stage() as stage:
+            _, fields, _ = await admin_request(stage.admin.port, method, path, BEARER)
+            assert fields["content-type"] == "application/json"
+            assert fields["cache-control"] == "no-store" and fields["x-content-type-options"] == "nosniff"
     arun(main())
 
 

@@ -122,12 +122,19 @@ class AdminServer:
         if path == b"/sessions":
             if method not in (b"GET", b"HEAD"):
                 return 405, b"use GET\n", {"Allow": "GET, HEAD"}
-            params = parse_qs(query.decode("latin-1"), max_num_fields=10)
+            try:
+                params = parse_qs(query.decode("latin-1"), max_num_fields=MAX_QUERY_FIELDS)
+            except ValueError:                    # more fields than MAX_QUERY_FIELDS
+                return _json(400, {"error": f"too many query parameters (at most {MAX_QUERY_FIELDS}): "
+                                            "/sessions takes cursor and limit"})
             try:
                 limit = int(params.get("limit", ["1000"])[0])
+            except ValueError:
+                return _json(400, {"error": "limit must be a number"})
+            try:
                 return _json(200, await self.sessions.page(params.get("cursor", [None])[0], limit))
-            except (BadCursor, ValueError) as exc:
-                return _json(400, {"error": str(exc) if isinstance(exc, BadCursor) else "limit must be a number"})
+            except BadCursor as exc:
+                return _json(400, {"error": str(exc)})
         if not path.startswith(b"/sessions/") or len(path) > 200:
             return 404, b"not found\n", {}
         session_id = unquote(path[len(b"/sessions/"):].decode("latin-1"))
@@ -145,6 +152,7 @@ class AdminServer:
 
 
 PUBLIC_PATHS = (b"/healthz", b"/readyz")
+MAX_QUERY_FIELDS = 10
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="wsrelay admin", charset="UTF-8", Bearer realm="wsrelay admin"'}
 STATIC = {b"/": ("index.html", "text/html; charset=utf-8"),
           b"/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
@@ -153,6 +161,8 @@ STATIC = {b"/": ("index.html", "text/html; charset=utf-8"),
 PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
                 "Referrer-Policy": "no-referrer",
                 "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"}
+# Live sessions (client addresses): never kept by a cache, never read as anything but JSON.
+JSON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _STATIC_CACHE: dict[str, bytes] = {}
 
 
@@ -185,7 +195,7 @@ def _shown(address: tuple) -> str:
 
 
 def _json(status: int, payload: dict) -> tuple[int, bytes, dict[str, str]]:
-    return status, json.dumps(payload).encode(), {"Content-Type": "application/json", "Cache-Control": "no-store"}
+    return status, json.dumps(payload).encode(), {"Content-Type": "application/json", **JSON_HEADERS}
 
 
 class _AdminConnection(asyncio.Protocol):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import time
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -65,9 +66,12 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, sid = raw.split("|", 1)
-        return float(created), sid
+        after = float(created)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadCursor("not a cursor from this relay: start again without one") from None
+    if not math.isfinite(after):          # nan would match nothing and inf end every walk: never handed out
+        raise BadCursor("not a cursor from this relay (its time is not a finite number): start again without one")
+    return after, sid
 
 
 class LiveSessions:
