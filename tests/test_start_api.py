@@ -84,6 +84,7 @@ REFUSALS = [
     ({}, b"[" * 4000 + b"]" * 4000, 400, "nested too deeply"),
     ({}, b'{"body": ' + b"[" * 4000 + b"]" * 4000 + b"}", 400, "nested too deeply"),
     ({}, b'{"body": ' + b'{"a":' * 1000 + b"1" + b"}" * 1000 + b"}", 400, "nested too deeply"),
+    ({}, b'{"body": ' + b'[' * 64 + b"]" * 64 + b"}", 400, "nested too deeply"),        # 65 levels
     ({}, b'{"body": "' + b"x" * (MAX_BODY_JSON + 1) + b'"}', 413, "body over"),
     ({"agent": "open", "authorization": "Bearer pk_open"}, b'{"body": {}}', 400, "websocket_auth"),
 ]

@@ -26,6 +26,7 @@ from ..errors import RequestRefused
 from .registry import AgentRegistry
 
 MAX_BODY_JSON = 4096          # the platform's limit for the session body
+MAX_JSON_DEPTH = 64           # arrays and objects inside one another: a session body needs few
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,31 @@ def _parse_json(body: bytes) -> dict:
     except Exception as exc:          # ValueError, UnicodeDecodeError, or anything else json may raise
         raise RequestRefused(f"start API: malformed JSON ({type(exc).__name__})", status=400,
                              public_reason="Bad Request: the body is not valid JSON") from None
+    if _deeper_than(payload, MAX_JSON_DEPTH):
+        # The same answer on every Python: 3.11's parser gives up near 1,000 levels, 3.12's does not.
+        raise RequestRefused("start API: JSON nested too deeply", status=400,
+                             public_reason="Bad Request: the JSON body is nested too deeply")
     if not isinstance(payload, dict):
         raise RequestRefused("start API: JSON is not an object", status=400,
                              public_reason="Bad Request: the body must be a JSON object")
     return payload
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether ``value`` nests lists and dicts more than ``limit`` levels (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _refuse_constant(name: str):
