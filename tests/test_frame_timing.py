@@ -153,6 +153,17 @@ def test_first_frame_time_is_the_bots_delay_after_the_clients_101(pump, caplog):
     assert 'wsrelay_session_first_frame_seconds_bucket{direction="bot_to_client",le="0.5"} 1.0' in metrics
 
 
+def test_a_bot_that_never_speaks_is_counted_silent_in_that_direction_only(pump, caplog):
+    """No data frame down: no first-frame time to observe, so the session is counted in
+    wsrelay_session_silent_total instead (the worst "first audio" case, invisible otherwise)."""
+    line, metrics = run_call(pump, caplog, bot_plan=dict(count=0, period=0.02), client_frames=10)
+    assert line["first_frame_ms_down"] is None and line["first_frame_ms_up"] is not None, line
+    assert 'wsrelay_session_silent_total{direction="bot_to_client"} 1.0' in metrics
+    assert 'wsrelay_session_silent_total{direction="client_to_bot"}' not in metrics
+    assert 'wsrelay_session_first_frame_seconds_count{direction="bot_to_client"}' not in metrics
+    assert 'wsrelay_session_first_frame_seconds_count{direction="client_to_bot"} 1.0' in metrics
+
+
 def test_first_frame_time_on_a_telephony_endpoint_counts_from_the_gates_101(pump, caplog):
     """/ws/twilio: the gate writes the caller's 101 itself, before any bot is contacted. A bot
     slow to answer is part of the caller's wait for first audio, and the caller's first message

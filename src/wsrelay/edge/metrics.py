@@ -87,6 +87,9 @@ class RelayMetrics:
             registry=self.registry)
         self.gaps = Counter("wsrelay_frame_gaps", "Pauses between data frames longer than gap_threshold_ms",
                             ["direction"], registry=self.registry)
+        # A direction with no data frame has no first-frame time: counted here instead of unseen.
+        self.silent = Counter("wsrelay_session_silent", "Sessions that ended with no data frame in this direction",
+                              ["direction"], registry=self.registry)
 
     def session_ended(self, agent: str, organization: str, outcome: str, seconds: float,
                       timing: Mapping[str, Mapping] | None = None) -> None:
@@ -94,8 +97,11 @@ class RelayMetrics:
         self.session_seconds.observe(seconds)
         for key, direction in (("up", "client_to_bot"), ("down", "bot_to_client")):
             figures = (timing or {}).get(key)
-            if not figures or figures["first_frame_ms"] is None:
-                continue                 # no data frame that way: nothing to time
+            if not figures:
+                continue
+            if figures["first_frame_ms"] is None:
+                self.silent.labels(direction).inc()      # no data frame that way: nothing to time
+                continue
             self.first_frame.labels(direction).observe(figures["first_frame_ms"] / 1000)
             self.max_gap.labels(direction).observe(figures["max_gap_ms"] / 1000)
             self.jitter.labels(direction).observe(figures["jitter_ms"] / 1000)
