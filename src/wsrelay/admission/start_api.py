@@ -18,6 +18,7 @@ import hmac
 import json
 import uuid
 from dataclasses import dataclass
+from typing import Iterable
 
 from .auth import Authenticator, no_signing_key
 from ..config import Config
@@ -119,12 +120,9 @@ def _deeper_than(value: object, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
+        if not isinstance(item, (dict, list)):
             continue
+        children: Iterable[object] = item.values() if isinstance(item, dict) else item
         if depth > limit:
             return True
         stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
