@@ -53,6 +53,33 @@ class _Silent101(WSUpgradeResponse):
         return bytearray()
 
 
+def bot_protocol(listener_factory: Any, *, host_port: str, resource: str, handshake_timeout: float,
+                 keepalive: tuple[float, float], max_frame_size: int, extra_headers: Any,
+                 read_buffer_size: int) -> WSProtocol:
+    """picows' client-side ``WSProtocol`` for one bot connection, as ``ws_connect`` builds it.
+
+    The upstream connector (upstream.py) opens the TCP connection itself with this protocol
+    instead of calling ``ws_connect``: the URL is parsed once per upstream, not once per
+    session, and the connector holds the protocol from the first byte, so a connect that
+    is given up mid-handshake can close its socket (``ws_connect`` would leave it open
+    until the bot's own timeout). ``host_port`` is the ``Host`` header, ``resource`` the
+    request target (path and query).
+    """
+    interval, reply_timeout = keepalive
+    return WSProtocol(
+        host_port, resource, True,                           # the client side
+        listener_factory, _picows_log,
+        True,                                                # disconnect_on_exception
+        handshake_timeout,
+        interval > 0, interval or 20, reply_timeout,         # the relay's own keepalive pings
+        WSAutoPingStrategy.PING_WHEN_IDLE,
+        False,                                               # auto-pong off: pings are relayed
+        max_frame_size,
+        extra_headers,
+        read_buffer_size,
+    )
+
+
 def _silent_101() -> WSUpgradeResponse:
     response = _Silent101()
     template = WSUpgradeResponse.create_101_response()

@@ -13,30 +13,21 @@ own HTTP status when it refused the upgrade.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Callable
-from urllib.parse import urlsplit
 
-from picows import WSHandshakeError, WSListener, ws_connect
+from picows import WSHandshakeError, WSListener
+from picows.url import parse_url
 
 from ..core.balancer import Balancer, Instance
 from ..errors import UpstreamRejected, UpstreamTimeout, UpstreamUnreachable
 from .discovery import Resolver, host_of
+from .handover import bot_protocol
 
 log = logging.getLogger("wsrelay.upstream")
-# A LoggerAdapter stops picows from creating one child Logger per connection.
-_picows_log = logging.LoggerAdapter(logging.getLogger("wsrelay.picows"), {})
-
-
-def join_query(url: str, query: str) -> str:
-    """``url`` with the client's query appended (after any query the URL already has)."""
-    if not query:
-        return url
-    return f"{url}&{query}" if "?" in url else f"{url}?{query}"
 
 
 class UpstreamConnector:
@@ -55,6 +46,7 @@ class UpstreamConnector:
         self.balancer = balancer or Balancer()
         self._upstreams: dict[str, tuple[str, ...]] = {}     # service host -> upstreams its pool is built from
         self._holding: dict[object, Instance] = {}          # bot transport -> its instance, while live
+        self._parsed: dict[str, BotTarget] = {}             # upstream URL -> parsed once (bounded by the config)
 
     # -- instances ------------------------------------------------------------------------
 
@@ -96,6 +88,14 @@ class UpstreamConnector:
         """The instances in the order to try them for the next session of this agent."""
         return self.balancer.order(service_host, time.monotonic())
 
+    def _target(self, url: str) -> "BotTarget":
+        target = self._parsed.get(url)
+        if target is None:
+            if len(self._parsed) > 10_000:                  # agents come and go by reload or from Redis
+                self._parsed.clear()
+            target = self._parsed[url] = BotTarget.of(url)
+        return target
+
     def release(self, transport: object) -> None:
         """The session on ``transport`` ended: its instance has one session fewer."""
         instance = self._holding.pop(transport, None)
@@ -114,44 +114,47 @@ class UpstreamConnector:
         """Open the bot's WebSocket; returns its WSTransport or raises UpstreamError."""
         timed_out = False
         await self._pool_for(service_host, upstreams)
+        loop = asyncio.get_running_loop()
         for instance in self.order(service_host):
-            url = instance.url
-            full_url = join_query(url, query)
-            address = instance.address or _ip_literal(url)
-            opened: list[socket.socket] = []
+            target = self._target(instance.url)
+            protocol = None
+
+            def protocol_factory():
+                nonlocal protocol
+                protocol = bot_protocol(
+                    listener_factory, host_port=target.netloc, resource=target.resource(query),
+                    handshake_timeout=self._timeout, keepalive=self._keepalive,
+                    max_frame_size=self._max_frame_size, extra_headers=headers,
+                    read_buffer_size=self._read_buffer_size)
+                return protocol
             try:
-                async with asyncio.timeout(self._timeout), _dropped_when_cancelled(opened):
-                    transport, listener = await ws_connect(
-                        listener_factory, full_url,
-                        socket_factory=_connected_to(address, url, opened) if address else None,
-                        ssl_context=self._ssl_context if full_url.startswith("wss:") else None,
-                        websocket_handshake_timeout=self._timeout,
-                        logger_name=_picows_log,
-                        enable_auto_pong=False,
-                        enable_auto_ping=self._keepalive[0] > 0,
-                        auto_ping_idle_timeout=self._keepalive[0] or 20,
-                        auto_ping_reply_timeout=self._keepalive[1],
-                        max_frame_size=self._max_frame_size,
-                        extra_headers=headers,
-                        max_redirects=0,
-                        read_buffer_init_size=self._read_buffer_size,
-                        use_aiofastnet=False,     # measured: no gain over uvloop here
-                    )
-            except WSHandshakeError as exc:
-                if exc.response is not None and int(exc.response.status) >= 300:
-                    self.balancer.succeeded(instance)          # it answered: alive, just unwilling
-                    raise UpstreamRejected(
-                        f"bot at {instance.describe()} answered the upgrade with HTTP {int(exc.response.status)}",
-                        int(exc.response.status)) from exc
-                self._failed(service_host, instance, f"sent an invalid handshake response: {exc}")
-                continue
-            except (TimeoutError, asyncio.TimeoutError):
-                self._failed(service_host, instance, f"did not complete the handshake within {self._timeout:g}s")
-                timed_out = True
-                continue
-            except OSError as exc:
-                self._failed(service_host, instance, f"unreachable: {exc}")
-                continue
+                async with asyncio.timeout(self._timeout):
+                    await loop.create_connection(
+                        protocol_factory, instance.address or target.host, target.port,
+                        ssl=(self._ssl_context or True) if target.secure else None,
+                        server_hostname=target.host if target.secure else None)
+                    assert protocol is not None
+                    await protocol.wait_until_handshake_complete()
+            except BaseException as exc:
+                _drop(protocol)      # given up mid-handshake: the bot must not keep a half-open connection
+                if isinstance(exc, WSHandshakeError):
+                    if exc.response is not None and int(exc.response.status) >= 300:
+                        self.balancer.succeeded(instance)          # it answered: alive, just unwilling
+                        raise UpstreamRejected(
+                            f"bot at {instance.describe()} answered the upgrade with HTTP "
+                            f"{int(exc.response.status)}", int(exc.response.status)) from exc
+                    self._failed(service_host, instance, f"sent an invalid handshake response: {exc}")
+                    continue
+                if isinstance(exc, TimeoutError):
+                    self._failed(service_host, instance,
+                                 f"did not complete the handshake within {self._timeout:g}s")
+                    timed_out = True
+                    continue
+                if isinstance(exc, OSError):
+                    self._failed(service_host, instance, f"unreachable: {exc}")
+                    continue
+                raise
+            transport, listener = protocol.transport, protocol.listener
             if listener is None:
                 self._failed(service_host, instance, "closed the connection during the handshake")
                 continue
@@ -164,48 +167,31 @@ class UpstreamConnector:
         raise UpstreamUnreachable(f"no instance of {service_host} could be reached")
 
 
-def _ip_literal(url: str) -> str | None:
-    """The host of ``url`` when it is an IP address (connected to by ``_connected_to`` too)."""
-    host = urlsplit(url).hostname
-    return host if host and host_of(url) is None else None
+def _drop(protocol) -> None:
+    """Close a bot connection whose handshake was given up (cancelled, timed out, refused)."""
+    transport = getattr(protocol, "transport", None) if protocol is not None else None
+    if transport is not None:
+        transport.underlying_transport.abort()
 
 
-@contextlib.asynccontextmanager
-async def _dropped_when_cancelled(opened: list[socket.socket]):
-    """Shut down the sockets of a connect that is cancelled (the session ended, the client
-    left, the timeout): picows leaves a connection whose handshake is under way open when
-    ``ws_connect`` is cancelled, so the bot would keep it until its own timeout. The socket
-    objects are the transport's own, so one already closed has no descriptor left to hit."""
-    try:
-        yield
-    except asyncio.CancelledError:
-        for sock in opened:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        raise
+@dataclass(frozen=True, slots=True)
+class BotTarget:
+    """A bot URL, parsed once (by picows' own parser): where to connect, what to ask for."""
 
+    host: str
+    port: int
+    netloc: str           # the Host header
+    path: str
+    query: str
+    secure: bool
 
-def _connected_to(address: str, url: str, opened: list[socket.socket] | None = None):
-    """A picows socket factory connecting to ``address`` (one resolved instance of ``url``);
-    each socket it makes is appended to ``opened``.
+    @classmethod
+    def of(cls, url: str) -> "BotTarget":
+        parsed = parse_url(url)
+        return cls(parsed.host, int(parsed.port), parsed.netloc, parsed.path or "/", parsed.query,
+                   parsed.is_secure)
 
-    The URL keeps its host name, so the bot's ``Host`` header and TLS server name are the
-    name the operator wrote, while the TCP connection goes to the chosen address.
-    """
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "wss" else 80)
-
-    async def factory(_parsed) -> socket.socket:
-        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        if opened is not None:
-            opened.append(sock)
-        try:
-            await asyncio.get_running_loop().sock_connect(sock, (address, port))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    return factory
+    def resource(self, query: str) -> str:
+        """The request target: the URL's path and query, then the client's query."""
+        joined = f"{self.query}&{query}" if self.query and query else (self.query or query)
+        return f"{self.path}?{joined}" if joined else self.path
