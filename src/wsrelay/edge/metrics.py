@@ -10,7 +10,7 @@ statuses and outcomes (``Outcome``) from small fixed sets.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -61,6 +61,7 @@ class RelayMetrics:
     def __init__(self, *, active: Callable[[], dict[tuple[str, str], int]],
                  rejections: Callable[[], Mapping[int, int]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry.register(FrameCollector(active, rejections))
         build_info(self.registry)
         self.sessions = Counter("wsrelay_sessions", "Sessions ended, by outcome",
@@ -91,22 +92,35 @@ class RelayMetrics:
         self.silent = Counter("wsrelay_session_silent", "Sessions that ended with no data frame in this direction",
                               ["direction"], registry=self.registry)
 
+    def _child(self, metric, *labels: str):
+        """``metric.labels(*labels)``, looked up once: a session's end costs a dict lookup per series.
+
+        The cache holds a series only once it has been used, as prometheus-client does, so
+        a series nobody observed is still absent from ``/metrics``; it is bounded like the
+        series themselves (agents, outcomes, directions).
+        """
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def session_ended(self, agent: str, organization: str, outcome: str, seconds: float,
                       timing: Mapping[str, Mapping] | None = None) -> None:
-        self.sessions.labels(agent, organization, outcome).inc()
+        self._child(self.sessions, agent, organization, outcome).inc()
         self.session_seconds.observe(seconds)
         for key, direction in (("up", "client_to_bot"), ("down", "bot_to_client")):
             figures = (timing or {}).get(key)
             if not figures:
                 continue
             if figures["first_frame_ms"] is None:
-                self.silent.labels(direction).inc()      # no data frame that way: nothing to time
+                self._child(self.silent, direction).inc()      # no data frame that way: nothing to time
                 continue
-            self.first_frame.labels(direction).observe(figures["first_frame_ms"] / 1000)
-            self.max_gap.labels(direction).observe(figures["max_gap_ms"] / 1000)
-            self.jitter.labels(direction).observe(figures["jitter_ms"] / 1000)
+            self._child(self.first_frame, direction).observe(figures["first_frame_ms"] / 1000)
+            self._child(self.max_gap, direction).observe(figures["max_gap_ms"] / 1000)
+            self._child(self.jitter, direction).observe(figures["jitter_ms"] / 1000)
             if figures["gaps"]:
-                self.gaps.labels(direction).inc(figures["gaps"])
+                self._child(self.gaps, direction).inc(figures["gaps"])
 
     def upstream_connected(self, seconds: float) -> None:
         self.upstream_connect.observe(seconds)
