@@ -37,20 +37,25 @@ class DnsServer:
 
     ``records`` may be changed while it runs (a Service's pods coming and going). Names it
     does not know are NXDOMAIN; a known name without addresses of the asked family gets an
-empty NOERROR answer.
+    empty NOERROR answer. Queries of a type in ``unanswered`` ("AAAA") get no answer at all,
+    as from a resolver that drops them: the asker times out.
     """
 
     def __init__(self, records: dict[str, list[str]]) -> None:
         from dnslib import AAAA, QTYPE, RCODE, RR, A
+        from dnslib.dns import DNSError
         from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
         self.records = records
+        self.unanswered: set[str] = set()
         self.queries = 0
         outer = self
 
         class Resolver(BaseResolver):
             def resolve(self, request, handler):
                 outer.queries += 1
+                if QTYPE[request.q.qtype] in outer.unanswered:
+                    raise DNSError("dropped")            # dnslib sends nothing back
                 reply = request.reply()
                 name = str(request.q.qname).rstrip(".")
                 if name not in outer.records:

@@ -552,6 +552,20 @@ def test_resolver_asks_the_given_servers_and_keeps_the_last_good_answer():
         dns.stop()
 
 
+def test_an_unanswered_aaaa_query_does_not_lose_the_a_addresses():
+    """A resolver that drops AAAA queries (seen in the field) must not empty the pool."""
+    dns = DnsServer({"bots.test": ["127.0.0.2", "127.0.0.3"]})
+    dns.unanswered.add("AAAA")
+    dns.start()
+    try:
+        async def main():
+            resolver = Resolver((f"127.0.0.1:{dns.port}",), timeout=1.0)
+            assert await resolver.resolve("bots.test") == ["127.0.0.2", "127.0.0.3"]
+        arun(main())
+    finally:
+        dns.stop()
+
+
 def test_agents_command_with_redis_away_is_one_line_and_exit_1(tmp_path):
     import subprocess
     import sys

@@ -70,19 +70,24 @@ class Resolver:
         return found
 
     async def _query(self, host: str) -> list[str]:
-        import dns.exception
+        """A and AAAA, asked at once: one family that fails or times out loses only its own addresses."""
         import dns.resolver
         assert self._dns is not None
-        found: list[str] = []
-        failures = []
-        for rdtype in ("A", "AAAA"):
-            try:
-                answer = await self._dns.resolve(host, rdtype, search=False)
-            except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN) as exc:
-                failures.append(exc)
-                continue
-            found += [record.to_text() for record in answer]
-        if not found and len(failures) == 2 and isinstance(failures[0], dns.resolver.NXDOMAIN):
+        tasks = [asyncio.ensure_future(self._dns.resolve(host, rdtype, search=False)) for rdtype in ("A", "AAAA")]
+        _, pending = await asyncio.wait(tasks, timeout=self.timeout * 0.9)    # inside resolve()'s own bound
+        for task in pending:
+            task.cancel()
+        answers: list = [TimeoutError(f"no answer within {self.timeout * 0.9:g}s") if task in pending
+                         else task.exception() or task.result() for task in tasks]
+        found = [record.to_text() for answer in answers if not isinstance(answer, BaseException)
+                 for record in answer]
+        failures = [answer for answer in answers if isinstance(answer, BaseException)]
+        if found:
+            return found
+        for failure in failures:
+            if not isinstance(failure, (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN)):
+                raise failure                  # a timeout or an unreachable server: keep what was known
+        if len(failures) == 2 and isinstance(failures[0], dns.resolver.NXDOMAIN):
             raise failures[0]
         return found
 
