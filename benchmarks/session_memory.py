@@ -145,7 +145,7 @@ async def measure(n: int, pump: str | None, trace: bool) -> dict:
         **result,
         "traced_bytes_per_session": traced / n,
         "by_file": [(f, d / n) for f, d in files],
-        "objects": [(t, c / n, s / n) for t, c, s in objects[:20]],
+        "objects": [(t, c / n, s / n) for t, c, s in objects[:40]],
     }
 
 

@@ -80,8 +80,9 @@ class Session:
         self.ended_at: float | None = None
         self.upstream_seconds: float | None = None
         self.subprotocol: str | None = None
-        self._connect = connect
-        self._attach = attach
+        # Each dropped (None) once used: a live session keeps nothing of its handshake.
+        self._connect: Connector | None = connect
+        self._attach: Attach | None = attach
         self._on_end = on_end
         self._limits = limits
         self._bot_response: WSUpgradeResponse | None = None    # the bot's 101, until the bot side opens
@@ -139,6 +140,7 @@ class Session:
         # picows keeps the extra headers object for the connection's life: hand it a list
         # (a header such as Cookie may repeat) and empty it once the handshake is sent.
         headers = self.forward_headers()
+        assert self._connect is not None, "run() is called once"
         connecting = self._connecting = asyncio.ensure_future(self._connect(
             self.route.service_host, self.agent.upstreams, query=self.route.forward_query, headers=headers,
             listener_factory=self._bot_listener))
@@ -153,6 +155,7 @@ class Session:
             raise
         finally:
             self._connecting = None
+            self._connect = None
             headers.clear()
         self.upstream_seconds = time.monotonic() - started
 
@@ -194,9 +197,13 @@ class Session:
         response = self._bot_response
         self.subprotocol = response.headers.get("Sec-WebSocket-Protocol") if response is not None else None
         self._bot_response = None
-        if self._attach(self.client, self.subprotocol, self.upgrade.key):
+        attach, self._attach = self._attach, None
+        if attach is not None and attach(self.client, self.subprotocol, self.upgrade.key):
             self.connected_at = time.monotonic()
             self.connected_ns = self.connected_ns or time.monotonic_ns()
+            # The client is upgraded: what only a not-yet-upgraded client needed goes, and with
+            # it the last reference to its gate (an idle session keeps no handshake state).
+            self._refuse_client = self._close_held = None
         else:                                    # the client left while the bot answered
             self._do(self.machine.client_gone_before_open())
 
