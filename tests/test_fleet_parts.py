@@ -5,6 +5,7 @@ real DNS server. (tests/test_fleet.py runs them together in real relay processes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import time
@@ -429,14 +430,26 @@ def test_leases_lost_by_redis_are_put_back_soon_after_it_returns(caplog):
         redis.stop()
 
 
+@contextlib.asynccontextmanager
+async def _following(registry: FleetRegistry, link: RedisLink):
+    """``registry`` following Redis for the block; then stopped, the test's agents removed, the link closed."""
+    runner = asyncio.get_running_loop().create_task(registry.run())
+    try:
+        yield
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await link.client.delete(AGENTS_KEY)
+        await link.close()
+
+
 @pytest.mark.system                  # a real redis-server from Debian's packages
 def test_registry_follows_apply_and_delete_and_the_file_wins(redis_server):
     async def main():
         link = RedisLink(redis_server.url)
         file_agent = AgentConfig("filed", "o", ("ws://file/",))
         registry = FleetRegistry([file_agent], link, region="eu-central")
-        runner = asyncio.get_running_loop().create_task(registry.run())
-        try:
+        async with _following(registry, link):
             await asyncio.sleep(0.2)
             live = AgentConfig("new", "o", ("ws://redis/",), max_sessions=3)
             elsewhere = AgentConfig("far", "o", ("ws://redis/",), regions=("ap-south",))
@@ -458,11 +471,6 @@ def test_registry_follows_apply_and_delete_and_the_file_wins(redis_server):
                 await asyncio.sleep(0.025)
             assert registry.lookup("new.o") is None
             assert session_agent.max_sessions == 3                       # what a live session holds
-        finally:
-            runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
-            await link.client.delete(AGENTS_KEY)
-            await link.close()
     arun(main())
 
 
@@ -472,8 +480,7 @@ def test_registry_rereads_redis_periodically_even_without_a_message(redis_server
     async def main():
         link = RedisLink(redis_server.url)
         registry = FleetRegistry([], link, refresh_seconds=0.5)
-        runner = asyncio.get_running_loop().create_task(registry.run())
-        try:
+        async with _following(registry, link):
             await asyncio.sleep(0.2)
             table = json.dumps(agent_to_dict(AgentConfig("quiet", "o", ("ws://x/",))))
             await link.client.hset(AGENTS_KEY, "quiet.o", table)          # no PUBLISH
@@ -482,11 +489,6 @@ def test_registry_rereads_redis_periodically_even_without_a_message(redis_server
             while registry.lookup("quiet.o") is None:
                 assert loop.time() - started < 2.5
                 await asyncio.sleep(0.05)
-        finally:
-            runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
-            await link.client.delete(AGENTS_KEY)
-            await link.close()
     arun(main())
 
 
