@@ -42,7 +42,7 @@ test: wheel
 PY ?= python3
 test-installed:
 	WSRELAY_EXPECT_INSTALLED=1 $(PY) -m pytest -q -p no:cacheprovider benchmarks/test_micro.py --benchmark-min-rounds=3 --benchmark-max-time=0.2
-	$(PY) benchmarks/e2e.py --quick --relays wsrelay,nginx --workloads pingpong,audio --repeats 3 --check benchmarks/baseline.json
+	$(PY) benchmarks/e2e.py --quick --relays wsrelay,nginx --workloads pingpong,audio,setup --repeats 5 --check benchmarks/baseline.json
 	$(PY) -m mypy
 	$(MAKE) test-suite PY=$(PY)
 
@@ -79,7 +79,7 @@ bench: $(STAMP)
 # same regression gate on ratios as `make test`.
 bench-short:
 	mkdir -p benchmarks/results
-	$(PY) benchmarks/e2e.py --quick --relays wsrelay,nginx,haproxy --workloads pingpong,audio,setup --repeats 3 \
+	$(PY) benchmarks/e2e.py --quick --relays wsrelay,nginx,haproxy --workloads pingpong,audio,setup --repeats 5 \
 		--json benchmarks/results/short.json --plot benchmarks/results/short.png --check benchmarks/baseline.json
 
 clean:

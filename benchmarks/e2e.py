@@ -269,7 +269,7 @@ def main() -> int:
               for n, per in results.items()}
     report = {"quick": args.quick, "repeats": args.repeats, "workloads": plan, "summary": summary,
               "errors": errors, "skipped": skipped, "scaling": scaling, "sweep": sweep,
-              "seconds": time.monotonic() - started}
+              "rounds": results, "seconds": time.monotonic() - started}
     print(render_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -405,18 +405,32 @@ def check(report: dict, baseline_path: str) -> int:
     for workload, key, what in CHECKED:
         if f"{workload}_ratio" not in baseline or workload not in report["workloads"]:
             continue
-        mine = (summary.get("wsrelay", {}).get(workload) or {}).get(key)
-        theirs = (summary["nginx"].get(workload) or {}).get(key)
-        if not mine or not theirs:
+        ratio = paired_ratio(report, workload, key)
+        if ratio is None:
             print(f"check {workload}: no measurement (errors: {report['errors']})")
             failed = True
             continue
-        ratio = mine / theirs
         limit = baseline[f"{workload}_ratio"] * baseline.get("tolerance", 1.5)
         verdict = "ok" if ratio <= limit else "REGRESSION"
         failed |= ratio > limit
         print(f"check {workload}: wsrelay/nginx {what} = {ratio:.2f} (limit {limit:.2f}) {verdict}")
     return 1 if failed else 0
+
+
+def paired_ratio(report: dict, workload: str, key: str) -> float | None:
+    """wsrelay's ``key`` over nginx's, round by round (both measured minutes apart), then the median.
+
+    Pairing each round's wsrelay with the same round's nginx cancels what the machine does
+    between rounds (another tenant, frequency scaling), which the ratio of two medians does not.
+    """
+    rounds = report.get("rounds") or {}
+    mine, theirs = (rounds.get(name, {}).get(workload, []) for name in ("wsrelay", "nginx"))
+    ratios = [m[key] / t[key] for m, t in zip(mine, theirs) if m.get(key) and t.get(key)]
+    if ratios:
+        return statistics.median(ratios)
+    a = (report["summary"].get("wsrelay", {}).get(workload) or {}).get(key)
+    b = (report["summary"].get("nginx", {}).get(workload) or {}).get(key)
+    return a / b if a and b else None
 
 
 # What --check compares: wsrelay's figure as a ratio to nginx's in the same run.
