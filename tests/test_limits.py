@@ -143,3 +143,22 @@ def test_a_capacity_check_that_fails_unexpectedly_answers_500(pump, caplog):
             await relay.stop()
             bot.close()
     arun(main())
+
+
+def test_an_upstream_that_cannot_even_be_dialled_is_502_and_gives_its_slot_back(pump, caplog):
+    """A host label over 63 bytes makes the IDNA codec raise (not an OSError) inside the connect:
+    each client still gets 502, and the slot comes back (max_sessions = 1 lets the next one try)."""
+    async def main():
+        cfg = relay_config({"long.demo": ["ws://" + "a" * 64 + ".test:80/"]})
+        relay = await start_relay(_with_agent(cfg, max_sessions=1), pump)
+        try:
+            for _ in range(3):
+                try:
+                    response = await raw_request(relay.port, upgrade_head("/ws/generic/long.demo"), read_timeout=5)
+                except TimeoutError:
+                    raise AssertionError("the client got no answer") from None
+                assert status_of(response) == 502, response[:80]
+            assert not relay.sessions
+        finally:
+            await relay.stop()
+    arun(main())

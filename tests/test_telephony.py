@@ -631,3 +631,22 @@ def test_a_relay_shutting_down_closes_a_caller_still_waiting_for_its_start_with_
         assert relay.capacity.try_acquire(AGENT, 1)        # the caller held no slot after the stop
         bot.close()
     arun(main())
+
+
+@pytest.mark.parametrize("host", ["[x", "relay.test:99999", "[::1"])
+def test_a_host_header_that_is_no_url_still_gets_an_answer_on_a_provider_path(pump, host):
+    """The signed-URL spellings are built from Host: one that does not parse must not kill the admission."""
+    async def main():
+        bot = await Bot(echo=True).start()
+        relay = await _relay([bot.url], pump, provider_start_timeout=0.5)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            writer.write(upgrade_head("/ws/twilio", host=host))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert status_of(head) == 101
+            assert (await _close_from(reader))[0] == 1008            # no start within 0.5 s
+            writer.close()
+        finally:
+            await relay.stop()
+            bot.close()
+    arun(main())

@@ -48,12 +48,14 @@ def candidate_urls(target: str, *, host: str, public_url: str | None) -> list[st
 
 
 def _port_spellings(base: str) -> list[str]:
-    parts = urlsplit(base)
-    default = _DEFAULT_PORTS.get(parts.scheme)
+    """``base`` with and without its scheme's default port; ``base`` alone when it does not
+    parse (a hostile ``Host`` such as ``[x``: its signature simply cannot match)."""
     try:
+        parts = urlsplit(base)
         port = parts.port
     except ValueError:
         return [base]
+    default = _DEFAULT_PORTS.get(parts.scheme)
     if default is None or parts.hostname is None:
         return [base]
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"

@@ -285,6 +285,11 @@ class Relay:
             log.exception("capacity check failed unexpectedly")
             gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
             return
+        if not self.accepting:        # the relay began to stop while auth or the lease was awaited
+            self._give_slot(agent.service_host, lease)
+            gate.refuse(503, "Service Unavailable: the relay is shutting down", reason="relay is draining",
+                        headers={"Retry-After": DRAINING_RETRY_AFTER})
+            return
         session = Session(route=route, agent=agent, upgrade=upgrade, client_address=gate.peer,
                           secure=self.tls is not None, pump=self.pump, limits=self.config.relay,
                           connect=self.upstreams.connect, attach=gate.attach, on_end=self._session_over,
@@ -302,6 +307,12 @@ class Relay:
             if not session.started:
                 self._session_over(session)
             raise
+        except Exception as exc:             # a bug while connecting: answer, and give the slot back
+            log.exception("connecting a session failed unexpectedly")
+            if not session.started:
+                gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
+                self._session_over(session)
+            return
         if session.upstream_seconds is not None:
             self.metrics.upstream_connected(session.upstream_seconds)
 
@@ -331,12 +342,13 @@ class Relay:
         messages, an unknown agent or a failed auth, 1013 at capacity, 1014 no bot. The
         capacity slot, once taken, belongs to the session, or is given back here.
         """
-        urls = self._signed_urls(gate, upgrade)
+        urls: list[str] = []
         slot: tuple[str, str | None] | None = None          # (service host, fleet lease) until a session owns it
         hold = Hold(gate, provider, start_timeout=self.config.relay.provider_start_timeout)
         session = None
         claims = None
         try:
+            urls = self._signed_urls(gate, upgrade)
             if agent is not None:                               # routed before the upgrade
                 try:
                     claims = await self.authenticator.check(route, upgrade, agent, urls=urls)
@@ -361,6 +373,9 @@ class Relay:
                 try:
                     claims = await self.authenticator.check(route, upgrade, agent, urls=urls)
                 except RequestRefused as exc:
+                    if exc.status == 503:                       # the nonce store or the signing key is away
+                        raise SessionRefused(str(exc), code=1013,
+                                             public_reason="tokens cannot be checked now, try again later") from None
                     raise ProviderRefused(str(exc), public_reason="forbidden: auth failed") from None
                 try:
                     slot = await self._take_slot(agent)
@@ -368,6 +383,8 @@ class Relay:
                     raise SessionRefused(str(exc), code=1013,          # Try Again Later (429 and 503 alike)
                                          public_reason="agent at its session limit, try again later"
                                          if exc.status == 429 else "session limit cannot be checked now") from None
+            if not self.accepting:                              # the relay began to stop meanwhile
+                raise SessionRefused("relay is draining", code=SHUTDOWN_CLOSE[0], public_reason=SHUTDOWN_CLOSE[1])
             session = Session(route=route, agent=agent, upgrade=dataclasses.replace(upgrade, subprotocols=None),
                               client_address=gate.peer, secure=self.tls is not None, pump=self.pump,
                               limits=self.config.relay, connect=self.upstreams.connect, attach=gate.attach,
@@ -399,6 +416,8 @@ class Relay:
             raise
         except Exception as exc:                                # a bug: answer or close, never hang
             log.exception("provider session failed unexpectedly")
+            if session is not None and not session.started:
+                self._session_over(session)
             if gate.state == "busy":
                 gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
             else:

@@ -153,7 +153,10 @@ class UpstreamConnector:
                 if isinstance(exc, OSError):
                     self._failed(service_host, instance, f"unreachable: {exc}")
                     continue
-                raise
+                if isinstance(exc, Exception):     # e.g. a host name IDNA cannot encode: this instance fails
+                    self._failed(service_host, instance, f"cannot be connected to ({type(exc).__name__}: {exc})"[:300])
+                    continue
+                raise                              # cancelled: the session's end or the client's leaving
             transport, listener = protocol.transport, protocol.listener
             if listener is None:
                 self._failed(service_host, instance, "closed the connection during the handshake")
