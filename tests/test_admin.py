@@ -144,3 +144,37 @@ def test_an_admin_port_open_beyond_loopback_without_a_token_is_one_warning_at_st
         text = warnings["open"][0]["msg"]
         assert f"0.0.0.0:{relays['open'][1]}" in text and "client addresses" in text, text
     arun(main())
+
+
+def test_one_admin_connection_is_answered_once_whatever_follows_its_request(pump):
+    """Bytes after a complete request (here: 20 more requests, written one by one) start no
+    further answers: each answer may gather every worker's metrics, so they must not multiply."""
+    async def main():
+        bot = await Bot(echo=True).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
+        rendered = []
+
+        async def gather():                  # as --workers N does: asks the others, takes a while
+            rendered.append(1)
+            await asyncio.sleep(0.2)
+            return relay.metrics.render()
+        admin = AdminServer(render_metrics=relay.metrics.render, gather_metrics=gather, is_ready=lambda: True,
+                            read_timeout=2)
+        await admin.start("127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", admin.port)
+            request = b"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n"
+            writer.write(request)
+            for _ in range(20):
+                await asyncio.sleep(0.001)
+                writer.write(request)
+            answer = await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            assert answer.count(b"HTTP/1.1 200") == 1
+            await asyncio.sleep(0.1)
+            assert len(rendered) == 1
+        finally:
+            await admin.close()
+            await relay.stop()
+            bot.close()
+    arun(main())

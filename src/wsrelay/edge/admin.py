@@ -222,8 +222,8 @@ class _AdminConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None        # connection_made comes before any data
-        if self.transport.is_closing():
-            return
+        if self.transport.is_closing() or self.answering is not None:
+            return                               # one request per connection: what follows it is read and dropped
         try:
             complete = self.reader.feed(data)
         except RequestRefused as exc:
