@@ -199,9 +199,11 @@ def test_agents_round_trip_through_their_stored_form():
 
 def test_decode_agents_skips_what_is_not_an_agent():
     good = json.dumps(agent_to_dict(AgentConfig("a", "o", ("ws://x/",))))
-    agents, problems = decode_agents({b"a.o": good, b"b.o": good, b"c.o": b"{not json", b"d.o": b'{"name": 1}'})
+    deep = b"[" * 100_000 + b"]" * 100_000            # RecursionError in json, not a ValueError
+    agents, problems = decode_agents({b"a.o": good, b"b.o": good, b"c.o": b"{not json", b"d.o": b'{"name": 1}',
+                                      b"e.o": deep})
     assert list(agents) == ["a.o"]
-    assert len(problems) == 3 and any("holds agent a.o" in p for p in problems)
+    assert len(problems) == 4 and any("holds agent a.o" in p for p in problems)
 
 
 # -- regions ----------------------------------------------------------------------------------

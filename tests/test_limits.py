@@ -162,3 +162,30 @@ def test_an_upstream_that_cannot_even_be_dialled_is_502_and_gives_its_slot_back(
         finally:
             await relay.stop()
     arun(main())
+
+
+def test_a_reload_names_every_relay_key_that_waits_for_a_restart(pump, caplog):
+    """Only cors_origins follows a reload; a new admin_token (a rotation!) or any other [relay]
+    key must be named in the warning, not dropped without a word."""
+    import dataclasses
+    import logging
+
+    async def main():
+        bot = await Bot(echo=True).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
+        try:
+            new = dataclasses.replace(relay.config.relay, admin_token="x" * 32, provider_start_timeout=3.0,
+                                      gap_threshold_ms=50, cors_origins=("https://app.example",))
+            with caplog.at_level(logging.WARNING, logger="wsrelay"):
+                relay.reload(dataclasses.replace(relay.config, relay=new))
+            warnings = [r.getMessage() for r in caplog.records if "after a restart" in r.getMessage()]
+            assert len(warnings) == 1, warnings
+            for key in ("relay.admin_token", "relay.provider_start_timeout", "relay.gap_threshold_ms"):
+                assert key in warnings[0]
+            assert "cors_origins" not in warnings[0]
+            assert relay.config.relay.cors_origins == ("https://app.example",)
+            assert relay.config.relay.admin_token != "x" * 32
+        finally:
+            await relay.stop()
+            bot.close()
+    arun(main())

@@ -41,7 +41,7 @@ def decode_agents(raw: dict) -> tuple[dict[str, AgentConfig], list[str]]:
         host = field.decode("utf-8", "replace") if isinstance(field, bytes) else str(field)
         try:
             agent = agent_from_dict(json.loads(value), f"redis {AGENTS_KEY}[{host}]")
-        except (ValueError, ConfigError) as exc:
+        except (ValueError, RecursionError, ConfigError) as exc:      # RecursionError: JSON nested too deep
             problems.append(f"{AGENTS_KEY}[{host}] is not a valid agent, ignored: {str(exc)[:300]}")
             continue
         if agent.service_host != host:
@@ -133,6 +133,9 @@ class FleetRegistry(AgentRegistry):
                 if not down_logged:
                     log.warning("fleet registry: %s; routing the %d agent(s) known", exc, len(self._by_host))
                     down_logged = True
+            except Exception:                        # a bug: say so, keep following (a loop that died
+                log.exception("fleet registry: refresh failed; routing the %d agent(s) known",  # would
+                              len(self._by_host))                                             # freeze the agents)
             finally:
                 try:
                     await asyncio.wait_for(pubsub.aclose(), 1.0)

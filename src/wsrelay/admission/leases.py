@@ -234,6 +234,10 @@ class FleetCapacity:
                 if change:
                     log.warning("session leases not renewed, live sessions go on: %s", exc)
                 continue
+            except Exception:                        # a bug: say so, keep renewing (a dead loop lets every lease lapse)
+                log.exception("session lease renewal failed")
+                self.book.renewed(False)
+                continue
             if change == "restored":
                 log.info("Redis is back: %d session lease(s) restored", count)
 

@@ -74,9 +74,12 @@ class Resolver:
         import dns.resolver
         assert self._dns is not None
         tasks = [asyncio.ensure_future(self._dns.resolve(host, rdtype, search=False)) for rdtype in ("A", "AAAA")]
-        _, pending = await asyncio.wait(tasks, timeout=self.timeout * 0.9)    # inside resolve()'s own bound
-        for task in pending:
-            task.cancel()
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=self.timeout * 0.9)    # inside resolve()'s own bound
+        finally:                                    # also when cancelled: no lookup outlives this call
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         answers: list = [TimeoutError(f"no answer within {self.timeout * 0.9:g}s") if task in pending
                          else task.exception() or task.result() for task in tasks]
         found = [record.to_text() for answer in answers if not isinstance(answer, BaseException)

@@ -64,6 +64,7 @@ SHUTDOWN_CLOSE = (1012, "relay restarting")     # to both sides once the drain p
 DRAINING_RETRY_AFTER = "5"
 CAPACITY_RETRY_AFTER = "1"
 LISTEN_BACKLOG = 1024                           # pending connections the kernel queues
+RELOADED_RELAY_KEYS = {"cors_origins"}          # [relay] keys a reload applies; any other change waits for a restart
 
 
 class Relay:
@@ -193,9 +194,9 @@ class Relay:
         Listener settings (host, port, workers, TLS), the nonce store and the other
         ``[relay]`` bounds need a restart and are kept; ``cors_origins`` follows the file.
         """
-        changed = [f"relay.{k}" for k in ("host", "port", "workers", "tls_cert", "tls_key", "admin_port",
-                                          "nonce_store", "redis_url", "region", "dns_servers")
-                   if getattr(config.relay, k) != getattr(self.config.relay, k)]
+        changed = [f"relay.{f.name}" for f in dataclasses.fields(config.relay)
+                   if f.name not in RELOADED_RELAY_KEYS
+                   and getattr(config.relay, f.name) != getattr(self.config.relay, f.name)]
         if config.fleet != self.config.fleet:
             changed.append("[fleet]")
         if changed:
