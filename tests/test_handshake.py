@@ -102,6 +102,32 @@ def test_bot_that_never_answers_gives_504(pump):
     arun(main())
 
 
+def test_many_silent_instances_cost_a_client_three_connect_timeouts_at_most(pump):
+    """Eight instances that accept TCP and never answer (a blackholed Service's pods): the client
+    gets its 504 after 3 x upstream_connect_timeout in all, not 8 x."""
+    async def main():
+        silent = []
+        for _ in range(8):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.listen(16)
+            silent.append(s)
+        relay = await start_relay(relay_config(
+            {"echo.demo": [f"ws://127.0.0.1:{s.getsockname()[1]}/" for s in silent]},
+            upstream_connect_timeout=0.3), pump)
+        try:
+            started = asyncio.get_running_loop().time()
+            response = await raw_request(relay.port, upgrade_head("/ws/generic/echo.demo"))
+            elapsed = asyncio.get_running_loop().time() - started
+            assert status_of(response) == 504
+            assert 0.85 < elapsed < 1.8, elapsed              # 0.9 s budget; 8 x 0.3 = 2.4 s before
+        finally:
+            await relay.stop()
+            for s in silent:
+                s.close()
+    arun(main())
+
+
 @pytest.mark.parametrize("bot_status", [403, 404, 500, 503])
 def test_bot_http_error_status_is_passed_through(pump, bot_status):
     async def main():

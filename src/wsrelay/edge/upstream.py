@@ -28,6 +28,9 @@ from .discovery import Resolver, host_of
 from .handover import bot_protocol
 
 log = logging.getLogger("wsrelay.upstream")
+# A session tries instance after instance for at most this many upstream_connect_timeouts in all:
+# a Service of many silent pods must not keep a client waiting for each of them.
+MAX_CONNECT_TIMEOUTS = 3
 
 
 class UpstreamConnector:
@@ -63,8 +66,8 @@ class UpstreamConnector:
         """Build the agent's pool on its first session, or when its upstreams changed (reload)."""
         if self._upstreams.get(service_host) == upstreams:
             return
-        for host in {h for h in map(host_of, upstreams) if h and h not in self.resolver.addresses}:
-            await self.resolver.resolve(host)
+        await asyncio.gather(*(self.resolver.resolve(host) for host in
+                               {h for h in map(host_of, upstreams) if h and h not in self.resolver.addresses}))
         self._upstreams[service_host] = upstreams
         self.balancer.update(service_host, self._targets(upstreams))
 
@@ -115,7 +118,12 @@ class UpstreamConnector:
         timed_out = False
         await self._pool_for(service_host, upstreams)
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout * MAX_CONNECT_TIMEOUTS
         for instance in self.order(service_host):
+            remaining = deadline - loop.time()
+            if remaining <= 0:                       # many silent instances: the client has waited enough
+                timed_out = True
+                break
             target = self._target(instance.url)
             protocol = None
 
@@ -128,7 +136,7 @@ class UpstreamConnector:
                     read_buffer_size=self._read_buffer_size)
                 return protocol
             try:
-                async with asyncio.timeout(self._timeout):
+                async with asyncio.timeout(min(self._timeout, remaining)):
                     await loop.create_connection(
                         protocol_factory, instance.address or target.host, target.port,
                         ssl=(self._ssl_context or True) if target.secure else None,
