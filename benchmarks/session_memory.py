@@ -182,21 +182,35 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, nargs="+", default=[5000])
     parser.add_argument("--pump", choices=["cython", "python"], default=None)
     parser.add_argument("--json")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)      # internal: one measurement, JSON out
+    parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    raise_fd_limit(4 * max(args.sessions) + 1000)
     import uvloop
+    if args.one:
+        raise_fd_limit(2 * args.one + 1000)
+        print(json.dumps(uvloop.run(measure(args.one, args.pump, trace=args.trace))))
+        return 0
+    # Each measurement in a fresh process: memory a previous one freed would be reused, and
+    # the next one's RSS would grow by less than its sessions cost.
     results = []
-    for n in args.sessions:
-        r = uvloop.run(measure(n, args.pump, trace=False))
+    for n, trace in [(n, False) for n in args.sessions] + [(args.sessions[0], True)]:
+        command = [sys.executable, __file__, "--one", str(n)] + (["--trace"] if trace else [])
+        if args.pump:
+            command += ["--pump", args.pump]
+        out = subprocess.run(command, capture_output=True, text=True, timeout=900)
+        if out.returncode != 0:
+            print(f"{n} sessions: failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        if trace:
+            print("\nwith tracemalloc (its own bookkeeping makes RSS meaningless in this run):")
         show(r)
         results.append(r)
-    r = uvloop.run(measure(args.sessions[0], args.pump, trace=True))
-    print("\nwith tracemalloc (its own bookkeeping makes RSS meaningless in this run):")
-    show(r)
-    results.append(r)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    print(f"\n(open files limit here: {hard}; a relayed session holds two descriptors)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
-    return 0
+    return 0 if results else 1
 
 
 if __name__ == "__main__":
