@@ -9,8 +9,9 @@ written against picows ``PICOWS_VERSION``), puts the pump's ``ClientStream`` in 
 it on the client's transport, and feeds it a *canonical* upgrade head built from the
 checked request (picows never parses the client's own head, so its stricter parser can
 never refuse what the relay accepted), then the client's early bytes. picows answers
-``101`` with the bot's sub-protocol. The compiled pump's only other reach into picows
-internals is ``_trim_picows_buffers`` in ``csrc/wsrelay/pump/side.pxi``.
+``101`` with the bot's sub-protocol. ``bot_protocol`` builds the client-side protocol the
+upstream connector opens the bot's connection with. The compiled pump's only other reach
+into picows internals is ``_trim_picows_buffers`` in ``csrc/wsrelay/pump/side.pxi``.
 """
 
 from __future__ import annotations
