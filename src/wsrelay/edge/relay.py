@@ -247,6 +247,11 @@ class Relay:
                                  public_reason="Service Unavailable: the relay is shutting down",
                                  headers={"Retry-After": DRAINING_RETRY_AFTER})
 
+    def _close_while_draining(self) -> None:
+        """After the upgrade (provider endpoints) the draining answer is a close: 1012."""
+        if not self.accepting:
+            raise SessionRefused("relay is draining", code=SHUTDOWN_CLOSE[0], public_reason=SHUTDOWN_CLOSE[1])
+
     def _admit_websocket(self, gate: Gate, target: str) -> None:
         request = gate.request
         assert request is not None
@@ -286,10 +291,11 @@ class Relay:
             log.exception("capacity check failed unexpectedly")
             gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
             return
-        if not self.accepting:        # the relay began to stop while auth or the lease was awaited
+        try:
+            self._refuse_while_draining()     # the relay may have begun to stop while auth or the lease was awaited
+        except RequestRefused as exc:
             self._give_slot(agent.service_host, lease)
-            gate.refuse(503, "Service Unavailable: the relay is shutting down", reason="relay is draining",
-                        headers={"Retry-After": DRAINING_RETRY_AFTER})
+            gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
             return
         session = Session(route=route, agent=agent, upgrade=upgrade, client_address=gate.peer,
                           secure=self.tls is not None, pump=self.pump, limits=self.config.relay,
@@ -362,8 +368,7 @@ class Relay:
                 start = await hold.start_message(upgrade.key)
             finally:
                 self.holds.discard(hold)
-            if not self.accepting:
-                raise SessionRefused("relay is draining", code=SHUTDOWN_CLOSE[0], public_reason=SHUTDOWN_CLOSE[1])
+            self._close_while_draining()
             if agent is None:                                   # Twilio: the start message names the agent
                 assert start.service_host is not None
                 route = route.complete(*start.service_host)
@@ -384,8 +389,7 @@ class Relay:
                     raise SessionRefused(str(exc), code=1013,          # Try Again Later (429 and 503 alike)
                                          public_reason="agent at its session limit, try again later"
                                          if exc.status == 429 else "session limit cannot be checked now") from None
-            if not self.accepting:                              # the relay began to stop meanwhile
-                raise SessionRefused("relay is draining", code=SHUTDOWN_CLOSE[0], public_reason=SHUTDOWN_CLOSE[1])
+            self._close_while_draining()                        # it may have begun to stop meanwhile
             session = Session(route=route, agent=agent, upgrade=dataclasses.replace(upgrade, subprotocols=None),
                               client_address=gate.peer, secure=self.tls is not None, pump=self.pump,
                               limits=self.config.relay, connect=self.upstreams.connect, attach=gate.attach,

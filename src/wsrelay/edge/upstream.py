@@ -136,35 +136,36 @@ class UpstreamConnector:
                     read_buffer_size=self._read_buffer_size)
                 return protocol
             try:
-                async with asyncio.timeout(min(self._timeout, remaining)):
-                    await loop.create_connection(
-                        protocol_factory, instance.address or target.host, target.port,
-                        ssl=(self._ssl_context or True) if target.secure else None,
-                        server_hostname=target.host if target.secure else None)
-                    assert protocol is not None
-                    await protocol.wait_until_handshake_complete()
-            except BaseException as exc:
-                _drop(protocol)      # given up mid-handshake: the bot must not keep a half-open connection
-                if isinstance(exc, WSHandshakeError):
-                    if exc.response is not None and int(exc.response.status) >= 300:
-                        self.balancer.succeeded(instance)          # it answered: alive, just unwilling
-                        raise UpstreamRejected(
-                            f"bot at {instance.describe()} answered the upgrade with HTTP "
-                            f"{int(exc.response.status)}", int(exc.response.status)) from exc
-                    self._failed(service_host, instance, f"sent an invalid handshake response: {exc}")
-                    continue
-                if isinstance(exc, TimeoutError):
-                    self._failed(service_host, instance,
-                                 f"did not complete the handshake within {self._timeout:g}s")
-                    timed_out = True
-                    continue
-                if isinstance(exc, OSError):
-                    self._failed(service_host, instance, f"unreachable: {exc}")
-                    continue
-                if isinstance(exc, Exception):     # e.g. a host name IDNA cannot encode: this instance fails
-                    self._failed(service_host, instance, f"cannot be connected to ({type(exc).__name__}: {exc})"[:300])
-                    continue
-                raise                              # cancelled: the session's end or the client's leaving
+                try:
+                    async with asyncio.timeout(min(self._timeout, remaining)):
+                        await loop.create_connection(
+                            protocol_factory, instance.address or target.host, target.port,
+                            ssl=(self._ssl_context or True) if target.secure else None,
+                            server_hostname=target.host if target.secure else None)
+                        assert protocol is not None
+                        await protocol.wait_until_handshake_complete()
+                except BaseException:
+                    _drop(protocol)  # given up mid-handshake: the bot must not keep a half-open connection
+                    raise
+            except WSHandshakeError as exc:
+                if exc.response is not None and int(exc.response.status) >= 300:
+                    self.balancer.succeeded(instance)          # it answered: alive, just unwilling
+                    raise UpstreamRejected(
+                        f"bot at {instance.describe()} answered the upgrade with HTTP "
+                        f"{int(exc.response.status)}", int(exc.response.status)) from exc
+                self._failed(service_host, instance, f"sent an invalid handshake response: {exc}")
+                continue
+            except TimeoutError:
+                self._failed(service_host, instance, f"did not complete the handshake within {self._timeout:g}s")
+                timed_out = True
+                continue
+            except OSError as exc:
+                self._failed(service_host, instance, f"unreachable: {exc}")
+                continue
+            except Exception as exc:           # e.g. a host name IDNA cannot encode: this instance fails
+                self._failed(service_host, instance, f"cannot be connected to ({type(exc).__name__}: {exc})"[:300])
+                continue
+            assert protocol is not None
             transport, listener = protocol.transport, protocol.listener
             if listener is None:
                 self._failed(service_host, instance, "closed the connection during the handshake")
@@ -180,7 +181,7 @@ class UpstreamConnector:
 
 def _drop(protocol) -> None:
     """Close a bot connection whose handshake was given up (cancelled, timed out, refused)."""
-    transport = getattr(protocol, "transport", None) if protocol is not None else None
+    transport = getattr(protocol, "transport", None)
     if transport is not None:
         transport.underlying_transport.abort()
 
