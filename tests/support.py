@@ -71,6 +71,15 @@ def send_frame(transport, f: Frame) -> None:
         transport.send(WSMsgType(f.msg_type), f.payload, f.fin, f.rsv1, f.rsv2, f.rsv3)
 
 
+async def wait_until(predicate, changed: asyncio.Event, timeout: float) -> None:
+    """Wait until ``predicate()`` holds, checking it again each time ``changed`` is set."""
+    async def loop():
+        while not predicate():
+            changed.clear()
+            await changed.wait()
+    await asyncio.wait_for(loop(), timeout)
+
+
 class Recorder(WSListener):
     """Records every frame and the disconnect; optionally echoes or replies to close."""
 
@@ -111,11 +120,7 @@ class Recorder(WSListener):
         return [f for f in self.frames if f.msg_type == WSMsgType.CLOSE]
 
     async def wait_for(self, predicate, timeout: float = 10) -> None:
-        async def loop():
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
-        await asyncio.wait_for(loop(), timeout)
+        await wait_until(predicate, self.changed, timeout)
 
     async def wait_frames(self, n: int, timeout: float = 10) -> list[Frame]:
         await self.wait_for(lambda: len(self.frames) >= n or self.disconnected.is_set(), timeout)

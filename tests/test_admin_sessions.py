@@ -14,7 +14,8 @@ import logging
 
 import pytest
 
-from support import Bot, admin_request, arun, connect_client, relay_config, start_relay, status_of, upgrade_head
+from support import (Bot, admin_request, arun, connect_client, relay_config, start_relay, status_of, upgrade_head,
+                     wait_until)
 from wsrelay.edge.admin import AdminServer
 from wsrelay.edge.live_sessions import LiveSessions
 
@@ -208,11 +209,7 @@ class SilentBot:
         writer.close()
 
     async def until(self, predicate, timeout: float = 5) -> None:
-        async def wait():
-            while not predicate():
-                self.changed.clear()
-                await self.changed.wait()
-        await asyncio.wait_for(wait(), timeout)
+        await wait_until(predicate, self.changed, timeout)
 
     @property
     def url(self) -> str:

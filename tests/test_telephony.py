@@ -506,6 +506,16 @@ def test_property_fuzzed_first_messages_never_crash_and_end_in_a_close_with_a_re
         assert close.code == 1014
 
 
+async def _closed_by_stop(ws, relay) -> None:
+    """Stop the relay while the caller ``ws`` is held: it gets close 1012 "relay restarting"."""
+    stopping = asyncio.create_task(relay.stop(drain_seconds=0))
+    with pytest.raises(websockets.ConnectionClosed) as info:
+        await asyncio.wait_for(ws.recv(), 5)
+    assert info.value.rcvd is not None
+    assert (info.value.rcvd.code, info.value.rcvd.reason) == (1012, "relay restarting")
+    await asyncio.wait_for(stopping, 5)
+
+
 def test_a_relay_shutting_down_closes_a_held_caller_with_1012(pump, caplog):
     """The bot is slow, the relay is stopped: the caller (held by the gate) gets 1012, once."""
     caplog.set_level(logging.INFO, logger="wsrelay")
@@ -517,12 +527,7 @@ def test_a_relay_shutting_down_closes_a_held_caller_with_1012(pump, caplog):
             for message in _twilio():
                 await ws.send(message)
             await asyncio.wait_for(_until(lambda: relay.sessions), 5)
-            stopping = asyncio.create_task(relay.stop(drain_seconds=0))
-            with pytest.raises(websockets.ConnectionClosed) as info:
-                await asyncio.wait_for(ws.recv(), 5)
-            assert info.value.rcvd is not None
-            assert (info.value.rcvd.code, info.value.rcvd.reason) == (1012, "relay restarting")
-            await stopping
+            await _closed_by_stop(ws, relay)
         assert [line["code"] for line in _refused_lines(caplog)] == [1012]
         bot.close()
     arun(main())
@@ -569,45 +574,43 @@ async def _close_from(reader: asyncio.StreamReader) -> tuple[int, str]:
     return int.from_bytes(payload[:2], "big"), payload[2:].decode()
 
 
+async def _held_refusal(pump, frames: list[bytes]) -> tuple[tuple[int, str], dict, list]:
+    """A raw caller on /ws/twilio sends ``frames``: the relay's close (code, reason), then its
+    refusal counts and the requests its bot got, read once the relay has logged the refusal."""
+    bot = await Bot(echo=True).start()
+    relay = await _relay([bot.url], pump)
+    try:
+        reader, writer = await _raw_held(relay.port, "/ws/twilio")
+        writer.write(b"".join(frames))
+        close = await _close_from(reader)
+        writer.close()
+        await asyncio.sleep(0.05)
+        return close, dict(relay.rejections), list(bot.requests)
+    finally:
+        await relay.stop()
+        bot.close()
+
+
 @pytest.mark.parametrize("code", [1004, 2999, 4000, 4999])
 def test_a_caller_closing_before_its_start_gets_1000_not_its_own_code_back(pump, code, caplog):
     """1004 and 2999 may never be on the wire; any code would be a metric label the caller chose."""
-    async def main():
-        bot = await Bot(echo=True).start()
-        relay = await _relay([bot.url], pump)
-        with caplog.at_level(logging.INFO, logger="wsrelay"):
-            reader, writer = await _raw_held(relay.port, "/ws/twilio")
-            writer.write(masked_frame(0x1, _twilio()[0].encode()))
-            writer.write(masked_frame(0x8, code.to_bytes(2, "big") + b"bye"))
-            assert (await _close_from(reader))[0] == 1000
-            writer.close()
-            await asyncio.sleep(0.05)
-        assert dict(relay.rejections) == {1000: 1}
-        lines = _refused_lines(caplog)
-        assert len(lines) == 1 and lines[0]["code"] == 1000 and str(code) in lines[0]["reason"], lines
-        assert bot.requests == []
-        await relay.stop()
-        bot.close()
-    arun(main())
+    with caplog.at_level(logging.INFO, logger="wsrelay"):
+        (answer, _), rejections, bot_requests = arun(_held_refusal(pump, [
+            masked_frame(0x1, _twilio()[0].encode()), masked_frame(0x8, code.to_bytes(2, "big") + b"bye")]))
+    assert answer == 1000
+    assert rejections == {1000: 1}
+    lines = _refused_lines(caplog)
+    assert len(lines) == 1 and lines[0]["code"] == 1000 and str(code) in lines[0]["reason"], lines
+    assert bot_requests == []
 
 
 @pytest.mark.parametrize("rsv", [0x40, 0x20, 0x10])
-def test_reserved_bits_on_a_first_message_are_1008_before_any_bot(pump, rsv, caplog):
-    async def main():
-        bot = await Bot(echo=True).start()
-        relay = await _relay([bot.url], pump)
-        with caplog.at_level(logging.INFO, logger="wsrelay"):
-            reader, writer = await _raw_held(relay.port, "/ws/twilio")
-            frame = bytearray(masked_frame(0x1, _twilio()[0].encode()))
-            frame[0] |= rsv
-            writer.write(bytes(frame))
-            code, reason = await _close_from(reader)
-            writer.close()
-        assert code == 1008 and "reserved bits" in reason, (code, reason)
-        assert bot.requests == [] and relay.rejections[1008] == 1
-        await relay.stop()
-        bot.close()
-    arun(main())
+def test_reserved_bits_on_a_first_message_are_1008_before_any_bot(pump, rsv):
+    frame = bytearray(masked_frame(0x1, _twilio()[0].encode()))
+    frame[0] |= rsv
+    (code, reason), rejections, bot_requests = arun(_held_refusal(pump, [bytes(frame)]))
+    assert code == 1008 and "reserved bits" in reason, (code, reason)
+    assert bot_requests == [] and rejections[1008] == 1
 
 
 def test_a_relay_shutting_down_closes_a_caller_still_waiting_for_its_start_with_1012(pump, caplog):
@@ -620,12 +623,7 @@ def test_a_relay_shutting_down_closes_a_caller_still_waiting_for_its_start_with_
         async with connect(f"ws://127.0.0.1:{relay.port}/ws/exotel?serviceHost={AGENT}") as ws:
             await ws.send(json.dumps({"event": "connected"}))
             await asyncio.wait_for(_until(lambda: relay.holds), 5)
-            stopping = asyncio.create_task(relay.stop(drain_seconds=0))
-            with pytest.raises(websockets.ConnectionClosed) as info:
-                await asyncio.wait_for(ws.recv(), 5)
-            assert info.value.rcvd is not None
-            assert (info.value.rcvd.code, info.value.rcvd.reason) == (1012, "relay restarting")
-            await asyncio.wait_for(stopping, 5)
+            await _closed_by_stop(ws, relay)
         assert [line["code"] for line in _refused_lines(caplog)] == [1012]
         assert bot.requests == [] and not relay.holds
         assert relay.capacity.try_acquire(AGENT, 1)        # the caller held no slot after the stop
