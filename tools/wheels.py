@@ -139,9 +139,7 @@ def build_wheel(tools: Path, python: Path, minor: str, sdist: Path) -> Built:
         # re-run after a source change with the same version would package the old build.
         output = run([str(python), "-m", "pip", "wheel", "--no-cache-dir", "--no-deps", "--wheel-dir", raw_dir,
                       str(sdist)], f"building the {tag} wheel from {sdist.name}")
-        if not re.search(r"Building wheel for wsrelay", output):
-            raise WheelError(f"pip did not build wsrelay from {sdist.name} for {tag}; it may have used a "
-                             "cached wheel of an older build")
+        require_built(output, f"{sdist.name} for {tag}")
         raw = next(Path(raw_dir).glob("wsrelay-*.whl"))
         plat = f"{POLICY}_{platform.machine()}"
         run([str(tools), "-m", "auditwheel", "repair", "--plat", plat, "--wheel-dir", str(DIST), str(raw)],
@@ -286,26 +284,32 @@ def cmd_check_sdist(args: argparse.Namespace) -> int:
     if not sdist.exists():
         raise WheelError(f"{sdist.name} is not in dist/: run 'make wheel' first")
     with tempfile.TemporaryDirectory(prefix="wsrelay-sdist-") as tmp:
-        venv = Path(tmp) / "venv"
-        run([sys.executable, "-m", "venv", str(venv)], "creating a venv for the sdist")
-        output = run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-cache-dir", str(sdist)],
-                     f"installing {sdist.name} (builds the extension)")
-        if not re.search(r"Building wheel for wsrelay", output):
-            raise WheelError(f"pip did not build wsrelay from {sdist.name}; it may have used a cached wheel")
+        venv = install_sdist(sdist, Path(tmp), "builds the extension")
         smoke(venv, f"sdist {sdist.name}")
     with tempfile.TemporaryDirectory(prefix="wsrelay-sdist-pure-") as tmp:
-        venv = Path(tmp) / "venv"
-        run([sys.executable, "-m", "venv", str(venv)], "creating a venv for the sdist without extensions")
-        env = dict(os.environ, WSRELAY_NO_EXTENSIONS="1", CC="/bin/false", CXX="/bin/false")
-        output = run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-cache-dir", str(sdist)],
-                     f"installing {sdist.name} with WSRELAY_NO_EXTENSIONS=1 and no compiler", env=env)
-        if not re.search(r"Building wheel for wsrelay", output):
-            raise WheelError(f"pip did not build wsrelay from {sdist.name}; it may have used a cached wheel")
+        venv = install_sdist(sdist, Path(tmp), "with WSRELAY_NO_EXTENSIONS=1 and no compiler",
+                             env=dict(os.environ, WSRELAY_NO_EXTENSIONS="1", CC="/bin/false", CXX="/bin/false"))
         compiled = [str(p) for p in venv.rglob("wsrelay/pump/_compiled*") if p.suffix in (".so", ".pxd")]
         if compiled:
             raise WheelError(f"WSRELAY_NO_EXTENSIONS=1 still installed {compiled}")
         smoke(venv, f"sdist {sdist.name} with WSRELAY_NO_EXTENSIONS=1", pump="python")
     return 0
+
+
+def install_sdist(sdist: Path, where: Path, how: str, env: dict[str, str] | None = None) -> Path:
+    """A fresh venv in ``where`` with ``sdist`` built and installed into it (pip must build it)."""
+    venv = where / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], f"creating a venv for the sdist ({how})")
+    output = run([str(venv / "bin" / "python"), "-m", "pip", "install", "--no-cache-dir", str(sdist)],
+                 f"installing {sdist.name} ({how})", env=env)
+    require_built(output, sdist.name)
+    return venv
+
+
+def require_built(pip_output: str, source: str) -> None:
+    """pip built wsrelay from ``source`` itself: a cached wheel would be an older build."""
+    if not re.search(r"Building wheel for wsrelay", pip_output):
+        raise WheelError(f"pip did not build wsrelay from {source}; it may have used a cached wheel of an older build")
 
 
 def free_port() -> int:
