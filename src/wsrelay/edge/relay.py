@@ -47,6 +47,7 @@ from .gate import Gate
 from .http import header
 from .hold import Hold
 from .logs import log_refusal, log_session, log_session_refused
+from .deadlines import Deadlines
 from .discovery import Resolver
 from .metrics import RelayMetrics
 from .session import Session
@@ -97,6 +98,7 @@ class Relay:
             resolver=Resolver(cfg.dns_servers, timeout=min(2.0, cfg.dns_refresh_seconds)))
         self._background: list[asyncio.Task] = []
         self.sessions: set[Session] = set()            # admitted: connecting or connected
+        self.deadlines = Deadlines()                   # every session's timers, on one loop timer
         self.holds: set[Hold] = set()                  # provider clients upgraded, start message not yet read
         self.rejections: Counter[int] = Counter()      # HTTP status -> refused handshakes
         self.accepting = True
@@ -179,6 +181,7 @@ class Relay:
             except TimeoutError:
                 for session in list(self.sessions):
                     session.abort()
+        self.deadlines.close()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -300,7 +303,8 @@ class Relay:
         session = Session(route=route, agent=agent, upgrade=upgrade, client_address=gate.peer,
                           secure=self.tls is not None, pump=self.pump, limits=self.config.relay,
                           connect=self.upstreams.connect, attach=gate.attach, on_end=self._session_over,
-                          session_id=claims.session_id if claims else None, refuse_client=gate.refuse)
+                          deadlines=self.deadlines, session_id=claims.session_id if claims else None,
+                          refuse_client=gate.refuse)
         self.sessions.add(session)
         if lease is not None:
             self._lease_of[session] = lease
@@ -393,7 +397,8 @@ class Relay:
             session = Session(route=route, agent=agent, upgrade=dataclasses.replace(upgrade, subprotocols=None),
                               client_address=gate.peer, secure=self.tls is not None, pump=self.pump,
                               limits=self.config.relay, connect=self.upstreams.connect, attach=gate.attach,
-                              on_end=self._session_over, session_id=claims.session_id if claims else None,
+                              on_end=self._session_over, deadlines=self.deadlines,
+                              session_id=claims.session_id if claims else None,
                               close_held=lambda code, reason: self._refused_held(
                                   gate, SessionRefused(reason, code=code), provider, target, agent),
                               client_101_ns=gate.upgraded_ns, client_first_ns=gate.first_held_ns)

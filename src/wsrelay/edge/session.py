@@ -30,6 +30,7 @@ from picows import WSListener, WSMsgType, WSUpgradeRequest, WSUpgradeResponse
 from ..core.session_machine import (BOT, CLIENT, Abandon, CancelTimer, Disconnect, End, ForwardClose,
                                    PauseReading, ResumeReading, SendClose, SessionMachine, SideState, StartTimer,
                                    Timer)
+from .deadlines import Deadlines
 
 if TYPE_CHECKING:
     from ..config import AgentConfig, RelayConfig
@@ -54,19 +55,20 @@ class Session:
     # Slots: an idle session holds one of these for hours; no per-instance __dict__.
     __slots__ = ("route", "agent", "upgrade", "client_address", "secure", "id", "created_at",
                  "connected_at", "connected_ns", "ended_at", "upstream_seconds", "subprotocol", "machine", "client",
-                 "bot", "_connect", "_attach", "_on_end", "_limits", "_bot_response", "_timers",
+                 "bot", "_connect", "_attach", "_on_end", "_limits", "_bot_response", "_timers", "_deadlines",
                  "_close_held", "_client_first_ns", "_refuse_client", "_connecting")
 
     def __init__(self, *, route: "Route", agent: "AgentConfig", upgrade: "UpgradeRequest",
                  client_address: str, secure: bool, pump: Any, limits: "RelayConfig",
                  connect: Connector, attach: Attach, on_end: Callable[["Session"], None],
-                 session_id: str | None = None,
+                 deadlines: Deadlines, session_id: str | None = None,
                  close_held: Callable[[int, str], None] | None = None,
                  client_101_ns: int = 0, client_first_ns: int = 0,
                  refuse_client: Refuse | None = None) -> None:
-        self.route = route
+        # What routing and the client's handshake gave; dropped once the client is upgraded.
+        self.route: "Route | None" = route
         self.agent = agent
-        self.upgrade = upgrade
+        self.upgrade: "UpgradeRequest | None" = upgrade
         self.client_address = client_address
         self.secure = secure
         self.id = session_id or str(uuid.uuid4())
@@ -86,7 +88,9 @@ class Session:
         self._on_end = on_end
         self._limits = limits
         self._bot_response: WSUpgradeResponse | None = None    # the bot's 101, until the bot side opens
-        self._timers: dict[Timer, asyncio.TimerHandle] = {}
+        # The machine's timers, on the relay's one deadline wheel: Timer -> its wheel handle.
+        self._deadlines = deadlines
+        self._timers: dict[Timer, int] = {}
         # A provider's client is upgraded and held by the gate until the bot answers:
         # ``close_held`` sends it a close from there (the machine's HOLDING side).
         self._close_held = close_held
@@ -112,6 +116,7 @@ class Session:
         SPEC §1-§2.3. ``X-Daily-Session-Id`` is what the hosted platform's bot image
         reads, so such bots work behind the relay unchanged.
         """
+        assert self.upgrade is not None and self.route is not None, "the bot is connected before the client's 101"
         headers = list(self.upgrade.forward)
         headers += [
             ("X-Forwarded-For", self.client_address),
@@ -140,7 +145,7 @@ class Session:
         # picows keeps the extra headers object for the connection's life: hand it a list
         # (a header such as Cookie may repeat) and empty it once the handshake is sent.
         headers = self.forward_headers()
-        assert self._connect is not None, "run() is called once"
+        assert self._connect is not None and self.route is not None, "run() is called once"
         connecting = self._connecting = asyncio.ensure_future(self._connect(
             self.route.service_host, self.agent.upstreams, query=self.route.forward_query, headers=headers,
             listener_factory=self._bot_listener))
@@ -198,12 +203,14 @@ class Session:
         self.subprotocol = response.headers.get("Sec-WebSocket-Protocol") if response is not None else None
         self._bot_response = None
         attach, self._attach = self._attach, None
-        if attach is not None and attach(self.client, self.subprotocol, self.upgrade.key):
+        key = self.upgrade.key if self.upgrade is not None else ""
+        if attach is not None and attach(self.client, self.subprotocol, key):
             self.connected_at = time.monotonic()
             self.connected_ns = self.connected_ns or time.monotonic_ns()
             # The client is upgraded: what only a not-yet-upgraded client needed goes, and with
             # it the last reference to its gate (an idle session keeps no handshake state).
             self._refuse_client = self._close_held = None
+            self.upgrade = self.route = None
         else:                                    # the client left while the bot answered
             self._do(self.machine.client_gone_before_open())
 
@@ -282,19 +289,19 @@ class Session:
             side.transport.underlying_transport.resume_reading()
 
     def _start_timer(self, action: StartTimer) -> None:
-        self._timers[action.timer] = asyncio.get_running_loop().call_later(
-            action.seconds, self._timer_fired, action.timer)
+        self._timers[action.timer] = self._deadlines.add(action.seconds, self, action.timer)
 
     def _cancel_timer(self, action: CancelTimer) -> None:
         handle = self._timers.pop(action.timer, None)
         if handle is not None:
-            handle.cancel()
+            self._deadlines.remove(handle, self, action.timer)
 
     def _end(self, action: End) -> None:
         self.ended_at = time.monotonic()
         self._on_end(self)
 
-    def _timer_fired(self, timer: Timer) -> None:
+    def deadline_passed(self, timer: Timer) -> None:
+        """One of the machine's timers has run out (edge/deadlines.py calls it)."""
         self._timers.pop(timer, None)
         if timer is Timer.WATCH:
             gone = {name for name in self.machine.paused() if _closed_by_peer(self._side(name).transport)}
