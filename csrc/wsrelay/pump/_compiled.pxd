@@ -32,3 +32,8 @@ cdef class Side(WSListener):
         int64_t _last_frame_ns           # arrival of the latest one
         int64_t _last_interval_ns        # the previous inter-arrival time; -1 until there is one
         int64_t _jitter16                # RFC 3550 A.8 jitter estimate, scaled by 16 (ns)
+        # Frames of the current read already re-framed in place in this side's read buffer
+        # for the peer, not yet sent (coalescing, see side.pxi's _relay): [start, end).
+        # Non-NULL only inside one read's on_ws_frame calls; picows' buffer, valid until then.
+        char* _pending_start
+        char* _pending_end

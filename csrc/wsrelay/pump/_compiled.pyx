@@ -18,14 +18,20 @@ side's picows read buffer and is valid only inside ``on_ws_frame``. We hand it t
 * and ``send()``s header+payload in one syscall; only what the kernel does not take is
   copied (into the transport's own buffer) before ``on_ws_frame`` returns.
 
+Coalescing: when one read brings several frames, each is re-framed in place the same way
+but not sent; they lie back to back in the source buffer, so the last frame of the read
+(picows flags it ``last_in_buffer``) sends them all with one ``send()``. The span is sent
+before anything else reaches the destination (a close, a dropped frame) and never
+outlives the read: picows compacts its buffer only after the last frame's callback.
+
 So a payload is read once into the source buffer and written once to the destination
 socket; no Python object is created for it. Close frames, disconnects and flow control
 happen once per session and are handled in Python by ``SessionPair``.
 """
 
 from cpython.memoryview cimport PyMemoryView_GET_BUFFER
-from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcmp
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from picows.picows cimport WSListener, WSTransport, WSFrame, WSMsgType
 
@@ -37,10 +43,13 @@ cdef Py_ssize_t KEEPALIVE_LEN = len(KEEPALIVE)
 # Process-wide counters, read at scrape time by ``totals()``: [0] client->bot, [1] bot->client.
 cdef uint64_t _total_frames[2]
 cdef uint64_t _total_bytes[2]
+cdef uint64_t _total_sends[2]        # writes to the destination socket: frames / sends = coalescing
 _total_frames[0] = 0
 _total_frames[1] = 0
 _total_bytes[0] = 0
 _total_bytes[1] = 0
+_total_sends[0] = 0
+_total_sends[1] = 0
 
 IMPLEMENTATION = "cython"
 # A gap between two data frames longer than this is counted (Session sets it from the config).
@@ -50,8 +59,8 @@ DEFAULT_GAP_THRESHOLD_NS = 100_000_000
 def totals():
     """Frames and payload bytes relayed by this process, per direction, since start."""
     return {
-        "frames_up": _total_frames[0], "bytes_up": _total_bytes[0],
-        "frames_down": _total_frames[1], "bytes_down": _total_bytes[1],
+        "frames_up": _total_frames[0], "bytes_up": _total_bytes[0], "sends_up": _total_sends[0],
+        "frames_down": _total_frames[1], "bytes_down": _total_bytes[1], "sends_down": _total_sends[1],
     }
 
 

@@ -55,7 +55,7 @@ def default_name() -> str:
 
 def totals() -> dict[str, int]:
     """Relayed frames and bytes of this process, summed over every loaded implementation."""
-    result = {"frames_up": 0, "bytes_up": 0, "frames_down": 0, "bytes_down": 0}
+    result = {"frames_up": 0, "bytes_up": 0, "sends_up": 0, "frames_down": 0, "bytes_down": 0, "sends_down": 0}
     for module_name in ("wsrelay.pump._compiled", "wsrelay.pump.pure"):
         module = sys.modules.get(module_name)
         if module is not None:

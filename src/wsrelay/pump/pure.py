@@ -23,13 +23,14 @@ KEEPALIVE = b"wsrelay-keepalive"      # the relay's own pings; their pongs are n
 # Process-wide counters: [0] client->bot, [1] bot->client.
 _total_frames = [0, 0]
 _total_bytes = [0, 0]
+_total_sends = [0, 0]          # writes to the destination: one per frame here (no coalescing)
 
 
 def totals() -> dict[str, int]:
     """Frames and payload bytes relayed by this process, per direction, since start."""
     return {
-        "frames_up": _total_frames[0], "bytes_up": _total_bytes[0],
-        "frames_down": _total_frames[1], "bytes_down": _total_bytes[1],
+        "frames_up": _total_frames[0], "bytes_up": _total_bytes[0], "sends_up": _total_sends[0],
+        "frames_down": _total_frames[1], "bytes_down": _total_bytes[1], "sends_down": _total_sends[1],
     }
 
 
@@ -114,6 +115,7 @@ class Side(WSListener):
         if dst is None or peer.close_sent or peer.disconnected:
             self.dropped += 1
             return
+        _total_sends[self._direction] += 1
         dst.send(frame.msg_type, frame.get_payload_as_bytes(),
                  frame.fin, frame.rsv1, frame.rsv2, frame.rsv3)
 
