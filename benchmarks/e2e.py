@@ -311,7 +311,8 @@ def measure_scaling(bot_port, bot_pid, workdir, args) -> dict:
     deployment would. Pinned (where ``taskset`` and two CPUs exist): the bot and the load
     generator on CPU 0, the relay (all its workers) on the last CPU, so the relay's figure
     is not the load generator's; each step also records how busy both CPUs were. The
-    ladder stops at the first step over the bounds.
+    ladder stops at the first step over the bounds, or whose load generator could not send
+    the load asked for (``generator_short``: then the figure is the generator's limit).
     """
     ladder = [100, 200] if args.quick else SCALING_LADDER
     result: dict = {}
@@ -340,9 +341,12 @@ def measure_scaling(bot_port, bot_pid, workdir, args) -> dict:
                     r["cpu_busy_percent"] = {cpu: round(100 * (after[cpu][0] - before[cpu][0])
                                                         / max(1, after[cpu][1] - before[cpu][1]), 1)
                                              for cpu in sorted(after)}
+                    # The load asked for: conns x 50 messages/s. A step whose load generator sent
+                    # less (its CPU was full) measured the generator, not the relay: the ladder ends.
+                    r["generator_short"] = "error" not in r and r["messages_per_s"] < 0.95 * conns * 50
                     steps.append(dict(r, conns=conns))
                     print(f"scaling {mode} workers={workers} {conns}: {r}", file=sys.stderr, flush=True)
-                    if "error" in r or r["lost"] or r["p99_ms"] > 100:
+                    if "error" in r or r["lost"] or r["p99_ms"] > 100 or r["generator_short"]:
                         break
                     best = conns
                 key = f"workers_{workers}" if mode == "unpinned" else f"pinned_workers_{workers}"
