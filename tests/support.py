@@ -202,6 +202,16 @@ async def start_relay(config: Config, pump: str) -> Relay:
     return relay
 
 
+async def relayed_session(pump: str):
+    """A bot, a relay in front of it (agent echo.demo) and one client session through it:
+    (bot, relay, client transport, client recorder, bot recorder)."""
+    bot = await Bot().start()
+    relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
+    client, client_rec = await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo")
+    bot_rec = await bot.session()
+    return bot, relay, client, client_rec, bot_rec
+
+
 async def connect_client(url: str, *, subprotocols: str | None = None, headers=None,
                          listener: Recorder | None = None, auto_pong: bool = False):
     """A picows client; returns (transport, recorder)."""

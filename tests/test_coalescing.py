@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from picows import WSMsgType
 
-from support import Bot, Frame, arun, connect_client, relay_config, start_relay
+from support import Frame, arun, relayed_session
 from wsrelay import pump as pump_selector
 
 T, B, C = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
@@ -45,14 +45,6 @@ MIXED = [Frame(T, "héllo".encode()), Frame(B, os.urandom(640)), Frame(PING, b"p
          Frame(B, os.urandom(7)), Frame(B, os.urandom(1000))]
 
 
-async def _session(pump):
-    bot = await Bot().start()
-    relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
-    client, client_rec = await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo")
-    bot_rec = await bot.session()
-    return bot, relay, client, client_rec, bot_rec
-
-
 async def _send_raw(direction, client, bot_rec, frames, cuts=()):
     """Write ``frames`` as raw bytes from one side, cut at the fractions ``cuts`` (one write when empty)."""
     data = b"".join(encode(f, masked=direction == "client_to_bot") for f in frames)
@@ -67,7 +59,7 @@ async def _send_raw(direction, client, bot_rec, frames, cuts=()):
 @pytest.mark.parametrize("direction", ["client_to_bot", "bot_to_client"])
 def test_one_read_of_many_frames_is_one_write_and_arrives_unchanged(pump, direction):
     async def main():
-        bot, relay, client, client_rec, bot_rec = await _session(pump)
+        bot, relay, client, client_rec, bot_rec = await relayed_session(pump)
         receiver = bot_rec if direction == "client_to_bot" else client_rec
         before = pump_selector.totals()
         close = Frame(CLOSE, struct.pack("!H", 1000) + b"after the burst")
@@ -104,7 +96,7 @@ frame_lists = st.lists(st.builds(
 @pytest.mark.parametrize("pump_name", ["cython", "python"])
 def test_any_frames_cut_anywhere_cross_unchanged(pump_name, frames, cuts, direction):
     async def main():
-        bot, relay, client, client_rec, bot_rec = await _session(pump_name)
+        bot, relay, client, client_rec, bot_rec = await relayed_session(pump_name)
         receiver = bot_rec if direction == "client_to_bot" else client_rec
         await _send_raw(direction, client, bot_rec, frames, cuts)
         await receiver.wait_frames(len(frames))

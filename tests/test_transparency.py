@@ -9,7 +9,7 @@ import struct
 import pytest
 from picows import WSMsgType
 
-from support import Bot, Frame, arun, connect_client, relay_config, send_frame, start_relay
+from support import Bot, Frame, arun, connect_client, relay_config, relayed_session, send_frame, start_relay
 
 T, B, C = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION
 PING, PONG, CLOSE = WSMsgType.PING, WSMsgType.PONG, WSMsgType.CLOSE
@@ -32,21 +32,13 @@ CASES = {
 }
 
 
-async def _session(pump):
-    bot = await Bot().start()
-    relay = await start_relay(relay_config({"echo.demo": [bot.url]}), pump)
-    client, client_rec = await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo")
-    bot_rec = await bot.session()
-    return bot, relay, client, client_rec, bot_rec
-
-
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("direction", ["client_to_bot", "bot_to_client"])
 def test_frames_arrive_exactly_as_sent(pump, case, direction):
     frames = CASES[case]
 
     async def main():
-        bot, relay, client, client_rec, bot_rec = await _session(pump)
+        bot, relay, client, client_rec, bot_rec = await relayed_session(pump)
         sender, receiver = (client, bot_rec) if direction == "client_to_bot" else (bot_rec.transport, client_rec)
         for f in frames:
             send_frame(sender, f)
@@ -63,7 +55,7 @@ def test_frames_arrive_exactly_as_sent(pump, case, direction):
                                      b"", struct.pack("!H", 1001)], ids=["1000", "4321", "empty", "1001"])
 def test_close_is_forwarded_and_reply_comes_back(pump, initiator, payload):
     async def main():
-        bot, relay, client, client_rec, bot_rec = await _session(pump)
+        bot, relay, client, client_rec, bot_rec = await relayed_session(pump)
         first, first_rec, second_rec = ((client, client_rec, bot_rec) if initiator == "client"
                                         else (bot_rec.transport, bot_rec, client_rec))
         first.send(CLOSE, payload)
@@ -81,7 +73,7 @@ def test_close_is_forwarded_and_reply_comes_back(pump, initiator, payload):
 
 def test_client_vanishing_closes_bot_with_1001(pump):
     async def main():
-        bot, relay, client, client_rec, bot_rec = await _session(pump)
+        bot, relay, client, client_rec, bot_rec = await relayed_session(pump)
         client.send(B, b"last words")
         await bot_rec.wait_frames(1)
         client.disconnect(False)                       # abort: no close frame
@@ -95,7 +87,7 @@ def test_client_vanishing_closes_bot_with_1001(pump):
 
 def test_bot_vanishing_closes_client_with_1011(pump):
     async def main():
-        bot, relay, client, client_rec, bot_rec = await _session(pump)
+        bot, relay, client, client_rec, bot_rec = await relayed_session(pump)
         bot_rec.transport.send(B, b"last words")
         await client_rec.wait_frames(1)
         bot_rec.transport.disconnect(False)
