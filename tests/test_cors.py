@@ -26,7 +26,7 @@ def test_preflight_from_a_listed_origin():
     answer = LISTED.preflight(APP, "POST", "authorization, content-type")
     assert answer.status == 204 and answer.headers == {"Access-Control-Allow-Origin": APP, **ALLOWED_PREFLIGHT}
     assert LISTED.preflight(LOCAL, "POST").headers["Access-Control-Allow-Origin"] == LOCAL
-    assert LISTED.preflight(APP.encode(), b"POST", b"Content-Type").status == 204       # bytes from h11
+    assert LISTED.preflight(APP.encode(), b"POST", b"Content-Type").status == 204       # bytes from the request reader
     assert "Access-Control-Allow-Credentials" not in answer.headers
 
 

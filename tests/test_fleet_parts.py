@@ -87,7 +87,7 @@ def test_core_balancer_does_no_io():
     import subprocess
     import sys
     code = ("import sys, wsrelay.core.balancer\n"
-            "print(sorted(m for m in ('asyncio', 'picows', 'uvloop', 'h11', 'socket', 'redis') if m in sys.modules))")
+            "print(sorted(m for m in ('asyncio', 'picows', 'uvloop', 'h11', 'httptools', 'socket', 'redis') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
 

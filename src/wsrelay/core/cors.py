@@ -152,7 +152,7 @@ class CorsPolicy:
 
 
 def _text(value: str | bytes | None) -> str | None:
-    """Header values may come as bytes (h11) or str; latin-1 maps bytes one to one."""
+    """Header values may come as bytes (the request reader) or str; latin-1 maps bytes one to one."""
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("latin-1")
     return value

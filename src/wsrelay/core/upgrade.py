@@ -1,6 +1,6 @@
 """The client's request head and upgrade, sans-I/O: the relay's one verdict on a handshake.
 
-The gate parses a request head with h11; the checks here decide, once, whether it is
+The gate parses a request head with llhttp (edge/http.py); the checks here decide, once, whether it is
 acceptable. picows never sees the client's own head: for an accepted upgrade the gate
 hands it a canonical one (``canonical_upgrade_head``) built from what was checked here,
 so the two can never disagree (a head refused by picows' stricter parser after the bot
@@ -72,15 +72,24 @@ def _tokens(value: str | None) -> set[str]:
 def check_head(head: bytes, headers: Sequence[tuple[bytes, bytes]]) -> None:
     """Rules for every request head, whatever the endpoint; RequestRefused otherwise.
 
-    ``head`` is the raw head as received (h11 unfolds obsolete line folding silently, so
-    folding is looked for in the bytes); ``headers`` is h11's parsed ``Headers`` (or a list).
+    ``head`` is the raw head as received, ``headers`` its parsed (name, value) pairs.
     """
-    if len(headers) > MAX_HEADERS:
-        raise RequestRefused(f"{len(headers)} header lines, at most {MAX_HEADERS} allowed", status=431,
-                             public_reason="Request Header Fields Too Large: too many headers")
+    check_raw_head(head)
+    check_headers(headers)
+
+
+def check_raw_head(head: bytes) -> None:
+    """The rule only the raw bytes show: no obsolete line folding (a parser unfolds or rejects it)."""
     if b"\n " in head or b"\n\t" in head:
         raise RequestRefused("obsolete line folding in the request head", status=400,
                              public_reason="Bad Request: folded header lines are not allowed")
+
+
+def check_headers(headers: Sequence[tuple[bytes, bytes]]) -> None:
+    """At most ``MAX_HEADERS`` header lines, and no control character in a value."""
+    if len(headers) > MAX_HEADERS:
+        raise RequestRefused(f"{len(headers)} header lines, at most {MAX_HEADERS} allowed", status=431,
+                             public_reason="Request Header Fields Too Large: too many headers")
     for name, value in headers:
         if _CONTROL.search(value):
             raise RequestRefused(f"control character in header {name.decode('latin-1')}", status=400,
@@ -100,9 +109,8 @@ def declares_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
 def parse_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]], *,
                   http_version: bytes = b"1.1") -> UpgradeRequest:
     """Validate a WebSocket upgrade request (RFC 6455 §4.2.1); 400/405/426 otherwise."""
-    # h11's Headers keep the client's spelling in raw_items(); a plain list (the tests)
-    # is taken as given. One pass over it, not one per lookup (h11's __iter__ is slow).
-    raw = list(headers.raw_items()) if hasattr(headers, "raw_items") else list(headers)
+    # ``headers`` as the client spelled them (forwarded so); matched lower-cased.
+    raw = headers
     headers = [(name.lower(), value) for name, value in raw]
     if method != b"GET":
         raise RequestRefused(f"method {method.decode('latin-1')} on a WebSocket endpoint",

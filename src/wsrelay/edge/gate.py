@@ -20,13 +20,11 @@ import logging
 import time
 from typing import Any, Callable
 
-import h11
-
 from ..config import RelayConfig
 from ..core.frames import CLOSE, FrameScanner, close_frame, switching_protocols
 from ..errors import RequestRefused, SessionRefused
 from .handover import hand_over
-from .http import RequestReader, http_response
+from .http import Request, RequestReader, http_response
 
 log = logging.getLogger("wsrelay.gate")
 
@@ -48,7 +46,7 @@ class Gate(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: str = "-"
         self.early = bytearray()             # bytes after the head: early frames (bounded)
-        self.request: h11.Request | None = None
+        self.request: Request | None = None
         self.body = b""
         self.state = "head"
         self.task: asyncio.Task | None = None

@@ -264,7 +264,7 @@ class Relay:
         if agent is None:
             raise RequestRefused(f"unknown service host {route.service_host!r}", status=404,
                                  public_reason="Not Found: unknown agent")
-        upgrade = parse_upgrade(request.method, request.headers, http_version=request.http_version)
+        upgrade = parse_upgrade(request.method, request.raw_headers, http_version=request.http_version)
         gate.task = asyncio.get_running_loop().create_task(self._admit_and_run(gate, route, agent, upgrade))
 
     async def _admit_and_run(self, gate: Gate, route: "Route", agent: "AgentConfig",
@@ -341,7 +341,7 @@ class Relay:
             if agent is None:
                 raise RequestRefused(f"unknown service host {route.service_host!r}", status=404,
                                      public_reason="Not Found: unknown agent")
-        upgrade = parse_upgrade(request.method, request.headers, http_version=request.http_version)
+        upgrade = parse_upgrade(request.method, request.raw_headers, http_version=request.http_version)
         gate.task = asyncio.get_running_loop().create_task(
             self._run_provider(gate, provider, route, agent, upgrade, target[:200]))
 
