@@ -23,6 +23,7 @@ from typing import Any, Callable
 from ..config import RelayConfig
 from ..core.frames import CLOSE, FrameScanner, close_frame, switching_protocols
 from ..errors import RequestRefused, SessionRefused
+from .deadlines import Deadlines
 from .handover import hand_over
 from .http import Request, RequestReader, http_response
 
@@ -42,7 +43,8 @@ class Gate(asyncio.Protocol):
     """
 
     def __init__(self, limits: RelayConfig, *, dispatch: Callable[["Gate"], None],
-                 on_refused: Callable[["Gate", int, str], None], stream_class: Any) -> None:
+                 on_refused: Callable[["Gate", int, str], None], stream_class: Any,
+                 deadlines: Deadlines) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: str = "-"
         self.early = bytearray()             # bytes after the head: early frames (bounded)
@@ -59,7 +61,10 @@ class Gate(asyncio.Protocol):
         self._on_refused = on_refused
         self._stream_class = stream_class
         self._reader: RequestReader | None = RequestReader(limits.max_request_head_bytes, MAX_BODY_BYTES)
-        self._timer: asyncio.TimerHandle | None = None
+        # The head's deadline, then a refused held client's linger: on the relay's one
+        # deadline wheel (edge/deadlines.py), not a loop timer per connection.
+        self._deadlines = deadlines
+        self._timer: tuple[int, str] | None = None      # (wheel handle, name)
         self._on_held: Callable[[], None] | None = None
         self._linger_scanner: FrameScanner | None = None
         self._linger_pending = bytearray()
@@ -70,8 +75,7 @@ class Gate(asyncio.Protocol):
         self.transport = transport
         peername = transport.get_extra_info("peername")
         self.peer = peername[0] if peername else "-"
-        self._timer = asyncio.get_running_loop().call_later(
-            self._limits.handshake_timeout, self._head_timed_out)
+        self._start_timer(self._limits.handshake_timeout, "head")
 
     def data_received(self, data: bytes) -> None:
         if self.state == "head" and self._reader is not None:
@@ -131,11 +135,14 @@ class Gate(asyncio.Protocol):
             log.exception("dispatching a request failed")
             self.refuse(500, "Internal Server Error", reason="internal error")
 
-    def _head_timed_out(self) -> None:
+    def deadline_passed(self, name: str) -> None:
+        """The head did not arrive in time, or a refused held client did not answer its close."""
         self._timer = None
-        if self.state == "head":
+        if name == "head" and self.state == "head":
             self.refuse(408, "Request Timeout: the request head did not arrive in time",
                         reason="handshake timeout")
+        elif name == "linger":
+            self._close()
 
     # -- answering ----------------------------------------------------------------------
 
@@ -186,7 +193,7 @@ class Gate(asyncio.Protocol):
         self.transport.resume_reading()
         self._linger_scanner = FrameScanner(max_payload=LINGER_FRAME_BYTES)
         self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(linger, self._close)
+        self._start_timer(linger, "linger")
         self._linger(held)            # the client's close may already be among the held bytes
 
     def _linger(self, data: bytes | bytearray) -> None:
@@ -228,10 +235,14 @@ class Gate(asyncio.Protocol):
                          subprotocol=subprotocol, key=key, early=early, limits=self._limits,
                          silent_101=silent)
 
+    def _start_timer(self, seconds: float, name: str) -> None:
+        self._timer = (self._deadlines.add(seconds, self, name), name)
+
     def _cancel_timer(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
+            handle, name = self._timer
             self._timer = None
+            self._deadlines.remove(handle, self, name)
 
     def _close(self) -> None:
         self.state = "closed"

@@ -153,7 +153,7 @@ class Relay:
 
     def _new_gate(self) -> Gate:
         return Gate(self.config.relay, dispatch=self.dispatch, on_refused=self._refused,
-                    stream_class=self.pump.ClientStream)
+                    stream_class=self.pump.ClientStream, deadlines=self.deadlines)
 
     @property
     def port(self) -> int:
