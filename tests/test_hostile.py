@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import hashlib
 import json
 import logging
@@ -942,6 +943,37 @@ def test_bot_fuzz_after_upgrade_ends_the_session_cleanly(pump):
             echo_roundtrip(env.port)
 
         check()
+
+
+@pytest.mark.parametrize("bad", [ws_frame(0x3, b"reserved opcode", mask=False),
+                                 ws_frame(0x1, b"masked by a server", mask=True),
+                                 ws_frame(0x9, b"p" * 126, mask=False)],
+                         ids=["reserved-opcode", "masked-frame", "ping-over-125"])
+def test_a_bot_connection_picows_closes_for_a_protocol_error_leaves_no_unretrieved_error(pump, bad):
+    """picows keeps the error of a bot connection it closed itself in a future nobody awaits;
+    the pump fetches it, so the loop never reports "Future exception was never retrieved"
+    (which would be a line outside the structured log, for every such session)."""
+    with RelayEnv(pump, close_timeout=1.0) as env:
+        reported: list[str] = []
+        env.state(lambda: env.loop.set_exception_handler(lambda _loop, ctx: reported.append(str(ctx.get("message")))))
+        env.raw.fuzz, env.raw.final_close = bad, False
+        client = RawClient(env.port)
+        try:
+            client.send(upgrade_head(RAW))
+            assert client.read_head()[0] == 101
+            deadline = time.monotonic() + 5
+            while not client.closed and time.monotonic() < deadline:
+                for f in client.read_frames(lambda fs: any(f.opcode == 0x8 for f in fs), timeout=deadline - time.monotonic()):
+                    if f.opcode == 0x8:
+                        client.send(ws_frame(0x8, f.payload))
+            assert client.closed, "the session did not end"
+        finally:
+            client.close()
+        env.wait_drained()
+        for _ in range(3):
+            env.state(gc.collect)                          # an unretrieved error is reported when collected
+        assert env.state(lambda: [m for m in reported if "never retrieved" in m]) == []
+        echo_roundtrip(env.port)
 
 
 _ILLEGAL_CLOSES = [struct.pack("!H", code) + b"bad" for code in (0, 999, 1004, 1005, 1006, 1015, 2999, 5000)] + [b"\x03"]

@@ -56,6 +56,13 @@ IMPLEMENTATION = "cython"
 DEFAULT_GAP_THRESHOLD_NS = 100_000_000
 
 
+def _retrieve_exception(future):
+    """Fetch (and drop) the error picows keeps for a bot connection it closed itself (see
+    ``Side.on_ws_disconnected``); the session has logged the outcome already."""
+    if not future.cancelled():
+        future.exception()
+
+
 def totals():
     """Frames and payload bytes relayed by this process, per direction, since start."""
     return {

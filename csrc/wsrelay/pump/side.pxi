@@ -190,6 +190,12 @@ cdef class Side(WSListener):
     cpdef on_ws_disconnected(self, WSTransport transport):
         _flush(self)
         self.disconnected = True
+        if self.is_bot:
+            # After a protocol error on its client side (our bot side) picows sets the error on
+            # this future, once we return. Nobody awaits it, so asyncio would print "Future
+            # exception was never retrieved" outside the structured log: it is fetched when set.
+            # A callback on picows' own future, not a task per ended session.
+            transport.disconnected_future.add_done_callback(_retrieve_exception)
         self.session.side_disconnected(self)
 
     cpdef send_user_specific_ping(self, WSTransport transport):

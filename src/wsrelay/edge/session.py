@@ -224,8 +224,6 @@ class Session:
         self._note_picows_close(side)
 
     def side_disconnected(self, side) -> None:
-        if side.is_bot and side.transport is not None:
-            _collect_disconnect_error(side.transport)
         self._note_picows_close(side)
         self._do(self.machine.disconnected(_name(side)))
 
@@ -397,21 +395,3 @@ def _closed_by_peer(transport) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), _GONE)
     return any(events & _GONE for _, events in poller.poll(0))
-
-
-def _collect_disconnect_error(transport) -> None:
-    """Retrieve the error picows keeps for a bot transport that it closed itself.
-
-    After a protocol error on its client side (our bot side), picows stores the error in
-    the transport's disconnect future, which nobody awaits: asyncio would print a
-    multi-line "Future exception was never retrieved" outside the structured log. The
-    session already logged the outcome, so the error is fetched here and dropped. It
-    costs one short task per ended bot connection, none while a session lives.
-    """
-    task = asyncio.ensure_future(transport.wait_disconnected())
-    task.add_done_callback(_retrieve_exception)
-
-
-def _retrieve_exception(future: asyncio.Future) -> None:
-    if not future.cancelled():
-        future.exception()

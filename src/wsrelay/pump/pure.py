@@ -9,6 +9,7 @@ Forced with ``WSRELAY_PURE_PYTHON=1``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -121,6 +122,10 @@ class Side(WSListener):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.disconnected = True
+        if self.is_bot:
+            # The error picows keeps for a bot connection it closed itself is fetched, as in the
+            # compiled pump; from Python its future is reachable only through this coroutine.
+            asyncio.ensure_future(transport.wait_disconnected()).add_done_callback(_retrieve_exception)
         self.session.side_disconnected(self)
 
     def send_user_specific_ping(self, transport: WSTransport) -> None:
@@ -222,3 +227,9 @@ class ClientStream:
             buf[:take] = data[pos:pos + take]
             self.buffer_updated(take)
             pos += take
+
+
+def _retrieve_exception(future: asyncio.Future) -> None:
+    """Fetch (and drop) the error picows keeps for a bot connection it closed itself."""
+    if not future.cancelled():
+        future.exception()
