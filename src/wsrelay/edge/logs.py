@@ -92,6 +92,13 @@ def setup_logging(fmt: str = "auto", level: int = logging.INFO) -> None:
     # picows logs every connection at INFO; keep only its warnings.
     logging.getLogger("wsrelay.picows").setLevel(logging.WARNING)
     logging.captureWarnings(True)
+    # The formatter prints none of the caller's file and line, thread or process: don't
+    # have every record look them up (the logging HOWTO's "Optimization"). A session's
+    # line is one of them, so this is part of every session's setup cost.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def log_loop_exception(loop, context: dict) -> None:
