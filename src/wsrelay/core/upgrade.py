@@ -57,12 +57,22 @@ def header_values(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[s
     return [v.decode("latin-1") for n, v in headers if n == name]
 
 
-def _single(headers, name: bytes) -> str | None:
-    values = header_values(headers, name)
+def _by_name(raw: Sequence[tuple[bytes, bytes]]) -> dict[bytes, list[str]]:
+    """Lower-cased name -> its values (latin-1), in order: one pass over a head's headers."""
+    index: dict[bytes, list[str]] = {}
+    for name, value in raw:
+        index.setdefault(name.lower(), []).append(value.decode("latin-1"))
+    return index
+
+
+def _single(index: dict[bytes, list[str]], name: bytes) -> str | None:
+    values = index.get(name)
+    if values is None:
+        return None
     if len(values) > 1:
         raise RequestRefused(f"header {name.decode()} given {len(values)} times", status=400,
                              public_reason=f"Bad Request: repeated {name.decode()} header")
-    return values[0] if values else None
+    return values[0]
 
 
 def _tokens(value: str | None) -> set[str]:
@@ -109,9 +119,9 @@ def declares_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
 def parse_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]], *,
                   http_version: bytes = b"1.1") -> UpgradeRequest:
     """Validate a WebSocket upgrade request (RFC 6455 §4.2.1); 400/405/426 otherwise."""
-    # ``headers`` as the client spelled them (forwarded so); matched lower-cased.
+    # ``headers`` as the client spelled them (forwarded so); looked up lower-cased, from one pass.
     raw = headers
-    headers = [(name.lower(), value) for name, value in raw]
+    index = _by_name(raw)
     if method != b"GET":
         raise RequestRefused(f"method {method.decode('latin-1')} on a WebSocket endpoint",
                              status=405, public_reason="Method Not Allowed: use GET with a WebSocket upgrade",
@@ -119,38 +129,38 @@ def parse_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]], *,
     if http_version != b"1.1":
         raise RequestRefused(f"HTTP/{http_version.decode('latin-1')} upgrade request", status=400,
                              public_reason="Bad Request: a WebSocket upgrade needs HTTP/1.1")
-    if declares_body(headers):
+    if b"transfer-encoding" in index or any(v.strip("0") for v in index.get(b"content-length", ())):
         raise RequestRefused("upgrade request with a body", status=400,
                              public_reason="Bad Request: a WebSocket upgrade request has no body")
-    upgrade = _tokens(", ".join(header_values(headers, b"upgrade")))
-    connection = _tokens(", ".join(header_values(headers, b"connection")))
+    upgrade = _tokens(", ".join(index.get(b"upgrade", ())))
+    connection = _tokens(", ".join(index.get(b"connection", ())))
     if "websocket" not in upgrade or "upgrade" not in connection:
         raise RequestRefused("not a WebSocket upgrade request", status=426,
                              public_reason="Upgrade Required: connect with a WebSocket client",
                              headers={"Upgrade": "websocket", "Connection": "Upgrade"})
-    version = _single(headers, b"sec-websocket-version")
+    version = _single(index, b"sec-websocket-version")
     if version is None or version.strip() != "13":
         raise RequestRefused(f"unsupported Sec-WebSocket-Version {version!r}", status=426,
                              public_reason="Upgrade Required: WebSocket version 13 only",
                              headers={"Sec-WebSocket-Version": "13"})
-    key = _single(headers, b"sec-websocket-key")
+    key = _single(index, b"sec-websocket-key")
     try:
         if key is None or len(base64.b64decode(key.strip(), validate=True)) != 16:
             raise ValueError
     except (ValueError, binascii.Error):
         raise RequestRefused("missing or invalid Sec-WebSocket-Key", status=400,
                              public_reason="Bad Request: invalid Sec-WebSocket-Key") from None
-    protocols = header_values(headers, b"sec-websocket-protocol")
+    protocols = index.get(b"sec-websocket-protocol", ())
     offer = ", ".join(p.strip() for p in protocols if p.strip()) or None
     if offer is not None and len(offer) > MAX_SUBPROTOCOLS_HEADER:
         raise RequestRefused("Sec-WebSocket-Protocol offer too long", status=400,
                              public_reason="Bad Request: Sec-WebSocket-Protocol too long")
     return UpgradeRequest(
-        host=_single(headers, b"host") or "",
+        host=_single(index, b"host") or "",
         key=key.strip(),
         subprotocols=offer,
-        bearer_token=bearer_token(headers),
-        user_agent=_single(headers, b"user-agent"),
+        bearer_token=_bearer(_single(index, b"authorization")),
+        user_agent=_single(index, b"user-agent"),
         forward=end_to_end_headers(raw, connection),
     )
 
@@ -189,7 +199,10 @@ def canonical_upgrade_head(key: str) -> bytes:
 
 def bearer_token(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
     """The token of ``Authorization: Bearer <token>``; None without the header."""
-    value = _single(headers, b"authorization")
+    return _bearer(_single(_by_name(headers), b"authorization"))
+
+
+def _bearer(value: str | None) -> str | None:
     if value is None:
         return None
     token = parse_bearer(value)
