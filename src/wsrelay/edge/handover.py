@@ -54,7 +54,7 @@ class _Silent101(WSUpgradeResponse):
         return bytearray()
 
 
-def bot_protocol(listener_factory: Any, *, host_port: str, resource: str, handshake_timeout: float,
+def bot_protocol(listener_factory: Any, *, host_port: str, resource: str,
                  keepalive: tuple[float, float], max_frame_size: int, extra_headers: Any,
                  read_buffer_size: int) -> WSProtocol:
     """picows' client-side ``WSProtocol`` for one bot connection, as ``ws_connect`` builds it.
@@ -64,14 +64,15 @@ def bot_protocol(listener_factory: Any, *, host_port: str, resource: str, handsh
     session, and the connector holds the protocol from the first byte, so a connect that
     is given up mid-handshake can close its socket (``ws_connect`` would leave it open
     until the bot's own timeout). ``host_port`` is the ``Host`` header, ``resource`` the
-    request target (path and query).
+    request target (path and query). picows' own handshake timer is off: the connector
+    bounds the connect and the handshake together with one timeout.
     """
     interval, reply_timeout = keepalive
     return WSProtocol(
         host_port, resource, True,                           # the client side
         listener_factory, _picows_log,
         True,                                                # disconnect_on_exception
-        handshake_timeout,
+        None,                                                # no handshake timer: the connector's bounds it
         interval > 0, interval or 20, reply_timeout,         # the relay's own keepalive pings
         WSAutoPingStrategy.PING_WHEN_IDLE,
         False,                                               # auto-pong off: pings are relayed

@@ -131,7 +131,7 @@ class UpstreamConnector:
                 nonlocal protocol
                 protocol = bot_protocol(
                     listener_factory, host_port=target.netloc, resource=target.resource(query),
-                    handshake_timeout=self._timeout, keepalive=self._keepalive,
+                    keepalive=self._keepalive,
                     max_frame_size=self._max_frame_size, extra_headers=headers,
                     read_buffer_size=self._read_buffer_size)
                 return protocol
