@@ -26,19 +26,24 @@ class Owner(Protocol):
 class Deadlines:
     """Schedules ``(owner, name)`` deadlines on one loop timer."""
 
-    __slots__ = ("_wheel", "_handle", "_armed_at")
+    __slots__ = ("_wheel", "_handle", "_armed_at", "_loop")
 
     def __init__(self, resolution: float = RESOLUTION) -> None:
         self._wheel: DeadlineWheel[tuple[Owner, Any]] = DeadlineWheel(resolution)
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at: float | None = None
+        # The loop, from the first deadline on: on Python 3.11 every get_running_loop() is a
+        # getpid() system call (its fork check), and a session adds a few deadlines.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __len__(self) -> int:
         return len(self._wheel)
 
     def add(self, seconds: float, owner: Owner, name: Any) -> int:
         """Call ``owner.deadline_passed(name)`` in ``seconds``; returns the handle for ``remove``."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         tick = self._wheel.add(loop.time(), seconds, (owner, name))
         self._arm(loop)
         return tick
@@ -59,7 +64,8 @@ class Deadlines:
 
     def _fire(self) -> None:
         self._handle = self._armed_at = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None                # armed by add(), which set it
         for owner, name in self._wheel.due(loop.time()):
             try:
                 owner.deadline_passed(name)
@@ -71,4 +77,4 @@ class Deadlines:
         """Stop the loop timer (the relay has stopped)."""
         if self._handle is not None:
             self._handle.cancel()
-        self._handle = self._armed_at = None
+        self._handle = self._armed_at = self._loop = None
