@@ -14,7 +14,7 @@ TESTVENV ?= .venv-wheel
 TESTBIN  := $(TESTVENV)/bin
 SOURCES := pyproject.toml setup.py $(wildcard csrc/wsrelay/pump/*.pyx csrc/wsrelay/pump/*.pxd csrc/wsrelay/pump/*.pxi)
 
-.PHONY: demo test test-installed test-suite wheel wheels wheels-check sdist sdist-check bench bench-short install clean
+.PHONY: demo test test-installed test-suite wheel wheels wheels-check sdist sdist-check bench bench-short bench-picows-patch install clean
 
 install: $(STAMP)
 
@@ -74,6 +74,12 @@ sdist-check:
 bench: $(STAMP)
 	mkdir -p benchmarks/results
 	$(BIN)/python benchmarks/e2e.py --json benchmarks/results/e2e.json --plot benchmarks/results/e2e.png
+
+# Idle memory with the upstream picows patches (patches/picows/) against stock picows: builds
+# the pinned picows from its sdist with them into benchmarks/results/picows-patched.
+bench-picows-patch: $(STAMP)
+	mkdir -p benchmarks/results
+	$(BIN)/python benchmarks/picows_patched.py --sessions 3000 --json benchmarks/results/picows-patched.json
 
 # A short side-by-side run with a small audio sweep: JSON and plot for CI's artifacts, and the
 # same regression gate on ratios as `make test`.

@@ -1,6 +1,7 @@
-"""System calls per relayed frame under audio load: wsrelay against nginx and HAProxy.
+"""System calls per relayed frame under audio load, or per session: wsrelay against nginx and HAProxy.
 
     python benchmarks/syscalls.py [--conns 1000] [--relays wsrelay,nginx,haproxy]
+    python benchmarks/syscalls.py --setup [--relays wsrelay,nginx,haproxy]
 
 For each relay: the picows echo bot, the relay, and the load generator's ``audio`` workload
 (``--conns`` streams, 50 messages/s of 640 B each way). Over the middle of the measured
@@ -8,7 +9,10 @@ window, ``perf stat`` counts the relay process tree's system calls by kernel tra
 (no ptrace, so the relay runs at full speed, unlike under ``strace -c``). Reported per
 relayed frame (each echoed message is two frames through the relay: up and down): reads,
 sends, epoll waits, and frames per read, the figure that write coalescing or batched reads
-would change. Nothing is asserted: it is a measurement for the README.
+would change. With ``--setup``, the load generator's ``setup`` workload instead (4 connections
+opening and closing sessions back to back) and every system call by name, per session: where
+the kernel's share of a session's setup goes. Nothing is asserted: it is a measurement for the
+README.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from e2e import HERE, PY, Relay, ensure_packages, free_port, run_workload, wait_
 CALLS = ["read", "recvfrom", "readv", "write", "sendto", "sendmsg", "writev", "epoll_wait", "epoll_pwait"]
 
 
-def count_syscalls(pid: int, seconds: float) -> dict[str, int]:
-    """System calls by ``pid`` (and its threads and children) over ``seconds``, from perf's tracepoints."""
-    events = ",".join(f"syscalls:sys_enter_{c}" for c in CALLS)
+def count_syscalls(pid: int, seconds: float, calls: list[str] | None = CALLS) -> dict[str, int]:
+    """System calls by ``pid`` (and its threads and children) over ``seconds``, from perf's
+    tracepoints: those in ``calls``, or every one (None)."""
+    events = ",".join(f"syscalls:sys_enter_{c}" for c in calls) if calls else "syscalls:sys_enter_*"
     out = subprocess.run(["perf", "stat", "-x", ",", "-e", events, "--pid", ",".join(_tree(pid)),
                           "--", "sleep", str(seconds)], capture_output=True, text=True)
     counts = {}
@@ -40,7 +45,8 @@ def count_syscalls(pid: int, seconds: float) -> dict[str, int]:
         fields = line.split(",")
         match = re.search(r"sys_enter_(\w+)", line)
         if match and fields[0].strip().isdigit():
-            counts[match.group(1)] = int(fields[0])
+            if int(fields[0]) or calls:
+                counts[match.group(1)] = int(fields[0])
     return counts
 
 
@@ -74,10 +80,32 @@ def measure(name: str, bot_port: int, bot_pid: int, workdir: Path, conns: int) -
             "p99_ms": round(result["p99_ms"], 1), "counts": counted}
 
 
+def measure_setup(name: str, bot_port: int, bot_pid: int, workdir: Path) -> dict:
+    """Every system call of the relay per session, over 3 s in the middle of a 5 s setup run."""
+    relay = Relay(name, bot_port, workdir)
+    relay.start()
+    try:
+        assert relay.proc is not None
+        counted: dict[str, int] = {}
+        window = 3.0
+        timer = threading.Timer(1.0, lambda: counted.update(count_syscalls(relay.proc.pid, window, None)))
+        timer.start()
+        result = run_workload(relay, bot_pid, "setup", conns=4, seconds=5)
+        timer.join()
+    finally:
+        relay.stop()
+    sessions = result["sessions_per_s"] * window
+    per_session = {call: round(n / sessions, 2) for call, n in sorted(counted.items(), key=lambda kv: -kv[1])
+                   if n / sessions >= 0.05}
+    return {"relay": name, "sessions": round(sessions), "syscalls_per_session": round(sum(counted.values()) / sessions, 1),
+            "relay_cpu_ms_per_session": round(result["relay_cpu_ms_per_session"], 3), "by_call": per_session}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--conns", type=int, default=1000)
     parser.add_argument("--relays", default="wsrelay,nginx,haproxy")
+    parser.add_argument("--setup", action="store_true", help="per session (setup workload), every call by name")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     if not shutil.which("perf"):
@@ -91,11 +119,17 @@ def main() -> int:
     try:
         wait_port(bot_port, bot)
         for name in args.relays.split(","):
-            rows.append(measure(name, bot_port, bot.pid, workdir, args.conns))
+            rows.append(measure_setup(name, bot_port, bot.pid, workdir) if args.setup
+                        else measure(name, bot_port, bot.pid, workdir, args.conns))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     finally:
         bot.terminate()
         bot.wait()
+    if args.setup:
+        print_setup(rows)
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return 0
     keys = ["reads_per_frame", "sends_per_frame", "epoll_waits_per_frame", "frames_per_read",
             "relay_cpu_us_per_frame", "p99_ms"]
     print(f"audio, {args.conns} streams × 50 msg/s × 640 B each way; per relayed frame")
@@ -106,6 +140,19 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
+
+
+def print_setup(rows: list[dict]) -> None:
+    """System calls per session, the busiest first, one column per relay."""
+    calls = sorted({c for row in rows for c in row["by_call"]},
+                   key=lambda c: -max(row["by_call"].get(c, 0) for row in rows))
+    print("setup (4 connections, back to back); system calls per session")
+    print("| call | " + " | ".join(row["relay"] for row in rows) + " |")
+    print("|---" * (len(rows) + 1) + "|")
+    print("| **all** | " + " | ".join(f"**{row['syscalls_per_session']}**" for row in rows) + " |")
+    for call in calls:
+        print(f"| {call} | " + " | ".join(str(row["by_call"].get(call, "-")) for row in rows) + " |")
+    print("| relay CPU per session (ms) | " + " | ".join(str(row["relay_cpu_ms_per_session"]) for row in rows) + " |")
 
 
 if __name__ == "__main__":
