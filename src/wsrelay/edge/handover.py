@@ -17,6 +17,7 @@ into picows internals is ``_trim_picows_buffers`` in ``csrc/wsrelay/pump/side.px
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import picows
@@ -40,18 +41,36 @@ log = logging.getLogger("wsrelay.handover")
 _picows_log = logging.LoggerAdapter(logging.getLogger("wsrelay.picows"), {})
 
 
-class _Silent101(WSUpgradeResponse):
-    """A ``101`` that picows accepts and writes as nothing: the gate already sent the client's.
+class _Client101(WSUpgradeResponse):
+    """The client's ``101``, written from a template.
 
-    For provider endpoints (edge/hold.py) the client was upgraded by the gate before a bot
-    was chosen; picows still goes through its server handshake (that is how its protocol
-    starts), and this response keeps its bytes off the wire.
+    picows' own (``create_101_response``) is a case-insensitive multidict rendered header by
+    header in Python for every session; this one holds a plain dict (picows only adds
+    ``Sec-WebSocket-Accept`` to it) and renders the same bytes, in the same order, at once.
+    ``silent``: the gate wrote the client's ``101`` already (provider endpoints, edge/hold.py);
+    picows still goes through its server handshake (that is how its protocol starts), and
+    nothing reaches the wire.
     """
 
-    __slots__ = ()
+    __slots__ = ("subprotocol", "silent")
+
+    def __init__(self, subprotocol: str | None, silent: bool = False) -> None:
+        self.version = b"HTTP/1.1"
+        self.status = HTTPStatus.SWITCHING_PROTOCOLS
+        self.headers = {}   # type: ignore[assignment]  # picows only sets Sec-WebSocket-Accept in it
+        self.body = None
+        self.subprotocol = subprotocol
+        self.silent = silent
 
     def to_bytes(self) -> bytearray:
-        return bytearray()
+        if self.silent:
+            return bytearray()
+        head = bytearray(b"HTTP/1.1 101 Switching Protocols\r\n")
+        if self.subprotocol:
+            head += b"Sec-WebSocket-Protocol: %b\r\n" % self.subprotocol.encode()
+        head += b"Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: %b\r\n\r\n" % (
+            self.headers["Sec-WebSocket-Accept"].encode())
+        return head
 
 
 def bot_protocol(listener_factory: Any, *, host_port: str, resource: str,
@@ -82,14 +101,6 @@ def bot_protocol(listener_factory: Any, *, host_port: str, resource: str,
     )
 
 
-def _silent_101() -> WSUpgradeResponse:
-    response = _Silent101()
-    template = WSUpgradeResponse.create_101_response()
-    response.version, response.status = template.version, template.status
-    response.headers, response.body = template.headers, template.body
-    return response
-
-
 def hand_over(transport, client_side, *, stream_class: Any, subprotocol: str | None, key: str,
               early: bytes | bytearray, limits: RelayConfig, silent_101: bool = False) -> bool:
     """Give ``transport`` to picows with ``client_side`` (the pump's listener) and answer ``101``.
@@ -100,8 +111,7 @@ def hand_over(transport, client_side, *, stream_class: Any, subprotocol: str | N
     did not take the connection (the client is gone, or, which cannot happen for a head
     the relay built, picows refused it: the socket is then dropped, never left half-open).
     """
-    extra = {"Sec-WebSocket-Protocol": subprotocol} if subprotocol else None
-    response = _silent_101() if silent_101 else WSUpgradeResponse.create_101_response(extra)
+    response = _Client101(subprotocol, silent=silent_101)
     protocol = WSProtocol(
         None, None, False,                                   # host, path, not the client side
         lambda request: WSUpgradeResponseWithListener(response, client_side),
