@@ -97,7 +97,7 @@ class Session:
         # A client not yet upgraded is refused with an HTTP answer when the relay ends its
         # session before the bot answered; the connect is cancelled (``_connecting``).
         self._refuse_client = refuse_client
-        self._connecting: asyncio.Future | None = None
+        self._connecting: asyncio.Task | None = None
         self.machine = SessionMachine(
             close_timeout=limits.close_timeout, stall_timeout=limits.stall_timeout,
             time_limit=agent.max_session_seconds or None, idle_timeout=agent.idle_timeout,
@@ -146,17 +146,21 @@ class Session:
         # (a header such as Cookie may repeat) and empty it once the handshake is sent.
         headers = self.forward_headers()
         assert self._connect is not None and self.route is not None, "run() is called once"
-        connecting = self._connecting = asyncio.ensure_future(self._connect(
-            self.route.service_host, self.agent.upstreams, query=self.route.forward_query, headers=headers,
-            listener_factory=self._bot_listener))
+        # What ``_abandon`` cancels when the relay ends the session while the bot is being
+        # connected: the task running this (the relay's admission task), not a task of its own.
+        task = self._connecting = asyncio.current_task()
         try:
-            await connecting
+            await self._connect(
+                self.route.service_host, self.agent.upstreams, query=self.route.forward_query, headers=headers,
+                listener_factory=self._bot_listener)
         except asyncio.CancelledError:
             if self.bot.transport is not None and not self.bot.disconnected:
                 self.bot.transport.disconnect(False)
-            task = asyncio.current_task()
-            if connecting.cancelled() and self.machine.ended and not (task is not None and task.cancelling()):
-                return                       # abandoned: the relay ended the session
+            # ``_abandon`` cancelled (and cleared ``_connecting``): when its cancel is the only
+            # one, the relay ended the session and run() returns; a client that left also
+            # cancelled, and that cancel goes on.
+            if self._connecting is None and task is not None and task.uncancel() == 0:
+                return
             raise
         finally:
             self._connecting = None
@@ -266,7 +270,8 @@ class Session:
         """A side that never opened: stop connecting the bot; refuse the client before its 101."""
         if action.side == BOT:
             if self._connecting is not None:
-                self._connecting.cancel()
+                connecting, self._connecting = self._connecting, None
+                connecting.cancel()
             elif self.bot.transport is not None and not self.bot.disconnected:
                 self.bot.transport.disconnect(False)
         elif self._refuse_client is not None:
