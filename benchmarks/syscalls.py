@@ -55,20 +55,30 @@ def _tree(pid: int) -> list[str]:
     return [str(p) for p in tree_pids(pid)]
 
 
-def measure(name: str, bot_port: int, bot_pid: int, workdir: Path, conns: int) -> dict:
+def _count_during(name: str, bot_port: int, bot_pid: int, workdir: Path, workload: str, *, delay: float,
+                  window: float, calls: list[str] | None, **params) -> tuple[dict, dict[str, int]]:
+    """Run ``workload`` through relay ``name``, counting its system calls over ``window`` seconds
+    from ``delay`` seconds in; the workload's result and the counts."""
     relay = Relay(name, bot_port, workdir)
     relay.start()
     try:
         assert relay.proc is not None
+        pid = relay.proc.pid
         counted: dict[str, int] = {}
-        window = 4.0
-        # The workload: 2 s warm-up, then 6 s measured; the count covers 4 s in its middle.
-        timer = threading.Timer(3.0, lambda: counted.update(count_syscalls(relay.proc.pid, window)))
+        timer = threading.Timer(delay, lambda: counted.update(count_syscalls(pid, window, calls)))
         timer.start()
-        result = run_workload(relay, bot_pid, "audio", conns=conns, rate=50, size=640, seconds=6, warmup=2)
+        result = run_workload(relay, bot_pid, workload, **params)
         timer.join()
     finally:
         relay.stop()
+    return result, counted
+
+
+def measure(name: str, bot_port: int, bot_pid: int, workdir: Path, conns: int) -> dict:
+    # The workload: 2 s warm-up, then 6 s measured; the count covers 4 s in its middle.
+    window = 4.0
+    result, counted = _count_during(name, bot_port, bot_pid, workdir, "audio", delay=3.0, window=window,
+                                    calls=CALLS, conns=conns, rate=50, size=640, seconds=6, warmup=2)
     frames = 2 * result["messages_per_s"] * window        # up and down, over the counted window
     reads = sum(counted.get(c, 0) for c in ("read", "recvfrom", "readv"))
     sends = sum(counted.get(c, 0) for c in ("write", "sendto", "sendmsg", "writev"))
@@ -82,18 +92,9 @@ def measure(name: str, bot_port: int, bot_pid: int, workdir: Path, conns: int) -
 
 def measure_setup(name: str, bot_port: int, bot_pid: int, workdir: Path) -> dict:
     """Every system call of the relay per session, over 3 s in the middle of a 5 s setup run."""
-    relay = Relay(name, bot_port, workdir)
-    relay.start()
-    try:
-        assert relay.proc is not None
-        counted: dict[str, int] = {}
-        window = 3.0
-        timer = threading.Timer(1.0, lambda: counted.update(count_syscalls(relay.proc.pid, window, None)))
-        timer.start()
-        result = run_workload(relay, bot_pid, "setup", conns=4, seconds=5)
-        timer.join()
-    finally:
-        relay.stop()
+    window = 3.0
+    result, counted = _count_during(name, bot_port, bot_pid, workdir, "setup", delay=1.0, window=window,
+                                    calls=None, conns=4, seconds=5)
     sessions = result["sessions_per_s"] * window
     per_session = {call: round(n / sessions, 2) for call, n in sorted(counted.items(), key=lambda kv: -kv[1])
                    if n / sessions >= 0.05}
