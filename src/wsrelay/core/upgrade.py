@@ -107,8 +107,11 @@ def check_headers(headers: Sequence[tuple[bytes, bytes]]) -> None:
 
 
 def declares_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    """True when the head announces a body (any Transfer-Encoding, or a non-zero length)."""
+    """True when the head announces a body (any Transfer-Encoding, or a non-zero length).
+
+    Names in any case: the reader's lower-cased pairs and the client's own spelling alike."""
     for name, value in headers:
+        name = name.lower()
         if name == b"transfer-encoding":
             return True
         if name == b"content-length" and value.strip(b"0"):
@@ -129,7 +132,7 @@ def parse_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]], *,
     if http_version != b"1.1":
         raise RequestRefused(f"HTTP/{http_version.decode('latin-1')} upgrade request", status=400,
                              public_reason="Bad Request: a WebSocket upgrade needs HTTP/1.1")
-    if b"transfer-encoding" in index or any(v.strip("0") for v in index.get(b"content-length", ())):
+    if declares_body(raw):
         raise RequestRefused("upgrade request with a body", status=400,
                              public_reason="Bad Request: a WebSocket upgrade request has no body")
     upgrade = _tokens(", ".join(index.get(b"upgrade", ())))
