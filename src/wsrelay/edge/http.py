@@ -16,7 +16,7 @@ from http import HTTPStatus
 
 import httptools
 
-from ..core.upgrade import check_headers, check_raw_head, declares_body
+from ..core.upgrade import check_headers, check_raw_head, declares_body, header_values
 from ..errors import RequestRefused
 
 _HEAD_END = re.compile(rb"\n\r?\n")      # the empty line that ends a head (CRLF or bare LF)
@@ -126,9 +126,9 @@ class RequestReader:
         """Parse and check a complete head; True when the request has no body to wait for."""
         check_raw_head(head)                 # the rules on the raw bytes (folding) come first
         self._parser = httptools.HttpRequestParser(self)
-        if b"\n" in head.replace(b"\r\n", b""):
+        if head.count(b"\n") != head.count(b"\r\n"):       # some line ends are a bare LF
             head = _BARE_LF.sub(b"\r\n", head)
-        upgrade = self._parse(head, in_head=True)
+        upgrade = self._parse(head)
         parser = self._parser
         request = Request(parser.get_method(), self._target, parser.get_http_version().encode("ascii"),
                           self._headers)
@@ -148,7 +148,7 @@ class RequestReader:
                                  public_reason="Bad Request: this request must not have a body")
         return upgrade or self.complete
 
-    def _parse(self, data: bytes, in_head: bool = False) -> bool:
+    def _parse(self, data: bytes) -> bool:
         """Feed llhttp; True when it stopped at an upgrade."""
         assert self._parser is not None
         try:
@@ -167,7 +167,7 @@ class RequestReader:
                                      public_reason="Method Not Allowed") from None
             raise _malformed("not an HTTP request") from None
         except httptools.HttpParserError as exc:
-            if in_head or self.request is None:
+            if self.request is None:             # still in the head
                 raise _malformed(str(exc)) from None
             raise RequestRefused(f"malformed request body: {exc}", status=400,
                                  public_reason="Bad Request: malformed request body") from None
@@ -203,10 +203,8 @@ def _malformed(detail: str) -> RequestRefused:
 
 def header(request: Request, name: bytes) -> str | None:
     """The first value of header ``name`` (lower-case), decoded as latin-1."""
-    for key, value in request.headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
+    values = header_values(request.headers, name)
+    return values[0] if values else None
 
 
 def _content_length(request: Request) -> int | None:
