@@ -1,7 +1,12 @@
 # wsrelay: the relay as a container (README "Running a fleet").
 #
 #   docker build -t wsrelay:0.1.0 .
-#   docker run -p 8765:8765 -p 9100:9100 -v $PWD/relay.toml:/etc/wsrelay/relay.toml:ro wsrelay:0.1.0
+#   docker run -p 8765:8765 -v $PWD/relay.toml:/etc/wsrelay/relay.toml:ro wsrelay:0.1.0
+#
+# The admin port (9100) listens on the container's loopback unless the config sets
+# [relay] admin_host: the HEALTHCHECK below runs inside the container and reaches it there.
+# To publish it (-p 9100:9100), set admin_host = "0.0.0.0" and an admin_token (or
+# WSRELAY_ADMIN_TOKEN): it shows client addresses and can end sessions.
 #
 # Stage 1 builds the wheel (the Cython pump needs a compiler) and the wheels of its
 # dependencies; stage 2 installs only those wheels on a slim image and runs as a
@@ -25,7 +30,8 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels wsrelay \
  && rm -rf /wheels
 USER 10001:10001
-# 8765: the public WebSocket port ([relay] port); 9100: /healthz, /readyz, /metrics ([relay] admin_port).
+# 8765: the public WebSocket port ([relay] port); 9100: /healthz, /readyz, /metrics ([relay] admin_port),
+# on loopback unless [relay] admin_host says otherwise.
 EXPOSE 8765 9100
 # Liveness as Docker sees it: the admin port's /healthz (no curl in a slim image: Python asks).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \

@@ -146,6 +146,35 @@ def test_an_admin_port_open_beyond_loopback_without_a_token_is_one_warning_at_st
     arun(main())
 
 
+def test_the_admin_port_listens_on_loopback_unless_admin_host_says_otherwise(tmp_path):
+    """A real ``wsrelay serve`` whose public host is 0.0.0.0 and whose config names no
+    ``admin_host``: the public port listens on every address, the admin port on 127.0.0.1
+    alone; with ``admin_host = "0.0.0.0"`` it listens where it is told."""
+    import psutil
+
+    from support import RelayProcess, free_port
+
+    async def main():
+        listening = {}
+        for name, extra in {"default": "", "told": 'admin_host = "0.0.0.0"\nadmin_token = "0123456789abcdef-xyz"'}.items():
+            folder = tmp_path / name
+            folder.mkdir()
+            port, admin = free_port(), free_port()
+            relay = RelayProcess(f'[relay]\nhost = "0.0.0.0"\nport = {port}\nadmin_port = {admin}\n{extra}\n'
+                                 f'[[agents]]\nname = "echo"\norganization = "demo"\n'
+                                 f'upstreams = ["ws://127.0.0.1:9/"]\n', folder)
+            try:
+                await relay.wait_port(port)
+                await relay.wait_port(admin)
+                sockets = psutil.Process(relay.proc.pid).net_connections(kind="tcp")
+                listening[name] = {s.laddr.port: s.laddr.ip for s in sockets if s.status == psutil.CONN_LISTEN}
+                listening[name] = (listening[name].get(port), listening[name].get(admin))
+            finally:
+                assert relay.stop() == 0, relay.log()
+        assert listening == {"default": ("0.0.0.0", "127.0.0.1"), "told": ("0.0.0.0", "0.0.0.0")}
+    arun(main())
+
+
 def test_one_admin_connection_is_answered_once_whatever_follows_its_request(pump):
     """Bytes after a complete request (here: 20 more requests, written one by one) start no
     further answers: each answer may gather every worker's metrics, so they must not multiply."""

@@ -15,9 +15,11 @@ def only_error(text: str):
     return info.value.errors[0]
 
 
-def test_defaults_are_no_token_the_public_host_and_100ms():
-    relay = parse_config("[relay]\nport = 8765\n").relay
-    assert relay.admin_token is None and relay.admin_host is None and relay.gap_threshold_ms == 100.0
+def test_defaults_are_no_token_loopback_and_100ms():
+    """The admin port shows client addresses and ends sessions: loopback unless told otherwise,
+    whatever the public ``host`` is."""
+    relay = parse_config('[relay]\nhost = "0.0.0.0"\nport = 8765\n').relay
+    assert relay.admin_token is None and relay.admin_host == "127.0.0.1" and relay.gap_threshold_ms == 100.0
 
 
 def test_the_keys_are_read():

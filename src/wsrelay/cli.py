@@ -203,7 +203,7 @@ async def serve(cfg, *, config_path=None, host=None, port=None, admin_port=None,
         admin = AdminServer(render_metrics=relay.metrics.render, is_ready=lambda: relay.accepting,
                             gather_metrics=gather, sessions=live, token=cfg.relay.admin_token)
         try:
-            admin_host = cfg.relay.admin_host or cfg.relay.host
+            admin_host = cfg.relay.admin_host
             await _listen(admin.start(admin_host, cfg.relay.admin_port), admin_host,
                           cfg.relay.admin_port, "relay.admin_port", "--admin-port",
                           "pick a free port, or 0 to turn the admin port off")

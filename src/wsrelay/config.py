@@ -59,7 +59,7 @@ class RelayConfig:
     dns_servers: tuple[str, ...] = ()             # "ip" or "ip:port"; () = the system resolver
     gap_threshold_ms: float = 100.0               # a pause between two data frames longer than this is a gap
     admin_token: str | None = None                # Bearer token for the admin port (all but /healthz, /readyz)
-    admin_host: str | None = None                 # the admin listener's address; None = host
+    admin_host: str = "127.0.0.1"                 # the admin listener's address: loopback unless told otherwise
 
 
 @dataclass(frozen=True)
@@ -722,10 +722,10 @@ def _relay(check: _Checker, table) -> RelayConfig:
                                   f"got {_show(host)}")
         values["host"] = d.host
     admin_host = values["admin_host"]
-    if admin_host is not None and (not admin_host or _SPACE_OR_CONTROL.search(admin_host) or len(admin_host) > 255):
+    if not admin_host or _SPACE_OR_CONTROL.search(admin_host) or len(admin_host) > 255:
         check.error("relay.admin_host", f"relay.admin_host must be an address like '127.0.0.1' or '10.0.0.5', "
                                         f"got {_show(admin_host)}")
-        values["admin_host"] = None
+        values["admin_host"] = d.admin_host
     _derive_defaults(table, values)
     _check_pairs(check, table, values)
     if values["public_url"] is not None:
@@ -1161,9 +1161,25 @@ def fleet_redis_url_from_env(config: Config, environ: Mapping[str, str] = os.env
     return dataclasses.replace(config, fleet=dataclasses.replace(config.fleet, redis_url=url))
 
 
+def admin_token_from_env(config: Config, environ: Mapping[str, str] = os.environ) -> Config:
+    """``WSRELAY_ADMIN_TOKEN`` replaces ``[relay] admin_token`` (in Kubernetes: from a Secret), with
+    the file's rule."""
+    token = environ.get("WSRELAY_ADMIN_TOKEN")
+    if not token:
+        return config
+    check = _Checker({}, None)
+    if _check_admin_token(check, {"admin_token": token}, "relay") is None:
+        raise ConfigError("WSRELAY_ADMIN_TOKEN must be 16 to 512 printable characters without spaces; generate "
+                          "one with 'python3 -c \"import secrets; print(secrets.token_urlsafe(32))\"'",
+                          key="WSRELAY_ADMIN_TOKEN")
+    return dataclasses.replace(config, relay=dataclasses.replace(config.relay, admin_token=token))
+
+
 def secrets_from_env(config: Config, environ: Mapping[str, str] = os.environ) -> Config:
-    """The environment's secrets over the file's: WSRELAY_AUTH_SECRET, WSRELAY_FLEET_REDIS_URL."""
-    return fleet_redis_url_from_env(auth_secret_from_env(config, environ), environ)
+    """The environment's secrets over the file's: WSRELAY_AUTH_SECRET, WSRELAY_FLEET_REDIS_URL,
+    WSRELAY_ADMIN_TOKEN."""
+    config = fleet_redis_url_from_env(auth_secret_from_env(config, environ), environ)
+    return admin_token_from_env(config, environ)
 
 
 def require_signing_key(config: Config) -> None:
