@@ -89,6 +89,7 @@ class Plan:
 PLANS = {"instructions": Plan(sessions=100, round_trips=2000), "syscalls": Plan(sessions=200, round_trips=2000)}
 WAITS = ("epoll_wait", "epoll_pwait", "epoll_pwait2")
 WINDOWS = ("one", "sessions", "frames")
+IDLE_SECONDS = 4.0         # how long the idle rate is measured (callgrind)
 
 
 # --- the client: one thing at a time ---------------------------------------------------------
@@ -152,7 +153,9 @@ def relay_config(workdir: Path, port: int, bot_port: int) -> Path:
 
 
 def relay_env(pump: str) -> dict[str, str]:
-    env = dict(os.environ)
+    """The relay's environment: ``pump`` chosen, and string hashing fixed, since the random seed
+    moves dict probing, and so instruction counts, from one process to the next."""
+    env = dict(os.environ, PYTHONHASHSEED="0")
     if pump == "python":
         env["WSRELAY_PURE_PYTHON"] = "1"
     else:
@@ -192,7 +195,14 @@ def stop(proc: subprocess.Popen, pid: int | None = None) -> None:
 
 
 def count_instructions(pump: str, bot_port: int, workdir: Path) -> dict[str, int]:
-    """Instructions of each window, from one relay process under callgrind."""
+    """Instructions of each window, from one relay process under callgrind, less its idle work.
+
+    An idle relay still runs a little on a clock (the config file's watcher, once a second:
+    about 60,000 instructions a second under callgrind), and a window lasts longer when the
+    machine is busy, so each window's total is corrected by the idle rate measured first in
+    the same process, times the window's length. Without it, per-frame counts moved by 5 %
+    with the machine's load.
+    """
     plan = PLANS["instructions"]
     port = free_port()
     out = workdir / f"callgrind-{pump}.out"
@@ -206,25 +216,29 @@ def count_instructions(pump: str, bot_port: int, workdir: Path) -> dict[str, int
         wait_port(port, proc, timeout=300)
         run_client(url, "", None)
         settle(proc.pid)
-        dumps = 0
-        _dump(proc.pid)                      # start, warm-up: dump 1, not used
-        dumps += 1
+        dumps = _dump(proc.pid, 0)                    # start and warm-up: not used
+        started = time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        dumps = _dump(proc.pid, dumps)
+        idle_rate = _callgrind_total(out, dumps) / (time.monotonic() - started)
         for window in WINDOWS:
+            started = time.monotonic()
             run_client(url, window, plan)
             settle(proc.pid)
-            _dump(proc.pid)
-            dumps += 1
-            totals[window] = _callgrind_total(out, dumps)
+            dumps = _dump(proc.pid, dumps)
+            totals[window] = round(_callgrind_total(out, dumps) - idle_rate * (time.monotonic() - started))
     finally:
         stop(proc)
     return totals
 
 
-def _dump(pid: int) -> None:
-    """callgrind writes the counts since its last dump to ``<out>.<n>`` and starts again from 0."""
+def _dump(pid: int, dumps: int) -> int:
+    """callgrind writes the counts since its last dump to ``<out>.<n>`` and starts again from 0;
+    returns ``n``, the number of dumps so far."""
     done = subprocess.run(["callgrind_control", "--dump", str(pid)], capture_output=True, text=True, timeout=120)
     if done.returncode != 0 or "OK" not in done.stdout:
         raise RuntimeError(f"callgrind_control --dump {pid} failed: {(done.stdout + done.stderr).strip()}")
+    return dumps + 1
 
 
 def _callgrind_total(out: Path, n: int) -> int:
@@ -443,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help="write the measured counts into the baseline")
     parser.add_argument("--json", help="write what was measured here")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per ratio run")
+    parser.add_argument("--pumps", default=",".join(PUMPS), help="count these pumps only (not with --record)")
     args = parser.parse_args(argv)
     baseline_path = Path(args.baseline)
     baseline = json.loads(baseline_path.read_text())
@@ -456,7 +471,10 @@ def main(argv: list[str] | None = None) -> int:
             if recorded is None and not args.record:
                 raise GateUnavailable(why)
             report["loop_waits"] = {}
-            measured = measure_counts(figures=report["loop_waits"])
+            pumps = tuple(p for p in args.pumps.split(",") if p)
+            if args.record and set(pumps) != set(PUMPS) or not set(pumps) <= set(PUMPS):
+                raise GateUnavailable(f"--pumps takes some of {', '.join(PUMPS)} (all of them with --record)")
+            measured = measure_counts(pumps, figures=report["loop_waits"])
             report["counts"] = measured
             if args.record:
                 record(baseline_path, baseline, env, measured)

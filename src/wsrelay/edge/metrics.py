@@ -1,20 +1,25 @@
 """Prometheus metrics of one relay process, in a registry of its own.
 
 Per-frame counters are C integers inside the pump; ``FrameCollector`` reads them at
-scrape time, so relaying a frame never calls into Python for metrics. Live sessions
-and refused handshakes are read from the relay's own book and counter when scraped,
-so each is kept in one place. Label values are bounded: agents come from the config,
+scrape time, so relaying a frame never calls into Python for metrics. Per-session
+figures (outcomes, durations, the voice telemetry, bot connect times) are plain
+integers and ``Tally`` buckets kept here, turned into series by ``SessionCollector``
+when scraped, so a session's end formats nothing. Live sessions and refused handshakes
+are read from the relay's own book and counter when scraped, so each is kept in one place. Label values are bounded: agents come from the config,
 statuses and outcomes (``Outcome``) from small fixed sets.
 """
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.utils import floatToGoString
 
 from .. import __version__, pump
 
@@ -55,72 +60,139 @@ def build_info(registry: CollectorRegistry) -> None:
     info.labels(__version__, pump.default_name()).set(1)
 
 
+class Tally:
+    """One histogram's observations as plain numbers: a count per bucket and a sum.
+
+    A session's end adds to a few of these instead of calling prometheus-client's
+    ``observe`` (a lock and a value object per bucket); ``family`` turns them into the
+    same series at scrape time. ``counts[i]`` holds the observations in
+    ``(bounds[i-1], bounds[i]]``, the last one those above every bound.
+    """
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, int]]:
+        """Cumulative counts per ``le`` bound, labelled as prometheus-client labels them."""
+        running, out = 0, []
+        for bound, count in zip((*self.bounds, math.inf), self.counts):
+            running += count
+            out.append((floatToGoString(bound), running))
+        return out
+
+
+# The histograms' buckets, in seconds, and the help text of every series: declared once.
+UPSTREAM_CONNECT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+SESSION_SECONDS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+JITTER = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1)
+MAX_GAP = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1, 2, 5, 10, 30, 120)
+FIRST_FRAME = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30)
+# Voice telemetry, per direction: the pump's figures, observed once per session at its end.
+PER_DIRECTION = (
+    ("first_frame_ms", "wsrelay_session_first_frame_seconds", "Time from the client's 101 to the first data frame",
+     FIRST_FRAME),
+    ("max_gap_ms", "wsrelay_session_max_gap_seconds", "Longest pause between two data frames of a session", MAX_GAP),
+    ("jitter_ms", "wsrelay_session_jitter_seconds",
+     "Interarrival jitter of data frames (RFC 3550 A.8) at session end", JITTER),
+)
+DIRECTIONS = (("up", "client_to_bot"), ("down", "bot_to_client"))
+
+
+class SessionCollector:
+    """What session ends and bot connects leave behind, kept as integers by ``RelayMetrics``
+    and rendered as Prometheus series when scraped.
+
+    A labelled series appears once something was counted in it, as prometheus-client's
+    labelled metrics do (a direction with no data frame has no first-frame series); the
+    two unlabelled histograms are always there.
+    """
+
+    def __init__(self, metrics: "RelayMetrics") -> None:
+        self._m = metrics
+
+    def collect(self):
+        m = self._m
+        sessions = CounterMetricFamily("wsrelay_sessions", "Sessions ended, by outcome",
+                                       labels=["agent", "organization", "outcome"])
+        for labels, count in m.sessions.items():
+            sessions.add_metric(list(labels), count)
+        yield sessions
+        yield _histogram("wsrelay_upstream_connect_seconds", "Time to connect to a bot and get its 101",
+                         m.upstream_connect)
+        yield _histogram("wsrelay_session_seconds", "Duration of relayed sessions", m.session_seconds)
+        for key, name, documentation, _ in PER_DIRECTION:
+            family = HistogramMetricFamily(name, documentation, labels=["direction"])
+            for _, direction in DIRECTIONS:
+                tally = m.timing.get((key, direction))
+                if tally is not None:
+                    family.add_metric([direction], tally.buckets(), tally.total)
+            yield family
+        gaps = CounterMetricFamily("wsrelay_frame_gaps", "Pauses between data frames longer than gap_threshold_ms",
+                                   labels=["direction"])
+        silent = CounterMetricFamily("wsrelay_session_silent",
+                                     "Sessions that ended with no data frame in this direction", labels=["direction"])
+        for _, direction in DIRECTIONS:
+            if direction in m.gaps:
+                gaps.add_metric([direction], m.gaps[direction])
+            if direction in m.silent:
+                silent.add_metric([direction], m.silent[direction])
+        yield gaps
+        yield silent
+
+
+def _histogram(name: str, documentation: str, tally: Tally) -> HistogramMetricFamily:
+    return HistogramMetricFamily(name, documentation, buckets=tally.buckets(), sum_value=tally.total)
+
+
 class RelayMetrics:
-    """The relay's metrics; ``render()`` is the /metrics body."""
+    """The relay's metrics; ``render()`` is the /metrics body.
+
+    Per session, the end adds a handful of integers here (``session_ended``); nothing is
+    formatted until a scrape asks (``SessionCollector``).
+    """
 
     def __init__(self, *, active: Callable[[], dict[tuple[str, str], int]],
                  rejections: Callable[[], Mapping[int, int]]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry.register(FrameCollector(active, rejections))
         build_info(self.registry)
-        self.sessions = Counter("wsrelay_sessions", "Sessions ended, by outcome",
-                                ["agent", "organization", "outcome"], registry=self.registry)
-        self.upstream_connect = Histogram(
-            "wsrelay_upstream_connect_seconds", "Time to connect to a bot and get its 101",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
-            registry=self.registry)
-        self.session_seconds = Histogram(
-            "wsrelay_session_seconds", "Duration of relayed sessions",
-            buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200), registry=self.registry)
-        # Voice telemetry: the pump's per-direction figures, observed once per session at its end.
-        self.jitter = Histogram(
-            "wsrelay_session_jitter_seconds", "Interarrival jitter of data frames (RFC 3550 A.8) at session end",
-            ["direction"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1),
-            registry=self.registry)
-        self.max_gap = Histogram(
-            "wsrelay_session_max_gap_seconds", "Longest pause between two data frames of a session",
-            ["direction"], buckets=(0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 1, 2, 5, 10, 30, 120),
-            registry=self.registry)
-        self.first_frame = Histogram(
-            "wsrelay_session_first_frame_seconds", "Time from the client's 101 to the first data frame",
-            ["direction"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30),
-            registry=self.registry)
-        self.gaps = Counter("wsrelay_frame_gaps", "Pauses between data frames longer than gap_threshold_ms",
-                            ["direction"], registry=self.registry)
-        # A direction with no data frame has no first-frame time: counted here instead of unseen.
-        self.silent = Counter("wsrelay_session_silent", "Sessions that ended with no data frame in this direction",
-                              ["direction"], registry=self.registry)
-
-    def _child(self, metric, *labels: str):
-        """``metric.labels(*labels)``, looked up once: a session's end costs a dict lookup per series.
-
-        The cache holds a series only once it has been used, as prometheus-client does, so
-        a series nobody observed is still absent from ``/metrics``; it is bounded like the
-        series themselves (agents, outcomes, directions).
-        """
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        self.sessions: dict[tuple[str, str, str], int] = {}           # (agent, organization, outcome)
+        self.upstream_connect = Tally(UPSTREAM_CONNECT)
+        self.session_seconds = Tally(SESSION_SECONDS)
+        self.timing: dict[tuple[str, str], Tally] = {}                  # (figure, direction)
+        self.gaps: dict[str, int] = {}
+        self.silent: dict[str, int] = {}
+        self.registry.register(SessionCollector(self))
 
     def session_ended(self, agent: str, organization: str, outcome: str, seconds: float,
                       timing: Mapping[str, Mapping] | None = None) -> None:
-        self._child(self.sessions, agent, organization, outcome).inc()
+        key = (agent, organization, outcome)
+        self.sessions[key] = self.sessions.get(key, 0) + 1
         self.session_seconds.observe(seconds)
-        for key, direction in (("up", "client_to_bot"), ("down", "bot_to_client")):
-            figures = (timing or {}).get(key)
+        if not timing:
+            return
+        for figure_key, direction in DIRECTIONS:
+            figures = timing.get(figure_key)
             if not figures:
                 continue
             if figures["first_frame_ms"] is None:
-                self._child(self.silent, direction).inc()      # no data frame that way: nothing to time
+                self.silent[direction] = self.silent.get(direction, 0) + 1   # no data frame that way
                 continue
-            self._child(self.first_frame, direction).observe(figures["first_frame_ms"] / 1000)
-            self._child(self.max_gap, direction).observe(figures["max_gap_ms"] / 1000)
-            self._child(self.jitter, direction).observe(figures["jitter_ms"] / 1000)
+            for key_ms, _, _, bounds in PER_DIRECTION:
+                tally = self.timing.get((key_ms, direction))
+                if tally is None:
+                    tally = self.timing[(key_ms, direction)] = Tally(bounds)
+                tally.observe(figures[key_ms] / 1000)
             if figures["gaps"]:
-                self._child(self.gaps, direction).inc(figures["gaps"])
+                self.gaps[direction] = self.gaps.get(direction, 0) + figures["gaps"]
 
     def upstream_connected(self, seconds: float) -> None:
         self.upstream_connect.observe(seconds)
