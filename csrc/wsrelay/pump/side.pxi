@@ -161,6 +161,11 @@ cdef class Side(WSListener):
             _time_arrival(self, t)
 
     cpdef on_ws_connected(self, WSTransport transport):
+        # picows' connection_made saw the transport through edge/handover.py's SocketOnce;
+        # from here on picows and the session reach the transport itself, with no wrapper.
+        wrapped = getattr(transport.underlying_transport, "wrapped", None)
+        if wrapped is not None:
+            transport.underlying_transport = wrapped
         self.transport = transport
         self.session.side_connected(self)
         _trim_picows_buffers(transport)

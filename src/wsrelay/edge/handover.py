@@ -17,6 +17,7 @@ into picows internals is ``_trim_picows_buffers`` in ``csrc/wsrelay/pump/side.px
 from __future__ import annotations
 
 import logging
+import socket
 from http import HTTPStatus
 from typing import Any
 
@@ -39,6 +40,65 @@ if picows.__version__ != PICOWS_VERSION:
 log = logging.getLogger("wsrelay.handover")
 # A LoggerAdapter stops picows from creating one child Logger per connection.
 _picows_log = logging.LoggerAdapter(logging.getLogger("wsrelay.picows"), {})
+
+
+class SocketOnce:
+    """The transport as picows' ``connection_made`` sees it: one socket object for its six
+    socket options instead of six.
+
+    picows' ``connection_made`` asks the transport for its socket and sets or reads six
+    options on it (``TCP_NODELAY``, ``TCP_QUICKACK`` and four for an INFO line). uvloop's
+    ``get_extra_info('socket')`` is a pseudo-socket that builds and detaches a
+    ``socket.socket`` for each of those calls, and CPython checks each new one's descriptor
+    with a ``getsockname``: 10 system calls and about 70,000 instructions a session. This
+    wrapper hands picows one real ``socket.socket`` on the same descriptor, detached again
+    by ``release()`` right after ``connection_made`` (it never owns, and so never closes,
+    the descriptor). Everything else is the wrapped transport's: WSTransport binds
+    ``write`` and ``get_write_buffer_size`` from it, so frames never pass through here.
+    The compiled pump puts the wrapped transport back in ``underlying_transport`` when its
+    side connects (``csrc/wsrelay/pump/side.pxi``); the pure pump keeps the wrapper.
+    """
+
+    __slots__ = ("wrapped", "_socket")
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+        self._socket: socket.socket | None = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket" and self._socket is not None:
+            return self._socket
+        return self.wrapped.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+    def lend(self) -> "SocketOnce":
+        """Make the one socket object picows will be given (None on a transport without one)."""
+        pseudo = self.wrapped.get_extra_info("socket")
+        if pseudo is not None:
+            self._socket = socket.socket(pseudo.family, pseudo.type, pseudo.proto, pseudo.fileno())
+        return self
+
+    def release(self) -> None:
+        """Give the descriptor back: the socket object is detached, never closed."""
+        if self._socket is not None:
+            self._socket.detach()
+            self._socket = None
+
+
+class RelayWSProtocol(WSProtocol):
+    """picows' ``WSProtocol``, whose ``connection_made`` sees the transport through
+    ``SocketOnce``. Nothing else differs (no slots of its own, so no per-connection dict)."""
+
+    __slots__ = ()
+
+    def connection_made(self, transport: Any) -> None:
+        shim = SocketOnce(transport).lend()
+        try:
+            super().connection_made(shim)
+        finally:
+            shim.release()
 
 
 class _Client101(WSUpgradeResponse):
@@ -87,7 +147,7 @@ def bot_protocol(listener_factory: Any, *, host_port: str, resource: str,
     bounds the connect and the handshake together with one timeout.
     """
     interval, reply_timeout = keepalive
-    return WSProtocol(
+    return RelayWSProtocol(
         host_port, resource, True,                           # the client side
         listener_factory, _picows_log,
         True,                                                # disconnect_on_exception
@@ -112,7 +172,7 @@ def hand_over(transport, client_side, *, stream_class: Any, subprotocol: str | N
     the relay built, picows refused it: the socket is then dropped, never left half-open).
     """
     response = _Client101(subprotocol, silent=silent_101)
-    protocol = WSProtocol(
+    protocol = RelayWSProtocol(
         None, None, False,                                   # host, path, not the client side
         lambda request: WSUpgradeResponseWithListener(response, client_side),
         _picows_log,
