@@ -16,12 +16,12 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Iterable
 
 from .auth import Authenticator, no_signing_key
 from ..config import Config
+from ..core.session_ids import new_session_id
 from ..core.upgrade import parse_bearer
 from ..errors import RequestRefused
 from .registry import AgentRegistry
@@ -63,7 +63,7 @@ def handle_start(request: StartRequest, *, registry: AgentRegistry, config: Conf
     if transport != "websocket":
         raise RequestRefused(f"start API: transport {transport!r}", status=400,
                              public_reason='Bad Request: this relay supports "transport": "websocket" only')
-    session_id = str(uuid.uuid4())
+    session_id = new_session_id()
     answer: dict = {"wsUrl": _ws_url(config, request.host, secure, agent.service_host),
                     "sessionId": session_id}
     if "body" in payload:

@@ -39,11 +39,17 @@ class Deadlines:
     def __len__(self) -> int:
         return len(self._wheel)
 
-    def add(self, seconds: float, owner: Owner, name: Any) -> int:
-        """Call ``owner.deadline_passed(name)`` in ``seconds``; returns the handle for ``remove``."""
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The running loop, looked up once: what a session's other loop calls use too."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    def add(self, seconds: float, owner: Owner, name: Any) -> int:
+        """Call ``owner.deadline_passed(name)`` in ``seconds``; returns the handle for ``remove``."""
+        loop = self.loop
         tick = self._wheel.add(loop.time(), seconds, (owner, name))
         self._arm(loop)
         return tick

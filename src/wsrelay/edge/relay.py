@@ -265,7 +265,7 @@ class Relay:
             raise RequestRefused(f"unknown service host {route.service_host!r}", status=404,
                                  public_reason="Not Found: unknown agent")
         upgrade = parse_upgrade(request.method, request.raw_headers, http_version=request.http_version)
-        gate.task = asyncio.get_running_loop().create_task(self._admit_and_run(gate, route, agent, upgrade))
+        gate.task = self.deadlines.loop.create_task(self._admit_and_run(gate, route, agent, upgrade))
 
     async def _admit_and_run(self, gate: Gate, route: "Route", agent: "AgentConfig",
                              upgrade: "UpgradeRequest") -> None:
@@ -342,7 +342,7 @@ class Relay:
                 raise RequestRefused(f"unknown service host {route.service_host!r}", status=404,
                                      public_reason="Not Found: unknown agent")
         upgrade = parse_upgrade(request.method, request.raw_headers, http_version=request.http_version)
-        gate.task = asyncio.get_running_loop().create_task(
+        gate.task = self.deadlines.loop.create_task(
             self._run_provider(gate, provider, route, agent, upgrade, target[:200]))
 
     async def _run_provider(self, gate: Gate, provider: str, route, agent: "AgentConfig | None",

@@ -22,7 +22,6 @@ import asyncio
 import logging
 import select
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from picows import WSListener, WSMsgType, WSUpgradeRequest, WSUpgradeResponse
@@ -30,6 +29,7 @@ from picows import WSListener, WSMsgType, WSUpgradeRequest, WSUpgradeResponse
 from ..core.session_machine import (BOT, CLIENT, Abandon, CancelTimer, Disconnect, End, ForwardClose,
                                    PauseReading, ResumeReading, SendClose, SessionMachine, SideState, StartTimer,
                                    Timer)
+from ..core.session_ids import new_session_id
 from .deadlines import Deadlines
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class Session:
         self.upgrade: "UpgradeRequest | None" = upgrade
         self.client_address = client_address
         self.secure = secure
-        self.id = session_id or str(uuid.uuid4())
+        self.id = session_id or new_session_id()
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
         # time.monotonic_ns() (the pump's clock) of the client's 101: first-frame times count from it.
@@ -148,7 +148,7 @@ class Session:
         assert self._connect is not None and self.route is not None, "run() is called once"
         # What ``_abandon`` cancels when the relay ends the session while the bot is being
         # connected: the task running this (the relay's admission task), not a task of its own.
-        task = self._connecting = asyncio.current_task()
+        task = self._connecting = asyncio.current_task(self._deadlines.loop)
         try:
             await self._connect(
                 self.route.service_host, self.agent.upstreams, query=self.route.forward_query, headers=headers,
@@ -232,7 +232,7 @@ class Session:
         self._do(self.machine.disconnected(_name(side)))
 
     def pause_source_of(self, side) -> None:
-        self._do(self.machine.write_high(_name(side), asyncio.get_running_loop().time()))
+        self._do(self.machine.write_high(_name(side), self._deadlines.loop.time()))
 
     def resume_source_of(self, side) -> None:
         self._do(self.machine.write_low(_name(side)))
@@ -308,7 +308,7 @@ class Session:
         self._timers.pop(timer, None)
         if timer is Timer.WATCH:
             gone = {name for name in self.machine.paused() if _closed_by_peer(self._side(name).transport)}
-            self._do(self.machine.watch(asyncio.get_running_loop().time(), gone))
+            self._do(self.machine.watch(self._deadlines.loop.time(), gone))
         else:
             self._do(self.machine.timer_fired(timer, self.client.frames + self.bot.frames))
 

@@ -50,6 +50,7 @@ class UpstreamConnector:
         self._upstreams: dict[str, tuple[str, ...]] = {}     # service host -> upstreams its pool is built from
         self._holding: dict[object, Instance] = {}          # bot transport -> its instance, while live
         self._parsed: dict[str, BotTarget] = {}             # upstream URL -> parsed once (bounded by the config)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- instances ------------------------------------------------------------------------
 
@@ -117,7 +118,9 @@ class UpstreamConnector:
         """Open the bot's WebSocket; returns its WSTransport or raises UpstreamError."""
         timed_out = False
         await self._pool_for(service_host, upstreams)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:                             # looked up once (a getpid() a call on Python 3.11)
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout * MAX_CONNECT_TIMEOUTS
         for instance in self.order(service_host):
             remaining = deadline - loop.time()
