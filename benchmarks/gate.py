@@ -71,7 +71,7 @@ from loadgen import tree_cpu  # noqa: E402
 
 BASELINE = HERE / "baseline.json"
 PUMPS = ("cython", "python")
-GATED_PACKAGES = ("picows", "uvloop", "httptools", "prometheus-client", "Cython")
+GATED_PACKAGES = ("picows", "uvloop", "httptools", "prometheus-client", "Cython", "msgspec")
 COUNTS = ("instructions_per_session", "instructions_per_frame", "syscalls_per_session", "syscalls_per_frame")
 SIZE = 640                 # bytes per message: a web client's 20 ms of 16 kHz PCM
 WARMUP_SESSIONS = 10

@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+from hypothesis import given, strategies as st
 
 from wsrelay.edge import logs
 
@@ -74,3 +75,22 @@ def test_a_level_above_info_silences_the_direct_line_too(relay_logging, capsys):
     logs.setup_logging("json", level=logging.WARNING)
     logs.log_session(FIELDS)
     assert capsys.readouterr().err == ""
+
+
+VALUES = (st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70)
+          | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40))
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=20), VALUES, max_size=35))
+def test_a_json_line_says_what_json_dumps_says_in_ascii(fields):
+    """The fast encoder and json.dumps agree on every flat line, and the line is ASCII."""
+    line = logs.StructuredFormatter("json").render(fields)
+    assert line.isascii() and "\n" not in line
+    assert json.loads(line) == json.loads(json.dumps(fields))
+
+
+def test_objects_json_has_no_type_for_are_their_str():
+    class Peer:
+        def __str__(self) -> str:
+            return "peer!"
+    assert json.loads(logs.StructuredFormatter("json").render({"p": Peer(), "é": "ü"})) == {"p": "peer!", "é": "ü"}
