@@ -14,7 +14,7 @@ TESTVENV ?= .venv-wheel
 TESTBIN  := $(TESTVENV)/bin
 SOURCES := pyproject.toml setup.py $(wildcard csrc/wsrelay/pump/*.pyx csrc/wsrelay/pump/*.pxd csrc/wsrelay/pump/*.pxi)
 
-.PHONY: demo test test-installed test-suite wheel wheels wheels-check sdist sdist-check bench bench-short bench-gate bench-gate-record bench-picows-patch install clean
+.PHONY: demo test test-installed test-suite wheel wheels wheels-check sdist sdist-check bench bench-short bench-gate bench-gate-record bench-picows-patch fuzz sanitize install clean
 
 # The hot path's packages at the versions the benchmark gate's counts were recorded with
 # (benchmarks/constraints.txt): the test venv is installed, and the wheel built, with them.
@@ -47,6 +47,8 @@ PY ?= python3
 test-installed:
 	WSRELAY_EXPECT_INSTALLED=1 $(PY) -m pytest -q -p no:cacheprovider benchmarks/test_micro.py --benchmark-min-rounds=3 --benchmark-max-time=0.2
 	$(MAKE) bench-gate PY=$(PY)
+	$(MAKE) fuzz PY=$(PY) FUZZ_SECONDS=10
+	$(MAKE) sanitize PY=$(PY)
 	$(PY) -m mypy
 	$(MAKE) test-suite PY=$(PY)
 
@@ -99,6 +101,25 @@ bench-short:
 GATE_ARGS ?=
 bench-gate:
 	$(PY) benchmarks/gate.py $(GATE_ARGS)
+
+# Coverage-guided fuzzing (atheris) of every parser of hostile input, FUZZ_SECONDS each, from
+# the seeds in tests/fuzz/corpus/ (tests/fuzz/run.py says what to do with a crash).
+FUZZ_SECONDS ?= 60
+FUZZ_HARNESSES := request routing tokens telephony frames start_api config
+fuzz:
+	@for name in $(FUZZ_HARNESSES); do \
+		out=$$(mktemp); \
+		$(PY) tests/fuzz/run.py $$name --seconds $(FUZZ_SECONDS) > $$out 2>&1; rc=$$?; \
+		echo "fuzz $$name: $$(grep -E '^Done' $$out) ($$(grep -Eo 'average_exec_per_sec: *[0-9]+' $$out | grep -Eo '[0-9]+$$')/s)"; \
+		if [ $$rc -ne 0 ]; then tail -40 $$out; rm -f $$out; exit 1; fi; \
+		rm -f $$out; \
+	done
+
+# The compiled pump built by clang with AddressSanitizer and UndefinedBehaviorSanitizer into
+# build/sanitize/, and the tests that drive it hardest run against it (tools/sanitize.py; clang
+# from Debian's packages is installed when missing). About 2 minutes.
+sanitize:
+	$(PY) tools/sanitize.py
 
 # Measure this machine's counts and write them into benchmarks/baseline.json (for this Python
 # minor version and the pins of benchmarks/constraints.txt). Commit the result with the change

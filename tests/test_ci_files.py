@@ -179,7 +179,7 @@ def test_cibuildwheel_accepts_the_config_and_builds_the_promised_wheels(arch, ex
 # What the [test] extra has and cibuildwheel's containers do not install: large, and not
 # installable everywhere (playwright has no musllinux wheel). Their tests are `system`, or skip
 # in those containers only (support.needs_test_extra).
-NOT_IN_TEST_REQUIRES = {"playwright", "pipecat-ai", "kubernetes-validate", "mypy", "pytest-benchmark"}
+NOT_IN_TEST_REQUIRES = {"playwright", "pipecat-ai", "kubernetes-validate", "mypy", "pytest-benchmark", "atheris"}
 
 
 def test_cibuildwheel_installs_a_short_test_requires_list_with_the_test_extras_versions():

@@ -171,8 +171,11 @@ class Gate(asyncio.Protocol):
             return
         self.state = "holding"
         self._on_held = on_held
-        self.transport.write(switching_protocols(key))
+        # Taken before the write: the client cannot have its 101 earlier, so a first-frame time
+        # is never shorter than the client's own wait (a relay descheduled right after the write
+        # would otherwise stamp a later time than the client saw).
         self.upgraded_ns = time.monotonic_ns()
+        self.transport.write(switching_protocols(key))
         if self.early:                # sent with the head, before the 101: a first frame at 0 ms
             self.first_held_ns = self.upgraded_ns
             on_held()

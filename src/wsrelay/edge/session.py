@@ -208,9 +208,12 @@ class Session:
         self._bot_response = None
         attach, self._attach = self._attach, None
         key = self.upgrade.key if self.upgrade is not None else ""
+        # The client's 101 is written inside attach(): its time is taken before, so a first-frame
+        # time is never shorter than the client's own wait after its 101 (as on the gate's 101).
+        before_101_ns = time.monotonic_ns()
         if attach is not None and attach(self.client, self.subprotocol, key):
             self.connected_at = time.monotonic()
-            self.connected_ns = self.connected_ns or time.monotonic_ns()
+            self.connected_ns = self.connected_ns or before_101_ns
             # The client is upgraded: what only a not-yet-upgraded client needed goes, and with
             # it the last reference to its gate (an idle session keeps no handshake state).
             self._refuse_client = self._close_held = None
