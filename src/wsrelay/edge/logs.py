@@ -62,7 +62,7 @@ def _emit(message: str, fields: dict) -> None:
             and log.isEnabledFor(logging.INFO)):
         formatter = handler.formatter
         assert isinstance(formatter, StructuredFormatter)
-        line = formatter.render({"ts": round(time.time(), 3), "level": "info", "logger": log.name, **fields})
+        line = formatter.render({**StructuredFormatter.head(time.time(), "INFO", log.name), **fields})
         handler.acquire()
         try:
             handler.stream.write(line + handler.terminator)
@@ -81,8 +81,7 @@ class StructuredFormatter(logging.Formatter):
         self.style = style
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = {"ts": round(record.created, 3), "level": record.levelname.lower(),
-                  "logger": record.name}
+        fields = self.head(record.created, record.levelname, record.name)
         extra = getattr(record, "fields", None)
         if extra:
             fields.update(extra)
@@ -92,6 +91,11 @@ class StructuredFormatter(logging.Formatter):
             fields.setdefault("exc_type", record.exc_info[0].__name__)
             fields["exc"] = self.formatException(record.exc_info)
         return self.render(fields)
+
+    @staticmethod
+    def head(created: float, level: str, logger: str) -> dict:
+        """The fields every line starts with: time, level and logger."""
+        return {"ts": round(created, 3), "level": level.lower(), "logger": logger}
 
     def render(self, fields: dict) -> str:
         """One line of ``fields``, in this formatter's style.

@@ -5,8 +5,9 @@ scrape time, so relaying a frame never calls into Python for metrics. Per-sessio
 figures (outcomes, durations, the voice telemetry, bot connect times) are plain
 integers and ``Tally`` buckets kept here, turned into series by ``SessionCollector``
 when scraped, so a session's end formats nothing. Live sessions and refused handshakes
-are read from the relay's own book and counter when scraped, so each is kept in one place. Label values are bounded: agents come from the config,
-statuses and outcomes (``Outcome``) from small fixed sets.
+are read from the relay's own book and counter when scraped, so each is kept in one
+place. Label values are bounded: agents come from the config, statuses and outcomes
+(``Outcome``) from small fixed sets.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ class Tally:
     """One histogram's observations as plain numbers: a count per bucket and a sum.
 
     A session's end adds to a few of these instead of calling prometheus-client's
-    ``observe`` (a lock and a value object per bucket); ``family`` turns them into the
-    same series at scrape time. ``counts[i]`` holds the observations in
+    ``observe`` (a lock and a value object per bucket); ``buckets()`` gives the same
+    series' cumulative counts at scrape time. ``counts[i]`` holds the observations in
     ``(bounds[i-1], bounds[i]]``, the last one those above every bound.
     """
 
