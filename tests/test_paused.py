@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 import os
 import socket
 import struct
@@ -98,11 +99,12 @@ def test_bot_dying_while_paused_is_noticed(pump):
 
 
 def test_a_stalled_bot_is_dropped_after_stall_timeout(pump):
-    """The bot reads nothing for stall_timeout: the client (still reading) gets 1011."""
+    """The bot reads nothing for stall_timeout (here shorter than close_timeout, so this bound
+    comes first): the client (still reading) gets 1011."""
     async def main():
         bot = await Bot(on_connect=lambda t: t.underlying_transport.pause_reading()).start()
         relay = await start_relay(relay_config({"echo.demo": [bot.url]}, write_buffer_high=16384,
-                                               write_buffer_low=4096, close_timeout=0.5,
+                                               write_buffer_low=4096, close_timeout=3,
                                                stall_timeout=1.0), pump)
         client, client_rec = await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo")
         await bot.session()
@@ -112,10 +114,125 @@ def test_a_stalled_bot_is_dropped_after_stall_timeout(pump):
         closes = client_rec.close_frames()
         assert closes, "the client was told why"
         assert struct.unpack("!H", closes[0].payload[:2])[0] == 1011
-        assert b"bot stalled" in closes[0].payload
+        assert closes[0].payload.endswith(b"bot stalled: it read nothing for 1s")
         await _wait(lambda: not relay.sessions, 5)
         bot.close()
     arun(main())
+
+
+async def _push(writer, seconds: float) -> int:
+    """Send binary frames for ``seconds`` as fast as the relay takes them: bytes sent."""
+    loop = asyncio.get_running_loop()
+    frame, sent, start = masked_frame(B, b"a" * 6400), 0, loop.time()
+    while loop.time() - start < seconds:
+        writer.write(frame)
+        sent += len(frame)
+        try:
+            await asyncio.wait_for(writer.drain(), 0.05)
+        except asyncio.TimeoutError:
+            pass
+    return sent
+
+
+async def _answer(reader, timeout: float) -> bytes:
+    """What the relay sends before the connection ends: b"" when it ends with nothing."""
+    try:
+        return await asyncio.wait_for(reader.read(256), timeout)
+    except ConnectionResetError:
+        return b""
+
+
+def _session_ends(caplog) -> list[dict]:
+    return [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "session_end"]
+
+
+def test_a_close_behind_data_a_bot_never_reads_is_answered_within_close_timeout(pump, caplog):
+    """The bot accepts and never reads; the client pushes for 2 s, then closes. The close is
+    queued behind what the relay cannot forward, out of its sight: the bot, alive and reading
+    nothing, is dropped after close_timeout, and the client is told why within that bound."""
+    caplog.set_level(logging.INFO, logger="wsrelay.session")
+
+    async def main():
+        bot = await Bot(on_connect=lambda t: t.underlying_transport.pause_reading()).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}, close_timeout=2), pump)
+        reader, writer = await _raw_client(relay.port)
+        bot_rec = await bot.session()
+        assert await _push(writer, 2.0) > 4 * 1024 * 1024       # far past every buffer on the way
+        writer.write(masked_frame(WSMsgType.CLOSE, struct.pack("!H", 1000)))
+        loop = asyncio.get_running_loop()
+        closed_at = loop.time()
+        answer = await _answer(reader, 6)
+        took = loop.time() - closed_at
+        assert took < 2 + 1 + 0.5, f"the close waited {took:.2f}s"  # close_timeout + one watch period
+        assert answer[:1] == b"\x88" and answer[2:4] == struct.pack("!H", 1011), answer
+        assert b"bot stalled: it read nothing for 2s" in answer
+        await _wait(lambda: not relay.sessions, 3)              # the bot's side too, within close_timeout
+        bot_rec.transport.underlying_transport.resume_reading()
+        await asyncio.wait_for(bot_rec.disconnected.wait(), 5)
+        writer.close()
+        bot.close()
+    arun(main())
+    [end] = _session_ends(caplog)
+    assert end["end_reason"] == "stalled (bot)" and end["close_to_client"] == 1011, end
+
+
+def test_a_close_behind_data_a_client_never_reads_ends_within_close_timeout(pump, caplog):
+    """The mirror case: the bot streams to a client that never reads, then closes."""
+    caplog.set_level(logging.INFO, logger="wsrelay.session")
+
+    async def main():
+        def stream(transport):
+            for _ in range(256):                                 # 16 MiB, buffered by the bot
+                transport.send(B, CHUNK)
+        bot = await Bot(on_connect=stream).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}, close_timeout=2), pump)
+        reader, writer = await _raw_client(relay.port)          # and never reads
+        bot_rec = await bot.session()
+        await asyncio.sleep(2.0)
+        bot_rec.transport.send_close(1000)
+        loop = asyncio.get_running_loop()
+        closed_at = loop.time()
+        await asyncio.wait_for(bot_rec.disconnected.wait(), 6)
+        took = loop.time() - closed_at
+        assert took < 2 + 1 + 0.5, f"the close waited {took:.2f}s"
+        closes = bot_rec.close_frames()
+        assert closes and closes[0].payload.startswith(struct.pack("!H", 1001) + b"client stalled"), closes
+        await _wait(lambda: not relay.sessions, 3)              # the client dropped within close_timeout
+        writer.close()
+        bot.close()
+    arun(main())
+    [end] = _session_ends(caplog)
+    assert end["end_reason"] == "stalled (client)" and end["close_to_bot"] == 1001, end
+
+
+def test_a_forwarded_close_stuck_behind_a_full_write_buffer_is_bounded(pump, caplog):
+    """The relay read the client's data and its close (its write buffer to the bot is allowed
+    to grow past all of it), so the close waits in that buffer for a bot that never reads:
+    the close timer drops both sides after close_timeout."""
+    caplog.set_level(logging.INFO, logger="wsrelay.session")
+
+    async def main():
+        bot = await Bot(on_connect=lambda t: t.underlying_transport.pause_reading()).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url]}, close_timeout=1,
+                                               write_buffer_high=1 << 30), pump)
+        reader, writer = await _raw_client(relay.port)
+        bot_rec = await bot.session()
+        _flood(writer)
+        writer.write(masked_frame(WSMsgType.CLOSE, struct.pack("!H", 1000)))
+        await writer.drain()                                    # the relay has read it all
+        loop = asyncio.get_running_loop()
+        closed_at = loop.time()
+        assert await _answer(reader, 5) == b""                 # no reply ever came: dropped
+        took = loop.time() - closed_at
+        assert took < 1 + 0.5, f"the close waited {took:.2f}s"
+        await _wait(lambda: not relay.sessions, 2)
+        bot_rec.transport.underlying_transport.resume_reading()
+        await asyncio.wait_for(bot_rec.disconnected.wait(), 5)
+        writer.close()
+        bot.close()
+    arun(main())
+    [end] = _session_ends(caplog)
+    assert end["end_reason"] == "close timeout" and end["close_from_client"] == 1000, end
 
 
 def test_valid_frame_before_an_invalid_one_in_the_same_read_is_relayed(pump):

@@ -52,10 +52,11 @@ class Harness:
         assert self.m.state is SessionState.OPEN
         return self
 
-    def fire(self, timer: Timer, activity: int = 0, now: float = 1e9, gone: set[str] = frozenset()) -> list:
+    def fire(self, timer: Timer, activity: int = 0, now: float = 1e9, gone: set[str] = frozenset(),
+             progress: dict | None = None) -> list:
         self.timers.discard(timer)
         if timer is Timer.WATCH:
-            return self.do(self.m.watch(now, set(gone)))
+            return self.do(self.m.watch(now, set(gone), progress))
         return self.do(self.m.timer_fired(timer, activity))
 
     def disconnect_pending(self) -> None:
@@ -202,6 +203,72 @@ def test_a_destination_that_reads_nothing_for_stall_timeout_is_stalled():
     assert ResumeReading(CLIENT) in stalled                     # to read the client's reply
     assert SendClose(BOT, 1001, why) in stalled
     assert h.drain().outcome is Outcome.STALLED and h.m.end_reason == "stalled (bot)"
+
+
+FROZEN_WHY = "bot stalled: it read nothing for 2s with its receive window full"
+
+
+def test_a_destination_alive_and_reading_nothing_is_stalled_after_close_timeout():
+    """Its window closed, nothing acknowledged, its probes answered: a close its peer sends
+    now is out of sight behind the data, so close_timeout, not stall_timeout, bounds it."""
+    h = Harness(close_timeout=2.0, stall_timeout=60.0).open()
+    h.do(h.m.write_high(BOT, now=0.0))
+    frozen = {BOT: (1000, True)}
+    assert h.fire(Timer.WATCH, now=1.0, progress=frozen) == [StartTimer(Timer.WATCH, 1.0)]   # first seen
+    assert h.fire(Timer.WATCH, now=2.0, progress=frozen) == [StartTimer(Timer.WATCH, 1.0)]   # 1 s
+    stalled = h.fire(Timer.WATCH, now=3.0, progress=frozen)                                  # 2 s
+    assert stalled[0] == SendClose(CLIENT, 1011, FROZEN_WHY)
+    assert ResumeReading(CLIENT) in stalled                     # its close, if sent, is read
+    assert SendClose(BOT, 1001, FROZEN_WHY) in stalled
+    assert h.drain().outcome is Outcome.STALLED and h.m.end_reason == "stalled (bot)"
+
+
+@pytest.mark.parametrize("observations", [
+    [(1000 + i, True) for i in range(59)],                     # it acknowledges, however slowly
+    [(1000, False)] * 59,                                      # window open, or probes unanswered
+    [None] * 59,                                               # TCP_INFO unreadable
+    [(1000, True), (1000, False)] * 29 + [(1000, True)],       # never closed two watches running
+])
+def test_only_stall_timeout_ends_a_destination_not_seen_frozen(observations):
+    h = Harness(close_timeout=2.0, stall_timeout=60.0).open()
+    h.do(h.m.write_high(BOT, now=0.0))
+    for t, seen in enumerate(observations, start=1):
+        progress = None if seen is None else {BOT: seen}
+        assert h.fire(Timer.WATCH, now=float(t), progress=progress) == [StartTimer(Timer.WATCH, 1.0)]
+    assert h.fire(Timer.WATCH, now=60.0)[0] == SendClose(CLIENT, 1011, "bot stalled: it read nothing for 60s")
+
+
+def test_a_resumed_source_watches_its_destination_afresh():
+    h = Harness(close_timeout=2.0).open()
+    h.do(h.m.write_high(BOT, now=0.0))
+    h.fire(Timer.WATCH, now=1.0, progress={BOT: (1000, True)})
+    h.fire(Timer.WATCH, now=2.0, progress={BOT: (1000, True)})
+    h.do(h.m.write_low(BOT))                                    # it drained after all
+    h.do(h.m.write_high(BOT, now=2.5))
+    # the same count again is a first sighting, not 2.5 s of freezing
+    assert h.fire(Timer.WATCH, now=3.5, progress={BOT: (1000, True)}) == [StartTimer(Timer.WATCH, 1.0)]
+    assert h.fire(Timer.WATCH, now=4.5, progress={BOT: (1000, True)}) == [StartTimer(Timer.WATCH, 1.0)]
+    assert h.fire(Timer.WATCH, now=5.5, progress={BOT: (1000, True)})[0] == SendClose(CLIENT, 1011, FROZEN_WHY)
+
+
+@PROPERTY
+@given(st.lists(st.tuples(st.floats(0.1, 3.0), st.integers(0, 2), st.booleans()), min_size=1, max_size=40))
+def test_a_freeze_ends_the_session_exactly_when_it_has_lasted_close_timeout(observations):
+    """Watches at increasing times with (acked, reads nothing): the session is stalled at the
+    first watch where the same count has been seen frozen for close_timeout, and not before."""
+    h = Harness(close_timeout=2.0, stall_timeout=1e6).open()
+    h.do(h.m.write_high(BOT, now=0.0))
+    now, since, last = 0.0, None, None
+    for step, acked, reads_nothing in observations:
+        now += step
+        if not reads_nothing or acked != last:
+            since = now
+        last = acked if reads_nothing else None
+        actions = h.fire(Timer.WATCH, now=now, progress={BOT: (acked, reads_nothing)})
+        expected = reads_nothing and now - since >= 2.0
+        assert (SendClose(CLIENT, 1011, FROZEN_WHY) in actions) == expected, (now, since, actions)
+        if expected:
+            break
 
 
 def test_a_close_sent_to_a_full_side_resumes_its_peer():
@@ -353,7 +420,8 @@ EVENTS = st.one_of(
     st.tuples(st.just("disconnected"), SIDE),
     st.tuples(st.just("high"), SIDE, st.floats(0, 200)),
     st.tuples(st.just("low"), SIDE),
-    st.tuples(st.just("watch"), st.floats(0, 200), st.sets(SIDE)),
+    st.tuples(st.just("watch"), st.floats(0, 200), st.sets(SIDE),
+              st.dictionaries(SIDE, st.tuples(st.integers(0, 2), st.booleans()))),
     st.tuples(st.just("timer"), st.sampled_from(list(Timer)), st.integers(0, 3)),
     st.tuples(st.just("relay"), st.sampled_from([Outcome.SHUTDOWN, Outcome.TIME_LIMIT, Outcome.ENDED_BY_OPERATOR])),
     st.tuples(st.just("abort")),
@@ -377,7 +445,7 @@ def _apply(h: Harness, event) -> None:
     elif kind == "low":
         h.do(m.write_low(args[0]))
     elif kind == "watch":
-        h.fire(Timer.WATCH, now=args[0], gone=args[1])
+        h.fire(Timer.WATCH, now=args[0], gone=args[1], progress=args[2])
     elif kind == "timer":
         if args[0] is not Timer.WATCH:
             h.fire(args[0], activity=args[1])

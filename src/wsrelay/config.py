@@ -39,8 +39,8 @@ class RelayConfig:
     max_request_head_bytes: int = 8192            # 1024 .. 16384 (picows' own head limit is 16 KiB)
     max_frame_size: int = 16 * 1024 * 1024        # larger frames close the session with 1009
     upstream_connect_timeout: float = 5.0         # TCP connect + the bot's 101, per instance
-    close_timeout: float = 5.0                    # how long a forwarded close may wait for its reply
-    stall_timeout: float = 60.0                   # a peer that reads nothing for this long is dropped
+    close_timeout: float = 5.0                    # a close's wait for its reply; a live peer reading nothing
+    stall_timeout: float = 60.0                   # a peer that takes nothing (network gone) is dropped after it
     write_buffer_high: int = 256 * 1024           # pause reading the source above this
     write_buffer_low: int = 64 * 1024             # resume reading the source below this
     read_buffer_size: int = 2048                  # initial per-socket read buffer (grows for big frames)

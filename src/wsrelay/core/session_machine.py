@@ -33,6 +33,12 @@ Rules, each one place:
   peer until it drains. A paused side is still watched: its socket is checked every
   ``watch_seconds``, and one found gone is read again so its close or EOF is seen; a
   destination that takes nothing for ``stall_timeout`` is stalled, and the session ends.
+* A destination that reads nothing at all is stalled after ``close_timeout``: its TCP
+  window closed, nothing acknowledged, its window probes answered (it is alive; its
+  application reads nothing). A close its paused peer sends is queued behind what it
+  sent before, where the relay cannot see it, so this bound is what keeps that close
+  within ``close_timeout`` (``stall_timeout`` stays for a destination that may come back:
+  a network that drops its packets). The driver observes TCP; the machine keeps the clock.
 * A side that was sent a close has nothing more relayed to it, so its peer, if paused
   because of it, is read again (its close reply or EOF must be seen).
 * ``max_session_seconds`` and ``idle_timeout`` end the session from the relay's side.
@@ -162,6 +168,11 @@ class End:
     detail: str | None = None   # which side, for protocol errors, keepalive and stalls
 
 
+Progress = tuple[int, bool]
+"""A destination's TCP as the driver saw it: the bytes it has acknowledged, and whether its
+window is closed while it answers the window probes (alive, its application reading nothing)."""
+
+
 Action = (SendClose | ForwardClose | Abandon | Disconnect | PauseReading | ResumeReading | StartTimer
           | CancelTimer | End)
 
@@ -196,6 +207,10 @@ class Side:
     close_from: int | None = None         # the code it sent (None: none, or no code)
     close_to: int | None = None           # the code the relay sent it
     paused_since: float | None = None     # the relay stopped reading it (backpressure)
+    # As a destination its peer is paused for: the bytes its TCP had acknowledged when first
+    # seen reading nothing while alive (-1: not so when last watched), and since when.
+    acked: int = -1
+    acked_since: float = 0.0
 
     @property
     def gone(self) -> bool:
@@ -360,8 +375,10 @@ class SessionMachine:
         """``side`` drained below the low-water mark: read its peer again."""
         return self._resume(other(side))
 
-    def watch(self, now: float, gone: set[str]) -> list[Action]:
-        """Every ``watch_seconds`` while a side is paused; ``gone``: paused sides found closed."""
+    def watch(self, now: float, gone: set[str], progress: dict[str, Progress] | None = None) -> list[Action]:
+        """Every ``watch_seconds`` while a side is paused. ``gone``: paused sides found closed;
+        ``progress``: for the destinations of paused sides whose TCP the driver could read, a
+        ``Progress`` (bytes acknowledged, and whether it reads nothing while alive)."""
         self._timer_done(Timer.WATCH)
         if self.ended:
             return []
@@ -372,8 +389,13 @@ class SessionMachine:
                 continue
             if name in gone:
                 actions += self._resume(name)     # its close frame or EOF is read, and ends it
+                continue
+            destination = other(name)
+            frozen = self._frozen_for(destination, now, (progress or {}).get(destination))
+            if frozen >= self.close_timeout:
+                actions += self._stalled(destination, frozen=True)
             elif now - s.paused_since >= self.stall_timeout:
-                actions += self._stalled(other(name))
+                actions += self._stalled(destination)
         if self.paused():
             actions += self._start_watch()
         return actions
@@ -461,6 +483,7 @@ class SessionMachine:
         if s.paused_since is None:
             return []
         s.paused_since = None
+        self.sides[other(side)].acked = -1        # watched afresh if it is paused for again
         return [ResumeReading(side)] if s.open else []
 
     def _illegal_close(self, side: str, code: int) -> list[Action]:
@@ -471,12 +494,30 @@ class SessionMachine:
         actions += self._close(other(side), PROTOCOL_ERROR, f"{side} broke the protocol")
         return actions + self._finish_handshakes()
 
-    def _stalled(self, side: str) -> list[Action]:
-        """``side`` took nothing for ``stall_timeout`` seconds: end the session."""
+    def _frozen_for(self, side: str, now: float, progress: Progress | None) -> float:
+        """How long ``side`` has read nothing while alive (0 when unknown or not so)."""
+        s = self.sides[side]
+        if progress is None:
+            return 0.0
+        acked, reads_nothing = progress
+        if not reads_nothing:
+            s.acked = -1                          # a freeze counts from when it is first seen
+            return 0.0
+        if acked != s.acked:
+            s.acked, s.acked_since = acked, now
+            return 0.0
+        return now - s.acked_since
+
+    def _stalled(self, side: str, frozen: bool = False) -> list[Action]:
+        """``side`` took nothing for ``stall_timeout`` seconds, or read nothing while alive
+        for ``close_timeout`` (``frozen``): end the session."""
         if self.first_closer is None:
             self.first_closer = "relay"
             self._set_outcome(Outcome.STALLED, side)
-        why = f"{side} stalled: it read nothing for {self.stall_timeout:g}s"
+        if frozen:
+            why = f"{side} stalled: it read nothing for {self.close_timeout:g}s with its receive window full"
+        else:
+            why = f"{side} stalled: it read nothing for {self.stall_timeout:g}s"
         code = INTERNAL_ERROR if side == BOT else GOING_AWAY
         actions = self._close(other(side), code, why)
         actions += self._close(side, GOING_AWAY, why)

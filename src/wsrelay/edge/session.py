@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import select
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
@@ -30,6 +29,7 @@ from ..core.session_machine import (BOT, CLIENT, Abandon, CancelTimer, Disconnec
                                    PauseReading, ResumeReading, SendClose, SessionMachine, SideState, StartTimer,
                                    Timer)
 from ..core.session_ids import new_session_id
+from . import peer_watch
 from .deadlines import Deadlines
 
 if TYPE_CHECKING:
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
     from ..core.routing import Route
 
 log = logging.getLogger("wsrelay.session")
-
-# poll() flags meaning "the peer has closed or reset this socket"; POLLRDHUP is Linux's.
-_GONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 Connector = Callable[..., Awaitable[Any]]
 Attach = Callable[[Any, "str | None", str], bool]
@@ -310,8 +307,12 @@ class Session:
         """One of the machine's timers has run out (edge/deadlines.py calls it)."""
         self._timers.pop(timer, None)
         if timer is Timer.WATCH:
-            gone = {name for name in self.machine.paused() if _closed_by_peer(self._side(name).transport)}
-            self._do(self.machine.watch(self._deadlines.loop.time(), gone))
+            paused = self.machine.paused()
+            gone = {name for name in paused if peer_watch.closed_by_peer(self._side(name).transport)}
+            destinations = (self._side(name).peer for name in paused if name not in gone)
+            progress = {_name(side): seen for side in destinations
+                        if (seen := peer_watch.progress(side.transport)) is not None}
+            self._do(self.machine.watch(self._deadlines.loop.time(), gone, progress))
         else:
             self._do(self.machine.timer_fired(timer, self.client.frames + self.bot.frames))
 
@@ -387,19 +388,3 @@ def _direction_timing(side, connected_ns: int, first_ns: int = 0) -> dict:
 
 def _name(side) -> str:
     return BOT if side.is_bot else CLIENT
-
-
-def _closed_by_peer(transport) -> bool:
-    """True when the peer of ``transport``'s socket has shut it down or reset it.
-
-    Asked only of a socket whose reading is paused (so asyncio would not notice), at most
-    once a second per paused session: one ``poll`` with a zero timeout.
-    """
-    if transport is None:
-        return True
-    sock = transport.underlying_transport.get_extra_info("socket")
-    if sock is None:
-        return False
-    poller = select.poll()
-    poller.register(sock.fileno(), _GONE)
-    return any(events & _GONE for _, events in poller.poll(0))
