@@ -1,13 +1,16 @@
 """Sides whose reading is paused by backpressure, and frames around protocol errors.
 
-A paused side is still watched: its EOF or reset is noticed, and a destination that
-takes nothing for ``stall_timeout`` ends the session with a reason (SPEC §2.5-2.6).
+A paused side is still watched: its EOF or reset is noticed, a destination alive and
+reading nothing ends the session after ``close_timeout`` and one that takes nothing after
+``stall_timeout``, with a reason; every close, forwarded or the relay's own, even behind a
+full write buffer, ends its side within ``close_timeout`` (README: A stalled or vanished peer).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import logging
 import os
@@ -233,6 +236,33 @@ def test_a_forwarded_close_stuck_behind_a_full_write_buffer_is_bounded(pump, cap
     arun(main())
     [end] = _session_ends(caplog)
     assert end["end_reason"] == "close timeout" and end["close_from_client"] == 1000, end
+
+
+def test_the_relays_own_close_to_a_bot_reading_nothing_is_bounded(pump, caplog):
+    """The session's time limit closes both sides while 16 MiB wait for a bot that never reads:
+    the client answers at once, the bot's close waits behind the data, and close_timeout ends it."""
+    caplog.set_level(logging.INFO, logger="wsrelay.session")
+
+    async def main():
+        bot = await Bot(on_connect=lambda t: t.underlying_transport.pause_reading()).start()
+        config = relay_config({"echo.demo": [bot.url]}, close_timeout=1, write_buffer_high=1 << 30)
+        config = dataclasses.replace(config, agents=tuple(dataclasses.replace(a, max_session_seconds=1.0)
+                                                          for a in config.agents))
+        relay = await start_relay(config, pump)
+        client, client_rec = await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo")
+        bot_rec = await bot.session()
+        for _ in range(256):
+            client.send(B, CHUNK)
+        await asyncio.wait_for(client_rec.disconnected.wait(), 4)
+        assert client_rec.close_frames()[0].payload.startswith(struct.pack("!H", 1008))
+        took = await _wait(lambda: not relay.sessions, 3)
+        assert took < 1 + 0.5, f"the bot's close waited {took:.2f}s more"
+        bot_rec.transport.underlying_transport.resume_reading()
+        await asyncio.wait_for(bot_rec.disconnected.wait(), 5)
+        bot.close()
+    arun(main())
+    [end] = _session_ends(caplog)
+    assert end["end_reason"] == "time limit" and end["close_to_bot"] == 1008, end
 
 
 def test_valid_frame_before_an_invalid_one_in_the_same_read_is_relayed(pump):
