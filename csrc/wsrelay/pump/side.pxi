@@ -161,7 +161,7 @@ cdef class Side(WSListener):
             _time_arrival(self, t)
 
     cpdef on_ws_connected(self, WSTransport transport):
-        # picows' connection_made saw the transport through edge/handover.py's SocketOnce;
+        # picows' connection_made saw the transport through edge/handover.py's PicowsView;
         # from here on picows and the session reach the transport itself, with no wrapper.
         wrapped = getattr(transport.underlying_transport, "wrapped", None)
         if wrapped is not None:

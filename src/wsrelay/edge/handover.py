@@ -42,28 +42,55 @@ log = logging.getLogger("wsrelay.handover")
 _picows_log = logging.LoggerAdapter(logging.getLogger("wsrelay.picows"), {})
 
 
-class SocketOnce:
-    """The transport as picows' ``connection_made`` sees it: one socket object for its six
-    socket options instead of six.
+class QuietSocket:
+    """The connection's socket as picows' ``connection_made`` is given it: its descriptor,
+    and none of the socket-option calls picows would make with it.
 
-    picows' ``connection_made`` asks the transport for its socket and sets or reads six
-    options on it (``TCP_NODELAY``, ``TCP_QUICKACK`` and four for an INFO line). uvloop's
-    ``get_extra_info('socket')`` is a pseudo-socket that builds and detaches a
-    ``socket.socket`` for each of those calls, and CPython checks each new one's descriptor
-    with a ``getsockname``: 10 system calls and about 70,000 instructions a session. This
-    wrapper hands picows one real ``socket.socket`` on the same descriptor, detached again
-    by ``release()`` right after ``connection_made`` (it never owns, and so never closes,
-    the descriptor). Everything else is the wrapped transport's: WSTransport binds
-    ``write`` and ``get_write_buffer_size`` from it, so frames never pass through here.
-    The compiled pump puts the wrapped transport back in ``underlying_transport`` when its
-    side connects (``csrc/wsrelay/pump/side.pxi``); the pure pump keeps the wrapper.
+    picows' ``connection_made`` sets ``TCP_NODELAY`` and ``TCP_QUICKACK`` and reads four
+    options for an INFO line, whose arguments it computes even when the line is off: six
+    system calls a socket, and uvloop's ``get_extra_info('socket')`` pseudo-socket builds a
+    ``socket.socket`` for each (CPython checks each one's descriptor with ``getsockname``).
+    None of them is needed: uvloop sets ``TCP_NODELAY`` on every TCP transport itself (right
+    after ``accept``, and before ``connect``: ``tests/test_handover.py`` checks both sockets);
+    ``TCP_QUICKACK`` is not sticky (tcp(7)), and a new connection starts in quick-ack mode
+    anyway; the INFO line is off unless ``wsrelay.picows`` logs INFO, and then picows gets
+    a real socket object (``PicowsView.lend``). picows keeps ``fileno()`` (``WSTransport``
+    writes to the descriptor), and nothing else of this object after ``connection_made``.
+    """
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def setsockopt(self, *args: Any) -> None:
+        """``TCP_NODELAY`` and ``TCP_QUICKACK``: see the class."""
+
+    def getsockopt(self, *args: Any) -> int:
+        """Only for picows' INFO line, which is off whenever this object is lent."""
+        return 0
+
+
+class PicowsView:
+    """The transport as picows' ``connection_made`` sees it: its socket is lent by ``lend``
+    (a ``QuietSocket``, or one real socket object when picows' INFO line is on), and given
+    back by ``release`` right after ``connection_made`` (a real one is detached, never closed:
+    the descriptor is the transport's). Everything else is the wrapped transport's:
+    WSTransport binds ``write`` and ``get_write_buffer_size`` from it, so frames never pass
+    through here; uvloop keeps the addresses it read at ``accept`` and ``connect``, so
+    ``peername`` and ``sockname`` cost nothing. The compiled pump puts the wrapped transport
+    back in ``underlying_transport`` when its side connects (``csrc/wsrelay/pump/side.pxi``);
+    the pure pump keeps the view.
     """
 
     __slots__ = ("wrapped", "_socket")
 
     def __init__(self, wrapped: Any) -> None:
         self.wrapped = wrapped
-        self._socket: socket.socket | None = None
+        self._socket: QuietSocket | socket.socket | None = None
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "socket" and self._socket is not None:
@@ -73,32 +100,36 @@ class SocketOnce:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.wrapped, name)
 
-    def lend(self) -> "SocketOnce":
-        """Make the one socket object picows will be given (None on a transport without one)."""
+    def lend(self) -> "PicowsView":
+        """Make the socket picows will be given (None on a transport without one)."""
         pseudo = self.wrapped.get_extra_info("socket")
-        if pseudo is not None:
+        if pseudo is None:
+            return self
+        if _picows_log.isEnabledFor(logging.INFO):
             self._socket = socket.socket(pseudo.family, pseudo.type, pseudo.proto, pseudo.fileno())
+        else:
+            self._socket = QuietSocket(pseudo.fileno())
         return self
 
     def release(self) -> None:
-        """Give the descriptor back: the socket object is detached, never closed."""
-        if self._socket is not None:
+        """Give the descriptor back: a real socket object is detached, never closed."""
+        if isinstance(self._socket, socket.socket):
             self._socket.detach()
-            self._socket = None
+        self._socket = None
 
 
 class RelayWSProtocol(WSProtocol):
     """picows' ``WSProtocol``, whose ``connection_made`` sees the transport through
-    ``SocketOnce``. Nothing else differs (no slots of its own, so no per-connection dict)."""
+    ``PicowsView``. Nothing else differs (no slots of its own, so no per-connection dict)."""
 
     __slots__ = ()
 
     def connection_made(self, transport: Any) -> None:
-        shim = SocketOnce(transport).lend()
+        view = PicowsView(transport).lend()
         try:
-            super().connection_made(shim)
+            super().connection_made(view)
         finally:
-            shim.release()
+            view.release()
 
 
 class _Client101(WSUpgradeResponse):
