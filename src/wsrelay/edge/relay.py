@@ -90,15 +90,15 @@ class Relay:
         self.tls = server_tls_context(cfg)
         kind, nonce_url = nonce_store_of(config)
         self.authenticator = Authenticator(config.auth, nonces or make_nonce_store(kind, nonce_url, self.link))
+        self.deadlines = Deadlines()                   # every session's timers, on one loop timer
         self.upstreams = UpstreamConnector(
-            ssl_context=upstream_tls_context(cfg),
+            deadlines=self.deadlines, ssl_context=upstream_tls_context(cfg),
             connect_timeout=cfg.upstream_connect_timeout, max_frame_size=cfg.max_frame_size,
             read_buffer_size=cfg.read_buffer_size, keepalive_interval=cfg.keepalive_interval,
             keepalive_timeout=cfg.keepalive_timeout,
             resolver=Resolver(cfg.dns_servers, timeout=min(2.0, cfg.dns_refresh_seconds)))
         self._background: list[asyncio.Task] = []
         self.sessions: set[Session] = set()            # admitted: connecting or connected
-        self.deadlines = Deadlines()                   # every session's timers, on one loop timer
         self.holds: set[Hold] = set()                  # provider clients upgraded, start message not yet read
         self.rejections: Counter[int] = Counter()      # HTTP status -> refused handshakes
         self.accepting = True

@@ -24,6 +24,7 @@ from picows.url import parse_url
 
 from ..core.balancer import Balancer, Instance
 from ..errors import UpstreamRejected, UpstreamTimeout, UpstreamUnreachable
+from .deadlines import Deadlines
 from .discovery import Resolver, host_of
 from .handover import bot_protocol
 
@@ -37,9 +38,10 @@ class UpstreamConnector:
     """Connects sessions to bot instances; one per relay. State: the balancer and the resolver."""
 
     def __init__(self, *, connect_timeout: float, max_frame_size: int, read_buffer_size: int,
-                 ssl_context: ssl.SSLContext | None = None, keepalive_interval: float = 0.0,
-                 keepalive_timeout: float = 10.0, resolver: Resolver | None = None,
-                 balancer: Balancer | None = None) -> None:
+                 deadlines: Deadlines, ssl_context: ssl.SSLContext | None = None,
+                 keepalive_interval: float = 0.0, keepalive_timeout: float = 10.0,
+                 resolver: Resolver | None = None, balancer: Balancer | None = None) -> None:
+        self._deadlines = deadlines
         self._keepalive = (keepalive_interval, keepalive_timeout)
         self._timeout = connect_timeout
         self._max_frame_size = max_frame_size
@@ -50,7 +52,6 @@ class UpstreamConnector:
         self._upstreams: dict[str, tuple[str, ...]] = {}     # service host -> upstreams its pool is built from
         self._holding: dict[object, Instance] = {}          # bot transport -> its instance, while live
         self._parsed: dict[str, BotTarget] = {}             # upstream URL -> parsed once (bounded by the config)
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- instances ------------------------------------------------------------------------
 
@@ -118,9 +119,7 @@ class UpstreamConnector:
         """Open the bot's WebSocket; returns its WSTransport or raises UpstreamError."""
         timed_out = False
         await self._pool_for(service_host, upstreams)
-        loop = self._loop
-        if loop is None:                             # looked up once (a getpid() a call on Python 3.11)
-            loop = self._loop = asyncio.get_running_loop()
+        loop = self._deadlines.loop
         deadline = loop.time() + self._timeout * MAX_CONNECT_TIMEOUTS
         for instance in self.order(service_host):
             remaining = deadline - loop.time()
@@ -139,17 +138,20 @@ class UpstreamConnector:
                     read_buffer_size=self._read_buffer_size)
                 return protocol
             try:
+                limit = ConnectLimit(self._deadlines, min(self._timeout, remaining))
                 try:
-                    async with asyncio.timeout(min(self._timeout, remaining)):
-                        await loop.create_connection(
-                            protocol_factory, instance.address or target.host, target.port,
-                            ssl=(self._ssl_context or True) if target.secure else None,
-                            server_hostname=target.host if target.secure else None)
-                        assert protocol is not None
-                        await protocol.wait_until_handshake_complete()
-                except BaseException:
+                    await loop.create_connection(
+                        protocol_factory, instance.address or target.host, target.port,
+                        ssl=(self._ssl_context or True) if target.secure else None,
+                        server_hostname=target.host if target.secure else None)
+                    assert protocol is not None
+                    await protocol.wait_until_handshake_complete()
+                except BaseException as exc:
                     _drop(protocol)  # given up mid-handshake: the bot must not keep a half-open connection
+                    limit.raise_timeout(exc)
                     raise
+                finally:
+                    limit.done()
             except WSHandshakeError as exc:
                 if exc.response is not None and int(exc.response.status) >= 300:
                     self.balancer.succeeded(instance)          # it answered: alive, just unwilling
@@ -180,6 +182,45 @@ class UpstreamConnector:
         if timed_out:
             raise UpstreamTimeout(f"no instance of {service_host} answered within {self._timeout}s")
         raise UpstreamUnreachable(f"no instance of {service_host} could be reached")
+
+
+class ConnectLimit:
+    """What ``asyncio.timeout`` does for one connect attempt, on the relay's deadline wheel.
+
+    Started in the connecting task; when ``seconds`` pass before ``done()``, the task is
+    cancelled, and ``raise_timeout`` turns that cancellation into ``TimeoutError``. Unlike
+    ``asyncio.timeout`` it adds no loop timer per attempt and never asks for the running
+    loop (two ``getpid`` system calls on Python 3.11); the wheel fires at most
+    ``RESOLUTION`` (50 ms) late. A cancellation from anywhere else (the client left, the
+    relay stops) stays a cancellation.
+    """
+
+    __slots__ = ("_deadlines", "_task", "_cancelling", "_handle", "expired")
+
+    def __init__(self, deadlines: Deadlines, seconds: float) -> None:
+        self._deadlines = deadlines
+        task = asyncio.current_task(deadlines.loop)
+        assert task is not None, "a connect runs in a task"
+        self._task = task
+        self._cancelling = task.cancelling()
+        self.expired = False
+        self._handle: int | None = deadlines.add(seconds, self, None)
+
+    def deadline_passed(self, name: None) -> None:
+        if self._handle is not None:
+            self._handle = None
+            self.expired = True
+            self._task.cancel()
+
+    def done(self) -> None:
+        if self._handle is not None:
+            self._deadlines.remove(self._handle, self, None)
+            self._handle = None
+
+    def raise_timeout(self, exc: BaseException) -> None:
+        """Raise ``TimeoutError`` if ``exc`` is this limit's own cancellation."""
+        if self.expired and isinstance(exc, asyncio.CancelledError) and self._task.uncancel() <= self._cancelling:
+            raise TimeoutError from exc
 
 
 def _drop(protocol) -> None:
