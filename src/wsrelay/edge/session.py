@@ -55,13 +55,14 @@ class Session:
     # Slots: an idle session holds one of these for hours; no per-instance __dict__.
     __slots__ = ("route", "agent", "upgrade", "client_address", "secure", "id", "created_at",
                  "connected_at", "connected_ns", "ended_at", "upstream_seconds", "subprotocol", "machine", "client",
-                 "bot", "_connect", "_attach", "_on_end", "_limits", "_bot_response", "_timers", "_deadlines",
+                 "bot", "_connect", "_attach", "_on_start", "_on_end", "_limits", "_bot_response", "_timers", "_deadlines",
                  "_close_held", "_client_first_ns", "_refuse_client", "_connecting")
 
     def __init__(self, *, route: "Route", agent: "AgentConfig", upgrade: "UpgradeRequest",
                  client_address: str, secure: bool, pump: Any, limits: "RelayConfig",
                  connect: Connector, attach: Attach, on_end: Callable[["Session"], None],
                  deadlines: Deadlines, session_id: str | None = None,
+                 on_start: Callable[["Session"], None] | None = None,
                  close_held: Callable[[int, str], None] | None = None,
                  client_101_ns: int = 0, client_first_ns: int = 0,
                  refuse_client: Refuse | None = None) -> None:
@@ -85,6 +86,10 @@ class Session:
         # Each dropped (None) once used: a live session keeps nothing of its handshake.
         self._connect: Connector | None = connect
         self._attach: Attach | None = attach
+        # Called once, when the client's 101 is written (``connected_at`` set): the moment from
+        # which the session will reach ``on_end`` with ``connected_at`` set, and so be counted
+        # as ended. Counting starts here, not at admission, so started = ended + live holds.
+        self._on_start = on_start
         self._on_end = on_end
         self._limits = limits
         self._bot_response: WSUpgradeResponse | None = None    # the bot's 101, until the bot side opens
@@ -218,6 +223,9 @@ class Session:
             # it the last reference to its gate (an idle session keeps no handshake state).
             self._refuse_client = self._close_held = None
             self.upgrade = self.route = None
+            on_start, self._on_start = self._on_start, None
+            if on_start is not None:
+                on_start(self)
         else:                                    # the client left while the bot answered
             self._do(self.machine.client_gone_before_open())
 
