@@ -313,6 +313,23 @@ class Session:
     def _end(self, action: End) -> None:
         self.ended_at = time.monotonic()
         self._on_end(self)
+        if self.client.disconnected and self.bot.disconnected:
+            self._unlink()
+
+    def _unlink(self) -> None:
+        """Drop the references that make a session a cycle (each side points at the session and
+        at its peer), once the relay has logged and counted it and both sockets are gone.
+
+        The session, its machine, its two sides and their picows and uvloop transports are then
+        freed at once by reference counting. Linked, they waited for the cyclic collector's next
+        full collection, which runs after some thousands of sessions: megabytes of ended
+        sessions held meanwhile (the soak saw RSS climb 12 MiB in 2 minutes at 20 sessions/s),
+        then scanned in one pause. Only when both sockets are gone: a side still connecting
+        (the relay ended the session while the bot answered) still calls its session.
+        """
+        for side in (self.client, self.bot):
+            side.session = None
+            side.peer = None
 
     def deadline_passed(self, timer: Timer) -> None:
         """One of the machine's timers has run out (edge/deadlines.py calls it)."""
