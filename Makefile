@@ -14,7 +14,7 @@ TESTVENV ?= .venv-wheel
 TESTBIN  := $(TESTVENV)/bin
 SOURCES := pyproject.toml setup.py $(wildcard csrc/wsrelay/pump/*.pyx csrc/wsrelay/pump/*.pxd csrc/wsrelay/pump/*.pxi)
 
-.PHONY: demo test test-installed test-suite wheel wheels wheels-check sdist sdist-check bench bench-short bench-gate bench-gate-record bench-picows-patch fuzz sanitize install clean
+.PHONY: demo test test-installed test-suite wheel wheels wheels-check sdist sdist-check bench bench-short bench-gate bench-gate-record bench-picows-patch fuzz sanitize soak install clean
 
 # The hot path's packages at the versions the benchmark gate's counts were recorded with
 # (benchmarks/constraints.txt): the test venv is installed, and the wheel built, with them.
@@ -120,6 +120,13 @@ fuzz:
 # from Debian's packages is installed when missing). About 2 minutes.
 sanitize:
 	$(PY) tools/sanitize.py
+
+# The soak: one relay, 500 audio streams coming and going, a bot killed every 20-30 s, for
+# SOAK_MINUTES; asserts what benchmarks/soak.py says and prints one JSON object (exit 1 and the
+# failed assertions otherwise). Not part of `make test`.
+SOAK_MINUTES ?= 30
+soak:
+	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES)
 
 # Measure this machine's counts and write them into benchmarks/baseline.json (for this Python
 # minor version and the pins of benchmarks/constraints.txt). Commit the result with the change

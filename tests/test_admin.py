@@ -10,7 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from wsrelay.edge.admin import AdminServer
 
-from support import Bot, arun, connect_client, raw_request, relay_config, start_relay, status_of, upgrade_head
+from support import (Bot, arun, connect_client, free_port, raw_request, relay_config, start_relay, status_of,
+                     upgrade_head)
 
 
 async def _get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
@@ -48,6 +49,7 @@ def test_metrics_count_frames_bytes_sessions_and_refusals(pump):
         assert status == 200
         during = _samples(during)
         assert during[("wsrelay_sessions_active", (("agent", "echo"), ("organization", "demo")))] == 1
+        assert during[("wsrelay_sessions_started_total", (("agent", "echo"), ("organization", "demo")))] == 1
         client.send_close(1000)
         await rec.disconnected.wait()
         await asyncio.sleep(0.05)
@@ -63,10 +65,55 @@ def test_metrics_count_frames_bytes_sessions_and_refusals(pump):
         assert delta("wsrelay_bytes_total", direction="client_to_bot") == 1000
         assert delta("wsrelay_bytes_total", direction="bot_to_client") == 1000
         assert delta("wsrelay_sessions_total", agent="echo", organization="demo", outcome="closed") == 1
+        assert delta("wsrelay_sessions_started_total", agent="echo", organization="demo") == 1
         assert delta("wsrelay_handshake_rejections_total", status="404") == 1
         assert delta("wsrelay_upstream_connect_seconds_count") == 1
         assert delta("wsrelay_session_seconds_count") == 1
         assert ("wsrelay_sessions_active", (("agent", "echo"), ("organization", "demo"))) not in after
+        bot.close()
+    arun(main())
+
+
+def test_sessions_started_is_ended_plus_active(pump):
+    """``wsrelay_sessions_started_total`` counts a session once its client has its 101, so with no
+    session between admission and that 101, started = ended (every outcome) + active; a
+    refused handshake (unknown agent, unreachable bot) is not a started session."""
+    def totals(relay) -> tuple[float, float, float]:
+        """(started, ended, active), each summed over its labels."""
+        samples = _samples(relay.metrics.render()[0])
+        return tuple(sum(v for (n, _), v in samples.items() if n == name)
+                     for name in ("wsrelay_sessions_started_total", "wsrelay_sessions_total", "wsrelay_sessions_active"))
+
+    async def settled(relay, active: int) -> None:
+        while len(relay.sessions) != active:
+            await asyncio.sleep(0.01)
+
+    async def main():
+        bot = await Bot(echo=True).start()
+        relay = await start_relay(relay_config({"echo.demo": [bot.url],
+                                                "gone.demo": [f"ws://127.0.0.1:{free_port()}/"]}), pump)
+        clients = [await connect_client(f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo") for _ in range(3)]
+        assert totals(relay) == (3, 0, 3)
+        assert status_of(await raw_request(relay.port, upgrade_head("/ws/generic/nobody.demo"))) == 404
+        assert status_of(await raw_request(relay.port, upgrade_head("/ws/generic/gone.demo"))) == 502
+        await settled(relay, 3)
+        assert totals(relay) == (3, 0, 3)
+        (clean, clean_rec), (lost, _), (last, last_rec) = clients
+        clean.send_close(1000)
+        await clean_rec.disconnected.wait()
+        lost.disconnect(False)                               # no close frame: "client lost"
+        await settled(relay, 1)
+        started, ended, active = totals(relay)
+        assert (started, ended, active) == (3, 2, 1)
+        samples = _samples(relay.metrics.render()[0])
+        for outcome in ("closed", "client lost"):
+            key = ("wsrelay_sessions_total", (("agent", "echo"), ("organization", "demo"), ("outcome", outcome)))
+            assert samples[key] == 1, outcome
+        last.send_close(1000)
+        await last_rec.disconnected.wait()
+        await settled(relay, 0)
+        assert totals(relay) == (3, 3, 0)
+        await relay.stop()
         bot.close()
     arun(main())
 

@@ -85,6 +85,7 @@ def test_metrics_of_two_workers_are_one_exposition(tmp_path):
             metrics = await metrics_text(admin)
             assert _value(metrics, "wsrelay_workers_scraped") == 2
             assert _value(metrics, 'wsrelay_sessions_active{agent="echo",organization="demo"}') == 12
+            assert _value(metrics, 'wsrelay_sessions_started_total{agent="echo",organization="demo"}') == 12
             assert _value(metrics, 'wsrelay_frames_total{direction="client_to_bot"}') == 12
             for transport, rec in clients:
                 transport.send_close(1000)
@@ -93,6 +94,7 @@ def test_metrics_of_two_workers_are_one_exposition(tmp_path):
             metrics = await metrics_text(admin)
             assert _value(metrics, 'wsrelay_sessions_total{agent="echo",organization="demo",outcome="closed"}') == 12
             assert _value(metrics, "wsrelay_session_seconds_count") == 12
+            assert _value(metrics, 'wsrelay_sessions_started_total{agent="echo",organization="demo"}') == 12
         finally:
             assert relay.stop() == 0, relay.log()
             bot.close()

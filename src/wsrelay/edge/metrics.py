@@ -2,7 +2,7 @@
 
 Per-frame counters are C integers inside the pump; ``FrameCollector`` reads them at
 scrape time, so relaying a frame never calls into Python for metrics. Per-session
-figures (outcomes, durations, the voice telemetry, bot connect times) are plain
+figures (starts, outcomes, durations, the voice telemetry, bot connect times) are plain
 integers and ``Tally`` buckets kept here, turned into series by ``SessionCollector``
 when scraped, so a session's end formats nothing. Live sessions and refused handshakes
 are read from the relay's own book and counter when scraped, so each is kept in one
@@ -121,6 +121,11 @@ class SessionCollector:
 
     def collect(self):
         m = self._m
+        started = CounterMetricFamily("wsrelay_sessions_started", "Sessions started: the client's 101 written",
+                                      labels=["agent", "organization"])
+        for labels, count in m.started.items():
+            started.add_metric(list(labels), count)
+        yield started
         sessions = CounterMetricFamily("wsrelay_sessions", "Sessions ended, by outcome",
                                        labels=["agent", "organization", "outcome"])
         for labels, count in m.sessions.items():
@@ -156,8 +161,8 @@ def _histogram(name: str, documentation: str, tally: Tally) -> HistogramMetricFa
 class RelayMetrics:
     """The relay's metrics; ``render()`` is the /metrics body.
 
-    Per session, the end adds a handful of integers here (``session_ended``); nothing is
-    formatted until a scrape asks (``SessionCollector``).
+    Per session, the start adds one integer here (``session_started``) and the end a handful
+    (``session_ended``); nothing is formatted until a scrape asks (``SessionCollector``).
     """
 
     def __init__(self, *, active: Callable[[], dict[tuple[str, str], int]],
@@ -165,6 +170,7 @@ class RelayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(FrameCollector(active, rejections))
         build_info(self.registry)
+        self.started: dict[tuple[str, str], int] = {}                  # (agent, organization)
         self.sessions: dict[tuple[str, str, str], int] = {}           # (agent, organization, outcome)
         self.upstream_connect = Tally(UPSTREAM_CONNECT)
         self.session_seconds = Tally(SESSION_SECONDS)
@@ -172,6 +178,13 @@ class RelayMetrics:
         self.gaps: dict[str, int] = {}
         self.silent: dict[str, int] = {}
         self.registry.register(SessionCollector(self))
+
+    def session_started(self, agent: str, organization: str) -> None:
+        """A session's client got its 101. Every such session is later counted once by
+        ``session_ended``, so at any scrape ``started = ended (all outcomes) + the live
+        sessions past their 101``: a session ended twice or never would show there."""
+        key = (agent, organization)
+        self.started[key] = self.started.get(key, 0) + 1
 
     def session_ended(self, agent: str, organization: str, outcome: str, seconds: float,
                       timing: Mapping[str, Mapping] | None = None) -> None:

@@ -302,9 +302,9 @@ class Relay:
             return
         session = Session(route=route, agent=agent, upgrade=upgrade, client_address=gate.peer,
                           secure=self.tls is not None, pump=self.pump, limits=self.config.relay,
-                          connect=self.upstreams.connect, attach=gate.attach, on_end=self._session_over,
-                          deadlines=self.deadlines, session_id=claims.session_id if claims else None,
-                          refuse_client=gate.refuse)
+                          connect=self.upstreams.connect, attach=gate.attach, on_start=self._session_started,
+                          on_end=self._session_over, deadlines=self.deadlines,
+                          session_id=claims.session_id if claims else None, refuse_client=gate.refuse)
         self.sessions.add(session)
         if lease is not None:
             self._lease_of[session] = lease
@@ -397,7 +397,7 @@ class Relay:
             session = Session(route=route, agent=agent, upgrade=dataclasses.replace(upgrade, subprotocols=None),
                               client_address=gate.peer, secure=self.tls is not None, pump=self.pump,
                               limits=self.config.relay, connect=self.upstreams.connect, attach=gate.attach,
-                              on_end=self._session_over, deadlines=self.deadlines,
+                              on_start=self._session_started, on_end=self._session_over, deadlines=self.deadlines,
                               session_id=claims.session_id if claims else None,
                               close_held=lambda code, reason: self._refused_held(
                                   gate, SessionRefused(reason, code=code), provider, target, agent),
@@ -519,6 +519,9 @@ class Relay:
                                                "Cache-Control": "no-store", **cors_headers})
 
     # -- what is logged and counted -------------------------------------------------------
+
+    def _session_started(self, session: Session) -> None:
+        self.metrics.session_started(session.agent.name, session.agent.organization)
 
     def _session_ended(self, session: Session) -> None:
         timing = session.timing()

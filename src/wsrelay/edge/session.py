@@ -52,13 +52,14 @@ class Session:
     # Slots: an idle session holds one of these for hours; no per-instance __dict__.
     __slots__ = ("route", "agent", "upgrade", "client_address", "secure", "id", "created_at",
                  "connected_at", "connected_ns", "ended_at", "upstream_seconds", "subprotocol", "machine", "client",
-                 "bot", "_connect", "_attach", "_on_end", "_limits", "_bot_response", "_timers", "_deadlines",
+                 "bot", "_connect", "_attach", "_on_start", "_on_end", "_limits", "_bot_response", "_timers", "_deadlines",
                  "_close_held", "_client_first_ns", "_refuse_client", "_connecting")
 
     def __init__(self, *, route: "Route", agent: "AgentConfig", upgrade: "UpgradeRequest",
                  client_address: str, secure: bool, pump: Any, limits: "RelayConfig",
                  connect: Connector, attach: Attach, on_end: Callable[["Session"], None],
                  deadlines: Deadlines, session_id: str | None = None,
+                 on_start: Callable[["Session"], None] | None = None,
                  close_held: Callable[[int, str], None] | None = None,
                  client_101_ns: int = 0, client_first_ns: int = 0,
                  refuse_client: Refuse | None = None) -> None:
@@ -82,6 +83,10 @@ class Session:
         # Each dropped (None) once used: a live session keeps nothing of its handshake.
         self._connect: Connector | None = connect
         self._attach: Attach | None = attach
+        # Called once, when the client's 101 is written (``connected_at`` set): the moment from
+        # which the session will reach ``on_end`` with ``connected_at`` set, and so be counted
+        # as ended. Counting starts here, not at admission, so started = ended + live holds.
+        self._on_start = on_start
         self._on_end = on_end
         self._limits = limits
         self._bot_response: WSUpgradeResponse | None = None    # the bot's 101, until the bot side opens
@@ -215,6 +220,9 @@ class Session:
             # it the last reference to its gate (an idle session keeps no handshake state).
             self._refuse_client = self._close_held = None
             self.upgrade = self.route = None
+            on_start, self._on_start = self._on_start, None
+            if on_start is not None:
+                on_start(self)
         else:                                    # the client left while the bot answered
             self._do(self.machine.client_gone_before_open())
 
@@ -302,6 +310,23 @@ class Session:
     def _end(self, action: End) -> None:
         self.ended_at = time.monotonic()
         self._on_end(self)
+        if self.client.disconnected and self.bot.disconnected:
+            self._unlink()
+
+    def _unlink(self) -> None:
+        """Drop the references that make a session a cycle (each side points at the session and
+        at its peer), once the relay has logged and counted it and both sockets are gone.
+
+        The session, its machine, its two sides and their picows and uvloop transports are then
+        freed at once by reference counting. Linked, they waited for the cyclic collector's next
+        full collection, which runs after some thousands of sessions: megabytes of ended
+        sessions held meanwhile (the soak saw RSS climb 12 MiB in 2 minutes at 20 sessions/s),
+        then scanned in one pause. Only when both sockets are gone: a side still connecting
+        (the relay ended the session while the bot answered) still calls its session.
+        """
+        for side in (self.client, self.bot):
+            side.session = None
+            side.peer = None
 
     def deadline_passed(self, timer: Timer) -> None:
         """One of the machine's timers has run out (edge/deadlines.py calls it)."""
