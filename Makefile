@@ -49,6 +49,7 @@ test-installed:
 	$(MAKE) bench-gate PY=$(PY)
 	$(MAKE) fuzz PY=$(PY) FUZZ_SECONDS=10
 	$(MAKE) sanitize PY=$(PY)
+	$(MAKE) soak PY=$(PY) SOAK_MINUTES=2
 	$(PY) -m mypy
 	$(MAKE) test-suite PY=$(PY)
 
