@@ -145,6 +145,12 @@ async def _answer(reader, timeout: float) -> bytes:
         return b""
 
 
+async def _bot_dropped(bot_rec) -> None:
+    """The relay dropped the connection of a bot that paused its reading: seen once it reads."""
+    bot_rec.transport.underlying_transport.resume_reading()
+    await asyncio.wait_for(bot_rec.disconnected.wait(), 5)
+
+
 def _session_ends(caplog) -> list[dict]:
     return [r.fields for r in caplog.records if getattr(r, "fields", {}).get("event") == "session_end"]
 
@@ -170,8 +176,7 @@ def test_a_close_behind_data_a_bot_never_reads_is_answered_within_close_timeout(
         assert answer[:1] == b"\x88" and answer[2:4] == struct.pack("!H", 1011), answer
         assert b"bot stalled: it read nothing for 2s" in answer
         await _wait(lambda: not relay.sessions, 3)              # the bot's side too, within close_timeout
-        bot_rec.transport.underlying_transport.resume_reading()
-        await asyncio.wait_for(bot_rec.disconnected.wait(), 5)
+        await _bot_dropped(bot_rec)
         writer.close()
         bot.close()
     arun(main())
@@ -229,8 +234,7 @@ def test_a_forwarded_close_stuck_behind_a_full_write_buffer_is_bounded(pump, cap
         took = loop.time() - closed_at
         assert took < 1 + 0.5, f"the close waited {took:.2f}s"
         await _wait(lambda: not relay.sessions, 2)
-        bot_rec.transport.underlying_transport.resume_reading()
-        await asyncio.wait_for(bot_rec.disconnected.wait(), 5)
+        await _bot_dropped(bot_rec)
         writer.close()
         bot.close()
     arun(main())
@@ -257,8 +261,7 @@ def test_the_relays_own_close_to_a_bot_reading_nothing_is_bounded(pump, caplog):
         assert client_rec.close_frames()[0].payload.startswith(struct.pack("!H", 1008))
         took = await _wait(lambda: not relay.sessions, 3)
         assert took < 1 + 0.5, f"the bot's close waited {took:.2f}s more"
-        bot_rec.transport.underlying_transport.resume_reading()
-        await asyncio.wait_for(bot_rec.disconnected.wait(), 5)
+        await _bot_dropped(bot_rec)
         bot.close()
     arun(main())
     [end] = _session_ends(caplog)
