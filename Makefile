@@ -124,7 +124,7 @@ sanitize:
 
 # The soak: one relay, 500 audio streams coming and going, a bot killed every 20-30 s, for
 # SOAK_MINUTES; asserts what benchmarks/soak.py says and prints one JSON object (exit 1 and the
-# failed assertions otherwise). Not part of `make test`.
+# failed assertions otherwise). `make test` runs it for 2 minutes.
 SOAK_MINUTES ?= 30
 soak:
 	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES)

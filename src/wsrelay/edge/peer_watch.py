@@ -46,7 +46,7 @@ def closed_by_peer(transport) -> bool:
     """
     if transport is None:
         return True
-    sock = transport.underlying_transport.get_extra_info("socket")
+    sock = _socket_of(transport)
     if sock is None:
         return False
     poller = select.poll()
@@ -57,9 +57,7 @@ def closed_by_peer(transport) -> bool:
 def progress(transport) -> Progress | None:
     """The bytes ``transport``'s peer has acknowledged, and whether it reads nothing while
     alive; None when unknown (no socket, not TCP, or a kernel without ``tcpi_snd_wnd``)."""
-    if transport is None:
-        return None
-    sock = transport.underlying_transport.get_extra_info("socket")
+    sock = _socket_of(transport)
     if sock is None:
         return None
     try:
@@ -71,3 +69,8 @@ def progress(transport) -> Progress | None:
     acked = _BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)[0]
     window = _SND_WND.unpack_from(info, _SND_WND_AT)[0]
     return acked, window == 0 and info[_PROBES_AT] == 0
+
+
+def _socket_of(transport):
+    """The socket under ``transport``'s picows transport (None: no transport, or no socket)."""
+    return None if transport is None else transport.underlying_transport.get_extra_info("socket")

@@ -138,20 +138,17 @@ class UpstreamConnector:
                     read_buffer_size=self._read_buffer_size)
                 return protocol
             try:
-                limit = ConnectLimit(self._deadlines, min(self._timeout, remaining))
-                try:
-                    await loop.create_connection(
-                        protocol_factory, instance.address or target.host, target.port,
-                        ssl=(self._ssl_context or True) if target.secure else None,
-                        server_hostname=target.host if target.secure else None)
-                    assert protocol is not None
-                    await protocol.wait_until_handshake_complete()
-                except BaseException as exc:
-                    _drop(protocol)  # given up mid-handshake: the bot must not keep a half-open connection
-                    limit.raise_timeout(exc)
-                    raise
-                finally:
-                    limit.done()
+                with ConnectLimit(self._deadlines, min(self._timeout, remaining)):
+                    try:
+                        await loop.create_connection(
+                            protocol_factory, instance.address or target.host, target.port,
+                            ssl=(self._ssl_context or True) if target.secure else None,
+                            server_hostname=target.host if target.secure else None)
+                        assert protocol is not None
+                        await protocol.wait_until_handshake_complete()
+                    except BaseException:
+                        _drop(protocol)  # given up mid-handshake: the bot must not keep a half-open connection
+                        raise
             except WSHandshakeError as exc:
                 if exc.response is not None and int(exc.response.status) >= 300:
                     self.balancer.succeeded(instance)          # it answered: alive, just unwilling
@@ -185,41 +182,43 @@ class UpstreamConnector:
 
 
 class ConnectLimit:
-    """What ``asyncio.timeout`` does for one connect attempt, on the relay's deadline wheel.
+    """``asyncio.timeout`` for one connect attempt, on the relay's deadline wheel.
 
-    Started in the connecting task; when ``seconds`` pass before ``done()``, the task is
-    cancelled, and ``raise_timeout`` turns that cancellation into ``TimeoutError``. Unlike
-    ``asyncio.timeout`` it adds no loop timer per attempt and never asks for the running
-    loop (two ``getpid`` system calls on Python 3.11); the wheel fires at most
-    ``RESOLUTION`` (50 ms) late. A cancellation from anywhere else (the client left, the
-    relay stops) stays a cancellation.
+    Entered in the connecting task; when ``seconds`` pass before the block ends, the task is
+    cancelled, and that cancellation leaves the block as ``TimeoutError`` (the cancel count
+    restored, as ``asyncio.timeout`` does). Unlike ``asyncio.timeout`` it adds no loop timer
+    per attempt and never asks for the running loop (two ``getpid`` system calls on Python
+    3.11); the wheel fires at most ``RESOLUTION`` (50 ms) late. A cancellation from anywhere
+    else (the client left, the relay stops) stays a cancellation.
     """
 
-    __slots__ = ("_deadlines", "_task", "_cancelling", "_handle", "expired")
+    __slots__ = ("_deadlines", "_seconds", "_task", "_cancelling", "_handle", "_expired")
 
     def __init__(self, deadlines: Deadlines, seconds: float) -> None:
         self._deadlines = deadlines
-        task = asyncio.current_task(deadlines.loop)
+        self._seconds = seconds
+        self._expired = False
+        self._handle: int | None = None
+
+    def __enter__(self) -> "ConnectLimit":
+        task = asyncio.current_task(self._deadlines.loop)
         assert task is not None, "a connect runs in a task"
         self._task = task
         self._cancelling = task.cancelling()
-        self.expired = False
-        self._handle: int | None = deadlines.add(seconds, self, None)
+        self._handle = self._deadlines.add(self._seconds, self, None)
+        return self
 
     def deadline_passed(self, name: None) -> None:
         if self._handle is not None:
             self._handle = None
-            self.expired = True
+            self._expired = True
             self._task.cancel()
 
-    def done(self) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if self._handle is not None:
             self._deadlines.remove(self._handle, self, None)
             self._handle = None
-
-    def raise_timeout(self, exc: BaseException) -> None:
-        """Raise ``TimeoutError`` if ``exc`` is this limit's own cancellation."""
-        if self.expired and isinstance(exc, asyncio.CancelledError) and self._task.uncancel() <= self._cancelling:
+        elif self._expired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc
 
 
