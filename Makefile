@@ -66,7 +66,7 @@ sdist:
 wheel:
 	PIP_CONSTRAINT=$(CONSTRAINTS) PIP_BUILD_CONSTRAINT=$(CONSTRAINTS) $(PYTHON) tools/wheels.py build --current
 
-# sdist + one wheel per CPython 3.11, 3.12, 3.13 found (pyenv, then PATH); says which were missing.
+# sdist + one wheel per CPython 3.11, 3.12, 3.13, 3.14 found (pyenv, then PATH); says which were missing.
 wheels:
 	$(PYTHON) tools/wheels.py build
 

@@ -25,7 +25,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / ".github" / "workflows"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-PYTHONS = ("3.11", "3.12", "3.13")
+PYTHONS = ("3.11", "3.12", "3.13", "3.14")
 
 # .github/ and .ci/ are the repository's, not the sdist's (MANIFEST.in): the tests reading them
 # skip in an unpacked sdist (it has PKG-INFO) and nowhere else; a checkout without them fails.
@@ -167,9 +167,12 @@ def cibuildwheel_identifiers(arch: str) -> list[str]:
     return out.stdout.split()
 
 
+MINORS = [int(v.split(".")[1]) for v in PYTHONS]
+
+
 @pytest.mark.parametrize("arch, expected", [
-    ("x86_64", {f"cp3{m}-{libc}_x86_64" for m in (11, 12, 13) for libc in ("manylinux", "musllinux")}),
-    ("aarch64", {f"cp3{m}-manylinux_aarch64" for m in (11, 12, 13)}),
+    ("x86_64", {f"cp3{m}-{libc}_x86_64" for m in MINORS for libc in ("manylinux", "musllinux")}),
+    ("aarch64", {f"cp3{m}-manylinux_aarch64" for m in MINORS}),
 ])
 def test_cibuildwheel_accepts_the_config_and_builds_the_promised_wheels(arch, expected):
     """cibuildwheel parses [tool.cibuildwheel] (it rejects an unknown key) and expands it."""
@@ -292,6 +295,24 @@ def test_python_versions_agree_everywhere():
     assert classified == set(PYTHONS)
     built = PYPROJECT["tool"]["cibuildwheel"]["build"].split()
     assert built == [f"cp{v.replace('.', '')}-*" for v in PYTHONS]
+
+
+@needs_ci_files
+def test_every_list_of_python_versions_in_the_docs_and_ci_files_names_them_all():
+    """The prose that lists the CPythons (the README's wheel table and make wheels line, the
+    Makefile's wheels comment, the release workflow's header) names exactly PYTHONS, so adding
+    one (cp314) cannot leave a list behind."""
+    listed = ", ".join(PYTHONS)
+    span = f"{PYTHONS[0]}-{PYTHONS[-1]}"
+    tags = f"cp{PYTHONS[0].replace('.', '')}–cp{PYTHONS[-1].replace('.', '')}"
+    readme = (REPO / "README.md").read_text()
+    rows = re.findall(r"^\| Linux [^|]+\| ([0-9., ]+) \| `(?:many|musl)linux", readme, re.M)
+    assert rows == [listed] * 3, "the README's wheel table: one row per platform cibuildwheel builds"
+    assert f"one wheel per CPython {listed} found" in readme
+    assert f"`pyproject.toml`: {tags}," in readme
+    makefile = (REPO / "Makefile").read_text()
+    assert f"# sdist + one wheel per CPython {listed} found" in makefile
+    assert f"cibuildwheel's wheels (CPython {span};" in (WORKFLOWS / "wheels.yml").read_text()
 
 
 def test_picows_is_pinned_to_one_version_everywhere():

@@ -43,7 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DIST = REPO / "dist"
 TOOLS_VENV = REPO / ".cache" / "wheel-tools"
-PYTHONS = ("3.11", "3.12", "3.13")
+PYTHONS = ("3.11", "3.12", "3.13", "3.14")
 POLICY = "manylinux_2_17"        # manylinux2014; auditwheel refuses a wheel that needs newer
 STEP_TIMEOUT = 900               # seconds for one pip/build/auditwheel step (a cold cache downloads)
 
