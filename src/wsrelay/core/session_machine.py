@@ -107,6 +107,15 @@ class Timer(enum.Enum):
     IDLE = "idle"               # idle_timeout
 
 
+# The members as module names, which the events below use: on Python 3.11 each
+# ``SideState.OPEN`` goes through ``EnumType.__getattr__`` (about 150 ns; 3.12 dropped it),
+# and a session's events read about fifty (3 % of its instructions, benchmarks/gate.py).
+SIDE_CONNECTING, SIDE_OPEN, SIDE_CLOSING, SIDE_CLOSED, SIDE_HOLDING = (
+    SideState.CONNECTING, SideState.OPEN, SideState.CLOSING, SideState.CLOSED, SideState.HOLDING)
+TIMER_CLOSE, TIMER_WATCH, TIMER_TIME_LIMIT, TIMER_IDLE = Timer.CLOSE, Timer.WATCH, Timer.TIME_LIMIT, Timer.IDLE
+OUTCOME_CLOSED = Outcome.CLOSED
+
+
 # -- actions ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -201,7 +210,7 @@ def other(side: str) -> str:
 class Side:
     """What the machine knows of one side."""
 
-    state: SideState = SideState.CONNECTING
+    state: SideState = SIDE_CONNECTING
     close_received: bool = False          # a close frame came from it
     close_sent: bool = False              # the relay sent it a close (forwarded or its own)
     close_from: int | None = None         # the code it sent (None: none, or no code)
@@ -214,12 +223,12 @@ class Side:
 
     @property
     def gone(self) -> bool:
-        return self.state is SideState.CLOSED
+        return self.state is SIDE_CLOSED
 
     @property
     def open(self) -> bool:
         """Its socket is up (whether or not a close went one way)."""
-        return self.state in (SideState.OPEN, SideState.CLOSING)
+        return self.state in (SIDE_OPEN, SIDE_CLOSING)
 
 
 @dataclass(slots=True)
@@ -242,7 +251,7 @@ class SessionMachine:
 
     def __post_init__(self) -> None:
         if self.client_held:
-            self.sides[CLIENT].state = SideState.HOLDING
+            self.sides[CLIENT].state = SIDE_HOLDING
 
     # -- state ---------------------------------------------------------------------------
 
@@ -251,9 +260,9 @@ class SessionMachine:
         if self.ended:
             return SessionState.ENDED
         states = {s.state for s in self.sides.values()}
-        if self.first_closer is not None or SideState.CLOSING in states or SideState.CLOSED in states:
+        if self.first_closer is not None or SIDE_CLOSING in states or SIDE_CLOSED in states:
             return SessionState.CLOSING
-        if states == {SideState.OPEN}:
+        if states == {SIDE_OPEN}:
             return SessionState.OPEN
         return SessionState.CONNECTING
 
@@ -277,21 +286,21 @@ class SessionMachine:
     def opened(self, side: str) -> list[Action]:
         """``side``'s WebSocket is open. When the client opens, the session is on."""
         s = self.sides[side]
-        if self.ended or s.state not in (SideState.CONNECTING, SideState.HOLDING):
+        if self.ended or s.state not in (SIDE_CONNECTING, SIDE_HOLDING):
             return []                             # (the driver drops a side opening after the end)
-        s.state = SideState.OPEN
+        s.state = SIDE_OPEN
         actions: list[Action] = []
         if side == CLIENT:
             if self.time_limit:
-                actions.append(self._start(Timer.TIME_LIMIT, self.time_limit))
+                actions.append(self._start(TIMER_TIME_LIMIT, self.time_limit))
             if self.idle_timeout:
-                actions.append(self._start(Timer.IDLE, self.idle_timeout))
+                actions.append(self._start(TIMER_IDLE, self.idle_timeout))
         return actions
 
     def client_gone_before_open(self) -> list[Action]:
         """The bot answered, but the client left meanwhile: close the bot, bounded."""
         client = self.sides[CLIENT]
-        client.state = SideState.CLOSED
+        client.state = SIDE_CLOSED
         self._set_outcome(Outcome.CLIENT_LOST)
         actions = self._close(BOT, *CLIENT_LOST)
         actions.append(Disconnect(BOT))
@@ -305,8 +314,8 @@ class SessionMachine:
         s.close_received = True
         code = close_code_of(payload)
         s.close_from = code
-        if s.state is SideState.OPEN:
-            s.state = SideState.CLOSING
+        if s.state is SIDE_OPEN:
+            s.state = SIDE_CLOSING
         if self.first_closer is None:
             self.first_closer = side
         if code is not None and not legal_close_code(code):
@@ -345,8 +354,8 @@ class SessionMachine:
         s = self.sides[side]
         if s.gone:
             return []
-        was_connecting = s.state is SideState.CONNECTING
-        s.state = SideState.CLOSED
+        was_connecting = s.state is SIDE_CONNECTING
+        s.state = SIDE_CLOSED
         s.paused_since = None
         if not s.close_received and not s.close_sent and self.first_closer is None and not was_connecting:
             self._set_outcome(Outcome.BOT_LOST if side == BOT else Outcome.CLIENT_LOST)
@@ -379,7 +388,7 @@ class SessionMachine:
         """Every ``watch_seconds`` while a side is paused. ``gone``: paused sides found closed;
         ``progress``: for the destinations of paused sides whose TCP the driver could read, a
         ``Progress`` (bytes acknowledged, and whether it reads nothing while alive)."""
-        self._timer_done(Timer.WATCH)
+        self._timer_done(TIMER_WATCH)
         if self.ended:
             return []
         actions: list[Action] = []
@@ -407,20 +416,20 @@ class SessionMachine:
         self._timer_done(timer)
         if self.ended:
             return []
-        if timer is Timer.CLOSE:
+        if timer is TIMER_CLOSE:
             if self.outcome is None:
                 self._set_outcome(Outcome.CLOSE_TIMEOUT)
             return self.abort()
-        if timer is Timer.TIME_LIMIT:
+        if timer is TIMER_TIME_LIMIT:
             reason = f"session time limit of {self.time_limit:g}s reached"
             return self.close_by_relay((POLICY_VIOLATION, reason), (POLICY_VIOLATION, reason),
                                        Outcome.TIME_LIMIT)
-        if timer is Timer.IDLE:
+        if timer is TIMER_IDLE:
             if activity == self._idle_mark:
                 reason = f"idle for {self.idle_timeout:g}s"
                 return self.close_by_relay((GOING_AWAY, reason), (GOING_AWAY, reason), Outcome.IDLE_TIMEOUT)
             self._idle_mark = activity
-            return [self._start(Timer.IDLE, self.idle_timeout or 0)]
+            return [self._start(TIMER_IDLE, self.idle_timeout or 0)]
         return []
 
     def close_by_relay(self, client: tuple[int, str], bot: tuple[int, str], outcome: Outcome) -> list[Action]:
@@ -444,8 +453,8 @@ class SessionMachine:
             s = self.sides[name]
             if s.open:
                 actions.append(Disconnect(name, graceful=False))
-            elif s.state in (SideState.CONNECTING, SideState.HOLDING):
-                s.state = SideState.CLOSED        # no socket of the session's to drop
+            elif s.state in (SIDE_CONNECTING, SIDE_HOLDING):
+                s.state = SIDE_CLOSED        # no socket of the session's to drop
         return actions + self._maybe_end()
 
     # -- internals -------------------------------------------------------------------------
@@ -457,13 +466,13 @@ class SessionMachine:
     def _close(self, side: str, code: int, reason: str) -> list[Action]:
         """The relay's own close to ``side``, if it may still get one."""
         s = self.sides[side]
-        if s.state is SideState.CONNECTING:
+        if s.state is SIDE_CONNECTING:
             # Not open yet, and it never will be: no close frame, its handshake is abandoned.
-            s.close_sent, s.close_to, s.state = True, code, SideState.CLOSED
+            s.close_sent, s.close_to, s.state = True, code, SIDE_CLOSED
             return [Abandon(side, code, reason)]
-        if s.state is SideState.HOLDING and not s.close_sent:
+        if s.state is SIDE_HOLDING and not s.close_sent:
             # The gate sends it and waits for the reply: for the session the side is gone.
-            s.close_sent, s.close_to, s.state = True, code, SideState.CLOSED
+            s.close_sent, s.close_to, s.state = True, code, SIDE_CLOSED
             return [SendClose(side, code, reason)]
         if not self.may_relay_to(side):
             return []
@@ -474,8 +483,8 @@ class SessionMachine:
         s = self.sides[side]
         s.close_sent = True
         s.close_to = code
-        if s.state is SideState.OPEN:
-            s.state = SideState.CLOSING
+        if s.state is SIDE_OPEN:
+            s.state = SIDE_CLOSING
         return self._resume(other(side))
 
     def _resume(self, side: str) -> list[Action]:
@@ -547,25 +556,25 @@ class SessionMachine:
             self._timers.remove(timer)
 
     def _start_watch(self) -> list[Action]:
-        if Timer.WATCH in self._timers or self.ended:
+        if TIMER_WATCH in self._timers or self.ended:
             return []
-        return [self._start(Timer.WATCH, min(self.watch_seconds, self.stall_timeout))]
+        return [self._start(TIMER_WATCH, min(self.watch_seconds, self.stall_timeout))]
 
     def _arm_close_timer(self) -> list[Action]:
-        if Timer.CLOSE in self._timers or self.ended:
+        if TIMER_CLOSE in self._timers or self.ended:
             return []
-        return [self._start(Timer.CLOSE, self.close_timeout)]
+        return [self._start(TIMER_CLOSE, self.close_timeout)]
 
     def _maybe_end(self) -> list[Action]:
         if self.ended:
             return []
         client, bot = self.sides[CLIENT], self.sides[BOT]
-        if bot.gone and client.state in (SideState.CLOSED, SideState.CONNECTING, SideState.HOLDING):
+        if bot.gone and client.state in (SIDE_CLOSED, SIDE_CONNECTING, SIDE_HOLDING):
             self.ended = True
             actions: list[Action] = [CancelTimer(t) for t in sorted(self._timers, key=lambda t: t.value)]
             self._timers.clear()
             for s in self.sides.values():
                 s.paused_since = None
-            outcome = self.outcome or Outcome.CLOSED
+            outcome = self.outcome or OUTCOME_CLOSED
             return actions + [End(outcome, self.detail if self.outcome else None)]
         return []

@@ -30,6 +30,7 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 from ..config import RelayConfig
 from ..core.upgrade import canonical_upgrade_head
 
+SWITCHING_PROTOCOLS = HTTPStatus.SWITCHING_PROTOCOLS     # an enum member read costs more on 3.11
 PICOWS_VERSION = "2.3.1"      # the constructor below, and the pump's C interface, are this version's
 if picows.__version__ != PICOWS_VERSION:
     raise ImportError(
@@ -84,21 +85,63 @@ class PicowsView:
     ``peername`` and ``sockname`` cost nothing. The compiled pump puts the wrapped transport
     back in ``underlying_transport`` when its side connects (``csrc/wsrelay/pump/side.pxi``);
     the pure pump keeps the view.
+
+    The transport's methods that picows and the relay call are passed on one by one, not
+    through ``__getattr__``: a class with ``__getattr__`` makes every attribute read of its
+    instances, its own included, go through a slower path (4 % of a session's instructions).
     """
 
-    __slots__ = ("wrapped", "_socket")
+    __slots__ = ("wrapped", "_socket", "write", "get_write_buffer_size")
 
     def __init__(self, wrapped: Any) -> None:
         self.wrapped = wrapped
         self._socket: QuietSocket | socket.socket | None = None
+        self.write = wrapped.write                              # bound once: WSTransport keeps them
+        self.get_write_buffer_size = wrapped.get_write_buffer_size
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "socket" and self._socket is not None:
             return self._socket
         return self.wrapped.get_extra_info(name, default)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.wrapped, name)
+    def writelines(self, data: Any) -> None:
+        self.wrapped.writelines(data)
+
+    def write_eof(self) -> None:
+        self.wrapped.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return bool(self.wrapped.can_write_eof())
+
+    def close(self) -> None:
+        self.wrapped.close()
+
+    def abort(self) -> None:
+        self.wrapped.abort()
+
+    def is_closing(self) -> bool:
+        return bool(self.wrapped.is_closing())
+
+    def pause_reading(self) -> None:
+        self.wrapped.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.wrapped.resume_reading()
+
+    def is_reading(self) -> bool:
+        return bool(self.wrapped.is_reading())
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.wrapped.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.wrapped.get_write_buffer_limits()
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.wrapped.set_protocol(protocol)
+
+    def get_protocol(self) -> Any:
+        return self.wrapped.get_protocol()
 
     def lend(self) -> "PicowsView":
         """Make the socket picows will be given (None on a transport without one)."""
@@ -147,7 +190,7 @@ class _Client101(WSUpgradeResponse):
 
     def __init__(self, subprotocol: str | None, silent: bool = False) -> None:
         self.version = b"HTTP/1.1"
-        self.status = HTTPStatus.SWITCHING_PROTOCOLS
+        self.status = SWITCHING_PROTOCOLS
         self.headers = {}   # type: ignore[assignment]  # picows only sets Sec-WebSocket-Accept in it
         self.body = None
         self.subprotocol = subprotocol

@@ -63,6 +63,9 @@ log = logging.getLogger("wsrelay.relay")
 
 SHUTDOWN_CLOSE = (1012, "relay restarting")     # to both sides once the drain period is over
 DRAINING_RETRY_AFTER = "5"
+# Enum members read per request, as module names (on Python 3.11 ``EndpointKind.GENERIC``
+# goes through ``EnumType.__getattr__``: see core/session_machine.py).
+START_API_ENDPOINT, GENERIC_ENDPOINT, PROVIDER_ENDPOINT = EndpointKind.START_API, EndpointKind.GENERIC, EndpointKind.PROVIDER
 CAPACITY_RETRY_AFTER = "1"
 LISTEN_BACKLOG = 1024                           # pending connections the kernel queues
 RELOADED_RELAY_KEYS = {"cors_origins"}          # [relay] keys a reload applies; any other change waits for a restart
@@ -234,11 +237,11 @@ class Relay:
             endpoint = find_endpoint(path)
             if endpoint is None:
                 raise RequestRefused(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
-            if endpoint.kind is EndpointKind.START_API:
+            if endpoint.kind is START_API_ENDPOINT:
                 self._answer_start_api(gate, route_start_api(path) or "")
-            elif endpoint.kind is EndpointKind.GENERIC:
+            elif endpoint.kind is GENERIC_ENDPOINT:
                 self._admit_websocket(gate, target)
-            elif endpoint.kind is EndpointKind.PROVIDER and endpoint.provider is not None:
+            elif endpoint.kind is PROVIDER_ENDPOINT and endpoint.provider is not None:
                 self._admit_provider(gate, target, endpoint.provider, endpoint.route_at)
         except RequestRefused as exc:
             gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from picows import WSListener, WSMsgType, WSUpgradeRequest, WSUpgradeResponse
 
-from ..core.session_machine import (BOT, CLIENT, Abandon, CancelTimer, Disconnect, End, ForwardClose,
-                                   PauseReading, ResumeReading, SendClose, SessionMachine, SideState, StartTimer,
-                                   Timer)
+from ..core.session_machine import (BOT, CLIENT, SIDE_CONNECTING, TIMER_WATCH, Abandon, CancelTimer, Disconnect,
+                                   End, ForwardClose, PauseReading, ResumeReading, SendClose, SessionMachine,
+                                   StartTimer, Timer)
 from ..core.session_ids import new_session_id
 from . import peer_watch
 from .deadlines import Deadlines
@@ -43,6 +43,7 @@ Connector = Callable[..., Awaitable[Any]]
 Attach = Callable[[Any, "str | None", str], bool]
 Refuse = Callable[..., None]             # the gate's refuse(status, public_reason, reason=...)
 
+CLOSE_FRAME = WSMsgType.CLOSE          # as a module name: an enum member read costs more on 3.11
 REFUSED_BEFORE_OPEN = 503                # a client ended by the relay before its 101 (shutdown, the operator)
 
 
@@ -185,7 +186,7 @@ class Session:
     @property
     def started(self) -> bool:
         """The bot's WebSocket opened: the session machine will see it to its end."""
-        return self.machine.sides[BOT].state is not SideState.CONNECTING
+        return self.machine.sides[BOT].state is not SIDE_CONNECTING
 
     # -- events from the pump ---------------------------------------------------------------
 
@@ -272,7 +273,7 @@ class Session:
             if isinstance(action, SendClose):
                 side.transport.send_close(action.code, action.reason.encode())
             else:
-                side.transport.send(WSMsgType.CLOSE, action.payload)
+                side.transport.send(CLOSE_FRAME, action.payload)
 
     def _abandon(self, action: Abandon) -> None:
         """A side that never opened: stop connecting the bot; refuse the client before its 101."""
@@ -331,7 +332,7 @@ class Session:
     def deadline_passed(self, timer: Timer) -> None:
         """One of the machine's timers has run out (edge/deadlines.py calls it)."""
         self._timers.pop(timer, None)
-        if timer is Timer.WATCH:
+        if timer is TIMER_WATCH:
             paused = self.machine.paused()
             gone = {name for name in paused if peer_watch.closed_by_peer(self._side(name).transport)}
             destinations = (self._side(name).peer for name in paused if name not in gone)
