@@ -15,7 +15,7 @@ TESTBIN  := $(TESTVENV)/bin
 SOURCES := pyproject.toml setup.py $(wildcard csrc/wsrelay/pump/*.pyx csrc/wsrelay/pump/*.pxd csrc/wsrelay/pump/*.pxi) \
            $(wildcard src/wsrelay/*/*.py)
 
-.PHONY: demo test test-installed test-suite wheel wheels wheels-check sdist sdist-check bench bench-short bench-gate bench-gate-record bench-picows-patch fuzz sanitize soak install clean
+.PHONY: demo test test-installed test-suite wheel wheels wheels-check sdist sdist-check bench bench-short bench-gate bench-gate-record bench-picows-patch fuzz sanitize soak image image-check install clean
 
 # The hot path's packages at the versions the benchmark gate's counts were recorded with
 # (benchmarks/constraints.txt): the test venv is installed, and the wheel built, with them.
@@ -33,7 +33,8 @@ demo: $(STAMP)
 	$(BIN)/wsrelay serve
 
 # The whole suite, against the installed wheel: build it, install it into a fresh venv, check
-# the sdist builds on its own and the wheel installs with no compiler, then every test.
+# the sdist builds on its own and the wheel installs with no compiler, then every test; then the
+# container image is built and checked (make image-check: about 3 minutes on a cold machine).
 test: wheel
 	$(PYTHON) -m venv --clear $(TESTVENV)
 	$(TESTBIN)/python -m pip install --quiet --upgrade pip
@@ -41,6 +42,7 @@ test: wheel
 	$(PYTHON) tools/wheels.py check --current
 	$(PYTHON) tools/wheels.py check-sdist
 	$(MAKE) test-installed PY=$(TESTBIN)/python
+	$(MAKE) image-check PY=$(TESTBIN)/python
 
 # Every test against whichever wsrelay $(PY) imports (the wheel under `make test`; cibuildwheel
 # runs it in its own test venv). Not from src/: the suite asserts what it imports is installed.
@@ -136,6 +138,20 @@ sanitize:
 SOAK_MINUTES ?= 30
 soak:
 	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES)
+
+# The container image from the Dockerfile, built with buildah (no Docker daemon; buildah and
+# debootstrap come from Debian's packages, installed when missing). Without IMAGE_BASE the base is
+# a stand-in for python:3.11-slim built from Debian's packages and cached (tools/image.py says how);
+# IMAGE_BASE=python:3.11-slim builds on the real one where it can be pulled.
+IMAGE_BASE ?=
+image:
+	$(PYTHON) tools/image.py build $(if $(IMAGE_BASE),--base $(IMAGE_BASE))
+
+# Runs the image as deploy/kubernetes/ does (non-root, config mounted, a bot on the host) and checks
+# from the host: echo, /healthz, /readyz, the HEALTHCHECK, SIGTERM's drain and 1012, size, no compiler
+# or source left. One JSON object (README "Container and Kubernetes" has the last result).
+image-check: image
+	$(PY) tools/image.py check
 
 # Measure this machine's counts and write them into benchmarks/baseline.json (for this Python
 # minor version and the pins of benchmarks/constraints.txt). Commit the result with the change
