@@ -34,6 +34,10 @@ LINGER_FRAME_BYTES = 1 << 20  # after a refusal: a bigger frame from the client 
 MAX_BODY_BYTES = 8192          # the start API's JSON bodies; the platform caps body at 4 KiB
 
 
+def _upgraded(*args: Any) -> None:
+    """What an upgraded gate calls instead of the relay: nothing (it reads no more requests)."""
+
+
 class Gate(asyncio.Protocol):
     """Reads one request, then answers it or hands the socket to picows.
 
@@ -234,6 +238,10 @@ class Gate(asyncio.Protocol):
         self.request = None
         self.body = b""
         self.task = None
+        # uvloop keeps the transport's first protocol's ``data_received`` (this gate's) after
+        # ``set_protocol``, so an upgraded session keeps this object: it holds no more of the
+        # relay than it must (two bound methods, 128 bytes a session, benchmarks/session_memory.py).
+        self._dispatch_request = self._on_refused = _upgraded
         return hand_over(self.transport, client_side, stream_class=self._stream_class,
                          subprotocol=subprotocol, key=key, early=early, limits=self._limits,
                          silent_101=silent)
