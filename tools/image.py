@@ -38,7 +38,7 @@ the host reaches the relay's ports directly. From the host, with a real client (
   client and the bot get close 1012 "relay restarting"; the process exits 0;
 - nothing written to the image's filesystem while it ran (the manifest's readOnlyRootFilesystem);
 - the image's size; no compiler (gcc, cc, cpp, clang, ld, their Debian packages) and no
-  source tree (/src, /wheels, csrc/, .pyx/.pxd-sources, .c) left in it; the pump compiled.
+  source tree (/src, /wheels, csrc/; .c, .pyx, .pxi, .h under wsrelay/) left in it; the pump compiled.
 
 One JSON object goes to stdout (and to ``--json FILE``); exit 1 with the failed checks otherwise.
 """
@@ -130,6 +130,9 @@ def version() -> str:
     return match.group(1)
 
 
+BUILD_STAGE = "localhost/wsrelay-build:latest"     # the Dockerfile's build stage, kept as the cache
+
+
 def image_name() -> str:
     """The Deployment's image (wsrelay:<version>), in buildah's local namespace."""
     return f"localhost/wsrelay:{version()}"
@@ -218,7 +221,8 @@ def ensure_standin() -> dict:
 
 def prune_older_layers(since: int) -> None:
     """--layers keeps each step's result (what makes a rebuild of an unchanged tree take seconds);
-    the untagged ones of earlier builds are only disk: remove those made before this build."""
+    the untagged ones of earlier builds (the tags moved on) are only disk: remove those made
+    before this build."""
     listed = json.loads(run(["buildah", "images", "--filter", "dangling=true", "--json"], "buildah images") or "[]")
     old = [image["id"] for image in listed if int(image.get("created", since)) < since - 1]
     if old:
@@ -239,8 +243,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     name = image_name()
     log(f"buildah bud {name} on {base}")
     bud_started, bud_clock = time.monotonic(), int(time.time())
-    run(["buildah", "bud", *ISOLATION, "--layers", "--format", "docker", "--build-arg", f"BASE_IMAGE={base}",
-         *build_args, "-t", name, "-f", "Dockerfile", "."], "buildah bud", cwd=REPO)
+    bud = ["buildah", "bud", *ISOLATION, "--layers", "--format", "docker", "--build-arg", f"BASE_IMAGE={base}",
+           *build_args, "-f", "Dockerfile"]
+    # The build stage tagged too, so that its cached result is not taken for an earlier build's.
+    run([*bud, "--target", "build", "-t", BUILD_STAGE, "."], "buildah bud (the build stage)", cwd=REPO)
+    run([*bud, "-t", name, "."], "buildah bud", cwd=REPO)
     prune_older_layers(bud_clock)
     print(json.dumps({"image": name, "base": base, "standin": standin,
                       "bud_s": round(time.monotonic() - bud_started, 1),
