@@ -12,8 +12,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.wsrelay-installed
 TESTVENV ?= .venv-wheel
 TESTBIN  := $(TESTVENV)/bin
-SOURCES := pyproject.toml setup.py $(wildcard csrc/wsrelay/pump/*.pyx csrc/wsrelay/pump/*.pxd csrc/wsrelay/pump/*.pxi) \
-           $(wildcard src/wsrelay/*/*.py)
+SOURCES := pyproject.toml setup.py $(wildcard csrc/wsrelay/pump/*.pyx csrc/wsrelay/pump/*.pxd csrc/wsrelay/pump/*.pxi)
 
 .PHONY: demo test test-installed test-suite wheel wheels wheels-check sdist sdist-check bench bench-short bench-gate bench-gate-record bench-picows-patch fuzz sanitize soak image image-check install clean
 
@@ -56,16 +55,9 @@ test-installed:
 	$(PY) -m mypy
 	$(MAKE) test-suite PY=$(PY)
 
-# The tests alone (cibuildwheel runs this in its containers, with PYTEST_ARGS='-m "not system"'),
-# then the relay's tests once more with the whole relay in pure Python (WSRELAY_PURE_PYTHON=1:
-# the session path from its .py sources, src/wsrelay/compiled.py, and the pure pump; the
-# first run has the compiled session path under both pumps).
-PURE_TESTS := tests/test_handshake.py tests/test_paused.py tests/test_hostile.py tests/test_limits.py \
-              tests/test_transparency.py tests/test_autobahn.py tests/test_logs.py tests/test_fleet.py \
-              tests/test_start_api.py tests/test_telephony.py
+# The tests alone (cibuildwheel runs this in its containers, with PYTEST_ARGS='-m "not system"').
 test-suite:
 	WSRELAY_EXPECT_INSTALLED=1 $(PY) -m pytest -q tests $(PYTEST_ARGS)
-	WSRELAY_PURE_PYTHON=1 WSRELAY_EXPECT_INSTALLED=1 $(PY) -m pytest -q -k python $(PURE_TESTS) $(PYTEST_ARGS)
 
 # The sdist alone (the release workflow builds it apart from the wheels).
 sdist:

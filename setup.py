@@ -1,6 +1,4 @@
-"""Builds the Cython frame pump (csrc/wsrelay/pump/) into ``wsrelay.pump._compiled``, and
-compiles the session path's modules (``SESSION_PATH`` in src/wsrelay/compiled.py) from their
-own ``.py`` sources, each into an extension of the same name.
+"""Builds the Cython frame pump (csrc/wsrelay/pump/) into ``wsrelay.pump._compiled``.
 
 Everything else is declared in pyproject.toml. ``WSRELAY_CYTHON_ANNOTATE=1`` writes the
 HTML annotation next to the .pyx, to check the hot path stays free of Python calls.
@@ -11,7 +9,6 @@ so installing from the sdist needs no C compiler; wsrelay then runs its pure-Pyt
 "python").
 """
 
-import ast
 import glob
 import os
 import shutil
@@ -36,22 +33,13 @@ class BuildPyWithPxd(build_py):
             shutil.copy(pxd, target)
 
 
-def session_path() -> list[str]:
-    """``SESSION_PATH`` of src/wsrelay/compiled.py, read without importing the package."""
-    tree = ast.parse(open(os.path.join("src", "wsrelay", "compiled.py")).read())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "SESSION_PATH":
-            return list(ast.literal_eval(node.value))
-    raise RuntimeError("src/wsrelay/compiled.py has no SESSION_PATH")
-
-
 def extensions():
     if NO_EXTENSIONS:
         print("WSRELAY_NO_EXTENSIONS is set: not building the compiled pump; the pure-Python pump runs")
         return []
     from Cython.Build import cythonize
 
-    pump = cythonize(
+    return cythonize(
         [
             Extension(
                 "wsrelay.pump._compiled",
@@ -71,16 +59,6 @@ def extensions():
             "embedsignature": True,
         },
     )
-    # Python modules compiled as they are: no .pxd, and annotations not read as C types, so
-    # whatever the .py accepts the extension accepts too (the .py is the pure-Python build of
-    # the same code, and the suite runs both).
-    session = cythonize(
-        [Extension(name, [os.path.join("src", *name.split(".")) + ".py"], extra_compile_args=["-O2"])
-         for name in session_path()],
-        annotate=os.environ.get("WSRELAY_CYTHON_ANNOTATE") == "1",
-        compiler_directives={"language_level": 3, "annotation_typing": False},
-    )
-    return pump + session
 
 
 setup(

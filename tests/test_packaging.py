@@ -53,45 +53,6 @@ def test_the_compiled_pump_is_loaded_from_the_installed_wheel():
 
 
 @installed_only
-def test_the_session_path_runs_compiled_from_the_wheel_with_its_python_source_beside_it():
-    """wsrelay/compiled.py: each SESSION_PATH module is an extension built from its own .py."""
-    import importlib
-
-    from wsrelay import compiled
-    assert not compiled.pure_python()
-    for name in compiled.SESSION_PATH:
-        module = importlib.import_module(name)
-        so = Path(module.__file__).resolve()
-        assert compiled.implementation(module) == "cython" and so.suffix == ".so", so
-        assert so.parent.parent.parent in site_packages(), so
-        assert (so.parent / (name.rpartition(".")[2] + ".py")).is_file(), f"{name}: no .py beside {so.name}"
-
-
-def test_wsrelay_pure_python_runs_the_session_path_from_its_python_sources():
-    """One switch gives the whole pure-Python relay: the session path from its .py files (as
-    after an sdist install with WSRELAY_NO_EXTENSIONS=1) and the pure pump."""
-    code = textwrap.dedent("""
-        import importlib
-        from wsrelay import compiled, pump
-        kinds = {compiled.implementation(importlib.import_module(name)) for name in compiled.SESSION_PATH}
-        import wsrelay.edge.relay as relay
-        print(sorted(kinds), relay.__file__.endswith("relay.py"), pump.default_name())
-    """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env=dict(os.environ, WSRELAY_PURE_PYTHON="1"))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["['python']", "True", "python"]
-
-
-def test_the_session_path_list_names_modules_that_exist_and_setup_py_compiles_it():
-    from wsrelay import compiled
-    root = package_dir()
-    for name in compiled.SESSION_PATH:
-        assert (root.parent / (name.replace(".", "/") + ".py")).is_file(), name
-    assert "wsrelay.edge.session" in compiled.SESSION_PATH and "wsrelay.config" not in compiled.SESSION_PATH
-
-
-@installed_only
 def test_the_install_is_a_wheel_not_an_editable_checkout():
     dist = importlib.metadata.distribution("wsrelay")
     direct_url = dist.read_text("direct_url.json")

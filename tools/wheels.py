@@ -25,7 +25,6 @@ own under ``.cache/`` so nothing is installed into the interpreters being built 
 from __future__ import annotations
 
 import argparse
-import ast
 import base64
 import glob
 import os
@@ -168,18 +167,8 @@ def check_tag(tools: Path, wheel: Path) -> None:
         raise WheelError(f"{wheel.name} needs {found.group(1)}, newer than {POLICY}")
 
 
-def session_path() -> list[str]:
-    """The modules compiled from their own .py (``SESSION_PATH`` in src/wsrelay/compiled.py)."""
-    tree = ast.parse((REPO / "src" / "wsrelay" / "compiled.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "SESSION_PATH":
-            return list(ast.literal_eval(node.value))
-    raise WheelError("src/wsrelay/compiled.py has no SESSION_PATH")
-
-
 def check_contents(wheel: Path) -> None:
-    """What must be in a wheel (compiled pump, its .pxd, stubs, py.typed, each session-path
-    module compiled and as its .py source) and what must not (C, .pyx)."""
+    """What must be in a wheel (compiled pump, its .pxd, stubs, py.typed) and what must not (C, .pyx)."""
     names = zipfile.ZipFile(wheel).namelist()
     required = {
         "the compiled pump": r"^wsrelay/pump/_compiled\.cpython-[^/]+\.so$",
@@ -191,10 +180,6 @@ def check_contents(wheel: Path) -> None:
         "the dashboard style": r"^wsrelay/edge/dashboard/dashboard\.css$",
         "the licence": r"^wsrelay-[^/]+\.dist-info/(licenses/)?LICENSE$",
     }
-    for module in session_path():
-        path = module.replace(".", "/")
-        required[f"{module} compiled"] = rf"^{re.escape(path)}\.cpython-[^/]+\.so$"
-        required[f"{module} as Python (the pure-Python build)"] = rf"^{re.escape(path)}\.py$"
     missing = [what for what, pattern in required.items() if not any(re.match(pattern, n) for n in names)]
     shipped_sources = [n for n in names if n.endswith((".c", ".pyx", ".pxi", ".h")) or
                        (n.endswith(".html") and "/dashboard/" not in n)]
@@ -304,7 +289,7 @@ def cmd_check_sdist(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="wsrelay-sdist-pure-") as tmp:
         venv = install_sdist(sdist, Path(tmp), "with WSRELAY_NO_EXTENSIONS=1 and no compiler",
                              env=dict(os.environ, WSRELAY_NO_EXTENSIONS="1", CC="/bin/false", CXX="/bin/false"))
-        compiled = [str(p) for p in venv.rglob("wsrelay/**/*") if p.suffix == ".so" or p.name == "_compiled.pxd"]
+        compiled = [str(p) for p in venv.rglob("wsrelay/pump/_compiled*") if p.suffix in (".so", ".pxd")]
         if compiled:
             raise WheelError(f"WSRELAY_NO_EXTENSIONS=1 still installed {compiled}")
         smoke(venv, f"sdist {sdist.name} with WSRELAY_NO_EXTENSIONS=1", pump="python")
