@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import json
 import logging
+import re
 import socket
 
 import pytest
@@ -647,4 +648,30 @@ def test_a_host_header_that_is_no_url_still_gets_an_answer_on_a_provider_path(pu
         finally:
             await relay.stop()
             bot.close()
+    arun(main())
+
+
+@pytest.mark.parametrize("endpoint", ["generic", "generic with a sub-protocol", "telnyx"])
+def test_every_endpoint_answers_with_the_relays_one_101(pump, endpoint):
+    """One ``101`` (core.frames.switching_protocols): written by the gate while a provider's
+    first messages are held, by picows (edge/handover.py) on the generic endpoint; the same
+    bytes, header for header, with the bot's sub-protocol when it chose one."""
+    from wsrelay.core.frames import accept_value, switching_protocols
+
+    async def main():
+        bot = await Bot(echo=True, subprotocol_choice=lambda offer: offer.split(",")[0].strip() if offer else None).start()
+        relay = await _relay([bot.url], pump)
+        offer = "Sec-WebSocket-Protocol: chosen, other\r\n" if "sub-protocol" in endpoint else ""
+        path = _path("telnyx") if endpoint == "telnyx" else f"/ws/generic/{AGENT}"
+        head = upgrade_head(path, extra=offer)
+        key = re.search(rb"Sec-WebSocket-Key: (\S+)", head).group(1).decode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(head)
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        expected = switching_protocols(accept_value(key), "chosen" if offer else None)
+        assert answer == expected, answer
+        assert b"Connection: Upgrade\r\n" in answer and answer.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        writer.close()
+        await relay.stop()
+        bot.close()
     arun(main())

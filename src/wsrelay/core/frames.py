@@ -119,7 +119,14 @@ def accept_value(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
 
 
-def switching_protocols(key: str) -> bytes:
-    """The ``101`` the relay writes itself when it holds first messages (no sub-protocol)."""
-    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept_value(key).encode("ascii") + b"\r\n\r\n")
+def switching_protocols(accept: str, subprotocol: str | None = None) -> bytes:
+    """The relay's one ``101``, for every client: ``accept`` is ``Sec-WebSocket-Accept``
+    (``accept_value`` of the client's key), ``subprotocol`` the bot's choice, if any.
+
+    Written by the gate when it holds a provider's first messages (no bot has chosen a
+    sub-protocol yet), and by picows through ``edge/handover.py``'s ``_Client101`` on the
+    generic endpoint: the same bytes either way.
+    """
+    chosen = b"Sec-WebSocket-Protocol: " + subprotocol.encode("latin-1") + b"\r\n" if subprotocol else b""
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" + chosen +
+            b"Sec-WebSocket-Accept: " + accept.encode("ascii") + b"\r\n\r\n")

@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 
 from ..config import RelayConfig
-from ..core.frames import CLOSE, FrameScanner, close_frame, switching_protocols
+from ..core.frames import CLOSE, FrameScanner, accept_value, close_frame, switching_protocols
 from ..errors import RequestRefused, SessionRefused
 from .deadlines import Deadlines
 from .handover import hand_over
@@ -179,7 +179,7 @@ class Gate(asyncio.Protocol):
         # is never shorter than the client's own wait (a relay descheduled right after the write
         # would otherwise stamp a later time than the client saw).
         self.upgraded_ns = time.monotonic_ns()
-        self.transport.write(switching_protocols(key))
+        self.transport.write(switching_protocols(accept_value(key)))
         if self.early:                # sent with the head, before the 101: a first frame at 0 ms
             self.first_held_ns = self.upgraded_ns
             on_held()

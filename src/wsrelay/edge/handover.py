@@ -28,6 +28,7 @@ from picows.picows import WSAutoPingStrategy
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from ..config import RelayConfig
+from ..core.frames import switching_protocols
 from ..core.upgrade import canonical_upgrade_head
 
 SWITCHING_PROTOCOLS = HTTPStatus.SWITCHING_PROTOCOLS     # an enum member read costs more on 3.11
@@ -176,11 +177,12 @@ class RelayWSProtocol(WSProtocol):
 
 
 class _Client101(WSUpgradeResponse):
-    """The client's ``101``, written from a template.
+    """The client's ``101``: the relay's one (``core.frames.switching_protocols``).
 
     picows' own (``create_101_response``) is a case-insensitive multidict rendered header by
     header in Python for every session; this one holds a plain dict (picows only adds
-    ``Sec-WebSocket-Accept`` to it) and renders the same bytes, in the same order, at once.
+    ``Sec-WebSocket-Accept`` to it) and renders the relay's ``101`` with it, the same bytes
+    the gate writes on provider endpoints.
     ``silent``: the gate wrote the client's ``101`` already (provider endpoints, edge/hold.py);
     picows still goes through its server handshake (that is how its protocol starts), and
     nothing reaches the wire.
@@ -199,12 +201,7 @@ class _Client101(WSUpgradeResponse):
     def to_bytes(self) -> bytearray:
         if self.silent:
             return bytearray()
-        head = bytearray(b"HTTP/1.1 101 Switching Protocols\r\n")
-        if self.subprotocol:
-            head += b"Sec-WebSocket-Protocol: %b\r\n" % self.subprotocol.encode()
-        head += b"Connection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: %b\r\n\r\n" % (
-            self.headers["Sec-WebSocket-Accept"].encode())
-        return head
+        return bytearray(switching_protocols(self.headers["Sec-WebSocket-Accept"], self.subprotocol))
 
 
 def bot_protocol(listener_factory: Any, *, host_port: str, resource: str,
