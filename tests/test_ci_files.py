@@ -317,7 +317,7 @@ def test_every_list_of_python_versions_in_the_docs_and_ci_files_names_them_all()
 
 def test_picows_is_pinned_to_one_version_everywhere():
     """The pump is compiled against picows' C ABI: build, run time and the import check agree."""
-    from wsrelay.edge.handover import PICOWS_VERSION
+    from wsrelay.edge.picows_internals import PICOWS_VERSION
 
     def pins(requirements: list[str]) -> set[str]:
         return {r.split("==", 1)[1].split(";")[0].strip() for r in requirements if r.startswith("picows")}

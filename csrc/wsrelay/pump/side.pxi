@@ -3,8 +3,8 @@
 cdef inline void _trim_picows_buffers(WSTransport transport):
     """Free what picows keeps per connection but the relay no longer needs.
 
-    The pump's one reach into picows internals (C-level attributes, written against the
-    picows version pinned in edge/handover.py, which checks it at import): the parsed
+    C-level attributes beyond picows' public API (listed, with the rest of what the pump
+    uses so, in edge/picows_internals.py, which checks them at import): the parsed
     handshake (header multidicts) that picows keeps for the connection's whole life, most
     of an idle session's Python memory, and the per-transport scratch buffer (used only
     to frame close/ping/pong and copied sends), shrunk to its minimum; it grows on demand.

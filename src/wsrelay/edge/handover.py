@@ -1,17 +1,16 @@
-"""The hand-over: the client's socket passes from the gate to picows. The one Python module
-that reaches into picows' internals.
+"""The hand-over: the client's socket passes from the gate to picows. What it uses of picows
+beyond the public API is listed, and checked at import, in ``picows_internals.py``.
 
 picows' server-side listener factory is synchronous, but a session needs async work
 (connecting to the bot) before the client may get its ``101``. So the gate reads the
 head itself, and once the bot has answered, this module builds picows' server-side
 ``WSProtocol`` by hand (its constructor is not public API: 14 positional arguments,
-written against picows ``PICOWS_VERSION``), puts the pump's ``ClientStream`` in front of
+written against picows ``PICOWS_VERSION``, picows_internals.py), puts the pump's ``ClientStream`` in front of
 it on the client's transport, and feeds it a *canonical* upgrade head built from the
 checked request (picows never parses the client's own head, so its stricter parser can
 never refuse what the relay accepted), then the client's early bytes. picows answers
 ``101`` with the bot's sub-protocol. ``bot_protocol`` builds the client-side protocol the
-upstream connector opens the bot's connection with. The compiled pump's only other reach
-into picows internals is ``_trim_picows_buffers`` in ``csrc/wsrelay/pump/side.pxi``.
+upstream connector opens the bot's connection with.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import socket
 from http import HTTPStatus
 from typing import Any
 
-import picows
 from picows import WSUpgradeResponse, WSUpgradeResponseWithListener
 from picows.picows import WSAutoPingStrategy
 # WSProtocol is a real class of the compiled module but not public API, so picows.pyi does not declare it.
@@ -31,13 +29,10 @@ from ..config import RelayConfig
 from ..core.frames import switching_protocols
 from ..core.upgrade import canonical_upgrade_head
 
+from .picows_internals import check
+
 SWITCHING_PROTOCOLS = HTTPStatus.SWITCHING_PROTOCOLS     # an enum member read costs more on 3.11
-PICOWS_VERSION = "2.3.1"      # the constructor below, and the pump's C interface, are this version's
-if picows.__version__ != PICOWS_VERSION:
-    raise ImportError(
-        f"wsrelay is built against picows {PICOWS_VERSION}, but picows {picows.__version__} is "
-        f"installed: its internals differ between versions. Install picows=={PICOWS_VERSION} "
-        "(pip install --force-reinstall 'picows==" + PICOWS_VERSION + "') and rebuild wsrelay.")
+check()          # the constructor below, and the pump's C interface, are PICOWS_VERSION's
 
 log = logging.getLogger("wsrelay.handover")
 # A LoggerAdapter stops picows from creating one child Logger per connection.
