@@ -99,3 +99,22 @@ def test_bytes_after_the_close_are_read_and_dropped(implementation):
         buffer[:4] = b"junk"
         stream.buffer_updated(4)
     assert len(picows.received) == 6 and picows.received[:2] == b"\x88\x80"
+
+
+@PROPERTY
+@given(length=st.one_of(st.integers(0, 300), st.integers(65000, 70000), st.integers(0, 2**63 - 1)),
+       masked=st.booleans(), opcode=st.sampled_from([0x0, 0x1, 0x2, 0x8, 0x9, 0xA]))
+def test_the_header_arithmetic_every_frame_walker_shares_reads_any_header(length, masked, opcode):
+    """core.frames.header_size and payload_length (the pure ClientStream's and FrameScanner's,
+    whose C twin is client_stream.pxi's _scan) against headers written by struct."""
+    from wsrelay.core.frames import header_size, payload_length
+    second = 0x80 if masked else 0
+    if length < 126:
+        head = bytes([0x80 | opcode, second | length])
+    elif length < 65536:
+        head = bytes([0x80 | opcode, second | 126]) + struct.pack("!H", length)
+    else:
+        head = bytes([0x80 | opcode, second | 127]) + struct.pack("!Q", length)
+    head += b"\x01\x02\x03\x04" if masked else b""
+    assert header_size(head[1]) == len(head)
+    assert payload_length(b"xy" + head, 2) == length

@@ -83,7 +83,10 @@ cdef class ClientStream:
 
 
 cdef Py_ssize_t _scan(ClientStream s, const unsigned char* p, Py_ssize_t n) except -1:
-    """Walk frame boundaries over ``n`` new bytes; return how many belong before the cut."""
+    """Walk frame boundaries over ``n`` new bytes; return how many belong before the cut.
+
+    The header arithmetic is ``core.frames.header_size`` and ``payload_length`` in C (the pure
+    pump's ``ClientStream`` calls those; tests/test_client_stream.py drives both alike)."""
     cdef Py_ssize_t pos = 0, need, take
     cdef int i
     cdef uint64_t length

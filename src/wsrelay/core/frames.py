@@ -5,7 +5,10 @@ unchanged. Only a provider endpoint (core/telephony.py) must read the client's f
 messages before a bot is chosen, while they are still bytes in the gate's buffer. Those
 bytes stay exactly as received (they are later fed to picows and relayed from there);
 ``FrameScanner`` only walks over them, unmasking a data payload into a copy when asked.
-Also here: the frames and the ``101`` the relay writes itself during that hold.
+Also here: the frames and the ``101`` the relay writes itself during that hold, and the
+header arithmetic every frame walker of the relay shares (``header_size``, ``payload_length``):
+``FrameScanner`` here, the pure pump's ``ClientStream`` (pump/pure.py), and its compiled twin
+in C (csrc/wsrelay/pump/client_stream.pxi, kept equal by tests/test_client_stream.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,23 @@ CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 DATA_OPCODES = (CONTINUATION, TEXT, BINARY)
 CONTROL_OPCODES = (CLOSE, PING, PONG)
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def header_size(second: int) -> int:
+    """A frame header's length in bytes, from its second byte (RFC 6455 §5.2): two, plus 2 or
+    8 for an extended payload length (7-bit length 126 or 127), plus 4 for a mask."""
+    flag = second & 0x7F
+    return 2 + (2 if flag == 126 else 8 if flag == 127 else 0) + (4 if second & 0x80 else 0)
+
+
+def payload_length(header: bytes | bytearray | memoryview, pos: int = 0) -> int:
+    """The payload length of the frame whose complete header starts at ``header[pos]``."""
+    flag = header[pos + 1] & 0x7F
+    if flag == 126:
+        return int.from_bytes(header[pos + 2:pos + 4], "big")
+    if flag == 127:
+        return int.from_bytes(header[pos + 2:pos + 10], "big")
+    return flag
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,18 +82,10 @@ class FrameScanner:
             raise FrameError(f"reserved opcode {opcode:#x}")
         if not second & 0x80:
             raise FrameError("unmasked frame from the client")
-        length = second & 0x7F
-        head = 2
-        if length == 126:
-            head = 4
-            if n - pos < head:
-                return None
-            length = struct.unpack_from("!H", buffer, pos + 2)[0]
-        elif length == 127:
-            head = 10
-            if n - pos < head:
-                return None
-            length = struct.unpack_from("!Q", buffer, pos + 2)[0]
+        head = header_size(second) - 4           # the mask follows the length
+        if n - pos < head:
+            return None
+        length = payload_length(buffer, pos)
         if opcode in CONTROL_OPCODES and (length > 125 or not fin):
             raise FrameError("control frame fragmented or over 125 bytes")
         if length > self.max_payload:

@@ -16,6 +16,8 @@ from typing import Any
 
 from picows import WSFrame, WSListener, WSMsgType, WSTransport
 
+from ..core.frames import CLOSE, header_size, payload_length
+
 IMPLEMENTATION = "python"
 DEFAULT_GAP_THRESHOLD_NS = 100_000_000
 _DATA = (WSMsgType.CONTINUATION, WSMsgType.TEXT, WSMsgType.BINARY)
@@ -192,14 +194,10 @@ class ClientStream:
             self._head.append(data[pos])
             pos += 1
             head = self._head
-            if len(head) < 2:
+            if len(head) < 2 or len(head) < header_size(head[1]):
                 continue
-            flag = head[1] & 0x7F
-            need = 2 + {126: 2, 127: 8}.get(flag, 0) + (4 if head[1] & 0x80 else 0)
-            if len(head) < need:
-                continue
-            length = int.from_bytes(head[2:need - (4 if head[1] & 0x80 else 0)], "big") if flag >= 126 else flag
-            self._in_close = (head[0] & 0x0F) == 0x8
+            length = payload_length(head)
+            self._in_close = (head[0] & 0x0F) == CLOSE
             self._head = bytearray()
             self._skip = length
             if length == 0 and self._in_close:
