@@ -32,8 +32,8 @@ class Picows:
         self.received += self.buffer[:nbytes]
 
 
-def frame(opcode: int, payload: bytes, *, masked: bool = True) -> bytes:
-    n = len(payload)
+def header(opcode: int, n: int, *, masked: bool = True) -> bytes:
+    """A final frame's header for an ``n``-byte payload, written with struct (RFC 6455 §5.2)."""
     second = 0x80 if masked else 0
     if n < 126:
         head = bytes([0x80 | opcode, second | n])
@@ -41,7 +41,11 @@ def frame(opcode: int, payload: bytes, *, masked: bool = True) -> bytes:
         head = bytes([0x80 | opcode, second | 126]) + struct.pack("!H", n)
     else:
         head = bytes([0x80 | opcode, second | 127]) + struct.pack("!Q", n)
-    return head + (os.urandom(4) if masked else b"") + payload   # the scan never unmasks
+    return head + (os.urandom(4) if masked else b"")             # the scan never unmasks
+
+
+def frame(opcode: int, payload: bytes, *, masked: bool = True) -> bytes:
+    return header(opcode, len(payload), masked=masked) + payload
 
 
 def feed(stream, data: bytes, cuts: list[int]) -> None:
@@ -108,13 +112,6 @@ def test_the_header_arithmetic_every_frame_walker_shares_reads_any_header(length
     """core.frames.header_size and payload_length (the pure ClientStream's and FrameScanner's,
     whose C twin is client_stream.pxi's _scan) against headers written by struct."""
     from wsrelay.core.frames import header_size, payload_length
-    second = 0x80 if masked else 0
-    if length < 126:
-        head = bytes([0x80 | opcode, second | length])
-    elif length < 65536:
-        head = bytes([0x80 | opcode, second | 126]) + struct.pack("!H", length)
-    else:
-        head = bytes([0x80 | opcode, second | 127]) + struct.pack("!Q", length)
-    head += b"\x01\x02\x03\x04" if masked else b""
+    head = header(opcode, length, masked=masked)
     assert header_size(head[1]) == len(head)
     assert payload_length(b"xy" + head, 2) == length
