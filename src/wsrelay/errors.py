@@ -5,15 +5,17 @@
     WsrelayError                      anything wsrelay raises on purpose
     ├── ConfigError                   a configuration file or flag is wrong (names key and line)
     │   └── ConfigErrors              several ConfigError found in one file, reported together
-    ├── RequestRefused                a client request is refused before any upgrade
-    │   │                             (carries the HTTP status to answer with)
+    ├── RequestRefused                a client request is refused (carries the HTTP status to
+    │   │                             answer with before the upgrade, and ``as_close()``, the
+    │   │                             close frame that refuses a client already upgraded)
+    │   ├── Draining                  503 / 1012 the relay is shutting down
     │   ├── RouteError                400 malformed / 404 unknown service host or path
     │   ├── AuthError                 401 token missing / 403 token invalid
     │   │   └── NonceStoreUnavailable 503 the shared nonce store (Redis) did not answer
     │   └── CapacityError             429 agent at max_sessions (carries Retry-After)
     │       └── CapacityUnavailable   503 the fleet's Redis did not answer for a capped agent
     ├── UpstreamError                 no bot instance could take the session
-    │   │                             (carries the HTTP status to answer with)
+    │   │                             (carries the HTTP status to answer with; 1014 after the upgrade)
     │   ├── UpstreamUnreachable       502: every instance refused or was unreachable
     │   ├── UpstreamTimeout           504: connecting or the bot's handshake timed out
     │   └── UpstreamRejected          the bot answered the upgrade with an HTTP error
@@ -27,6 +29,12 @@
 
 Messages are sentences a user can act on: they say what was wrong and what to do.
 The reason given to a refused client is deliberately short; the full reason goes to the log.
+
+A refusal is declared once, here, in both forms a client can be refused in: an HTTP answer
+while its request is being decided (``status``, ``public_reason``, ``headers``), and a close
+frame once it has its ``101`` (``as_close()``: a provider endpoint holds the call's first
+messages before a bot is chosen). The relay picks the form from the client's state
+(``Relay._refuse`` in edge/relay.py), never from the exception.
 """
 
 from __future__ import annotations
@@ -90,6 +98,28 @@ class RequestRefused(WsrelayError):
             self.public_reason = public_reason
         self.headers = dict(headers or {})
 
+    def as_close(self) -> tuple[int, str]:
+        """The close code and reason that refuse a client already upgraded: 1013 Try Again
+        Later for what a retry may pass (429, 503), 1008 Policy Violation otherwise."""
+        return (1013 if self.status in (429, 503) else 1008), self.public_reason
+
+
+SHUTDOWN_CLOSE = (1012, "relay restarting")     # to every side once the relay stops
+
+
+class Draining(RequestRefused):
+    """The relay is shutting down: 503 with ``Retry-After`` (a load balancer retries
+    elsewhere), or 1012 to a client already upgraded."""
+
+    status = 503
+    public_reason = "Service Unavailable: the relay is shutting down"
+
+    def __init__(self, retry_after: str) -> None:
+        super().__init__("relay is draining", headers={"Retry-After": retry_after})
+
+    def as_close(self) -> tuple[int, str]:
+        return SHUTDOWN_CLOSE
+
 
 class RouteError(RequestRefused):
     """The request does not name a known agent: 400 when malformed, 404 when unknown."""
@@ -100,6 +130,11 @@ class AuthError(RequestRefused):
 
     status = 403
     public_reason = "Forbidden"
+
+    def as_close(self) -> tuple[int, str]:
+        if self.status == 503:          # the nonce store or the signing key is away: it may pass later
+            return 1013, "tokens cannot be checked now, try again later"
+        return 1008, "forbidden: auth failed"
 
 
 class NonceStoreUnavailable(AuthError):
@@ -118,6 +153,9 @@ class CapacityError(RequestRefused):
     status = 429
     public_reason = "Too Many Requests: the agent is at its session limit, retry later"
 
+    def as_close(self) -> tuple[int, str]:
+        return 1013, "agent at its session limit, try again later"
+
 
 class CapacityUnavailable(CapacityError):
     """The fleet's Redis did not answer, so a capped agent's count is unknown: 503, never a pass."""
@@ -128,11 +166,30 @@ class CapacityUnavailable(CapacityError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason, headers={"Retry-After": "1"})
 
+    def as_close(self) -> tuple[int, str]:
+        return 1013, "session limit cannot be checked now"
+
 
 class UpstreamError(WsrelayError):
-    """No bot instance took the session; ``status`` is what the client gets."""
+    """No bot instance took the session; ``status`` is what the client gets, or 1014 Bad
+    Gateway once it is upgraded."""
 
     status: int = 502
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    @property
+    def public_reason(self) -> str:
+        if self.status == 504:
+            return "Gateway Timeout: the bot did not answer in time"
+        if self.status == 502:
+            return "Bad Gateway: no bot instance could be reached"
+        return "The bot refused the connection"
+
+    def as_close(self) -> tuple[int, str]:
+        return 1014, self.public_reason
 
 
 class UpstreamUnreachable(UpstreamError):
@@ -170,6 +227,9 @@ class SessionRefused(WsrelayError):
         if code is not None:
             self.code = code
         self.public_reason = public_reason or reason
+
+    def as_close(self) -> tuple[int, str]:
+        return self.code, self.public_reason
 
 
 class ProviderRefused(SessionRefused):

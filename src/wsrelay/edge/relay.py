@@ -4,10 +4,12 @@
 module: endpoint (core/routing.py's table) → route → agent lookup (admission/registry.py)
 → upgrade check (core/upgrade.py) → auth (admission/auth.py) → capacity → session
 (edge/session.py: upstream connector, hand-over, pump). Every refusal is an HTTP answer
-before any upgrade and before any bot is contacted; on a telephony provider's endpoint
-(``_admit_provider``) the client is upgraded first and its first messages held
-(edge/hold.py), so refusals from then on are close frames, still before any bot is contacted. The capacity slot is taken in
-``_admit_and_run`` and given back in ``_session_over``, once.
+before any upgrade and before any bot is contacted; on a telephony provider's endpoint the
+client is upgraded first and its first messages held (edge/hold.py), so refusals from then
+on are close frames, still before any bot is contacted. Both go through one pipeline,
+``_admit``, and one ``_refuse``, which answers in the client's state (errors.py declares each
+refusal in both forms). The capacity slot is taken in ``_admit`` and given back in
+``_session_over``, once.
 
 In a fleet (``[fleet] redis_url``) the same line holds with the shared engines in place:
 agents from the file and Redis (admission/fleet_registry.py), a Redis lease per session
@@ -37,12 +39,13 @@ from ..admission.registry import AgentRegistry, StaticRegistry
 from ..admission.start_api import StartRequest, handle_start
 from ..config import Config, nonce_store_of
 from ..core.cors import CorsPolicy, is_preflight
-from ..core.routing import (EndpointKind, Route, RouteAt, find_endpoint, route_provider, route_start_api,
-                            route_websocket, split_target)
+from ..core.routing import (EndpointKind, HeldRoute, Route, RouteAt, find_endpoint, route_provider,
+                            route_start_api, route_websocket, split_target)
 from ..core.signatures import candidate_urls
 from ..core.session_machine import Outcome
 from ..core.upgrade import parse_upgrade
-from ..errors import CapacityError, ProviderRefused, RequestRefused, SessionRefused, UpstreamError
+from ..errors import (SHUTDOWN_CLOSE, CapacityError, Draining, ProviderRefused, RequestRefused, SessionRefused,
+                      UpstreamError, WsrelayError)
 from .gate import Gate
 from .http import header
 from .hold import Hold
@@ -61,8 +64,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wsrelay.relay")
 
-SHUTDOWN_CLOSE = (1012, "relay restarting")     # to both sides once the drain period is over
 DRAINING_RETRY_AFTER = "5"
+
+
+@dataclasses.dataclass(slots=True)
+class Held:
+    """A provider endpoint's call while it is admitted: for its refusal's log line."""
+
+    provider: str
+    target: str                                     # the request target, cut to 200 characters
+    agent: "AgentConfig | None" = None              # once known (Twilio: from the start message)
 # Enum members read per request, as module names (on Python 3.11 ``EndpointKind.GENERIC``
 # goes through ``EnumType.__getattr__``: see core/session_machine.py).
 START_API_ENDPOINT, GENERIC_ENDPOINT, PROVIDER_ENDPOINT = EndpointKind.START_API, EndpointKind.GENERIC, EndpointKind.PROVIDER
@@ -239,207 +250,144 @@ class Relay:
                 raise RequestRefused(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
             if endpoint.kind is START_API_ENDPOINT:
                 self._answer_start_api(gate, route_start_api(path) or "")
-            elif endpoint.kind is GENERIC_ENDPOINT:
-                self._admit_websocket(gate, target)
+                return
+            self._refuse_while_draining()
+            if endpoint.kind is GENERIC_ENDPOINT:
+                route: Route | HeldRoute = route_websocket(target)
+                provider = None
             elif endpoint.kind is PROVIDER_ENDPOINT and endpoint.provider is not None:
-                self._admit_provider(gate, target, endpoint.provider, endpoint.route_at)
-        except RequestRefused as exc:
-            gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
-
-    def _refuse_while_draining(self) -> None:
-        """New sessions get 503 once the relay drains (a load balancer retries elsewhere)."""
-        if not self.accepting:
-            raise RequestRefused("relay is draining", status=503,
-                                 public_reason="Service Unavailable: the relay is shutting down",
-                                 headers={"Retry-After": DRAINING_RETRY_AFTER})
-
-    def _close_while_draining(self) -> None:
-        """After the upgrade (provider endpoints) the draining answer is a close: 1012."""
-        if not self.accepting:
-            raise SessionRefused("relay is draining", code=SHUTDOWN_CLOSE[0], public_reason=SHUTDOWN_CLOSE[1])
-
-    def _admit_websocket(self, gate: Gate, target: str) -> None:
-        request = gate.request
-        assert request is not None
-        self._refuse_while_draining()
-        route = route_websocket(target)
-        agent = self.registry.lookup(route.service_host)
-        if agent is None:
-            raise RequestRefused(f"unknown service host {route.service_host!r}", status=404,
-                                 public_reason="Not Found: unknown agent")
-        upgrade = parse_upgrade(request.method, request.raw_headers, http_version=request.http_version)
-        gate.task = self.deadlines.loop.create_task(self._admit_and_run(gate, route, agent, upgrade))
-
-    async def _admit_and_run(self, gate: Gate, route: "Route", agent: "AgentConfig",
-                             upgrade: "UpgradeRequest") -> None:
-        """Auth (the nonce store may be remote), capacity, then the session's start.
-
-        The capacity slot is taken here and given back in ``_session_over`` only, exactly
-        once: when the session ends, or when it never started (no bot, client gone). The
-        task ends once both sides have their ``101``: a live session costs no coroutine.
-        """
-        try:
-            urls = self._signed_urls(gate, upgrade) if agent.websocket_auth == "twilio-signature" else None
-            claims = await self.authenticator.check(route, upgrade, agent, urls=urls)
-        except RequestRefused as exc:
-            gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
-            return
-        except Exception as exc:      # a bug or a failing nonce store: answer, never hang
-            log.exception("auth failed unexpectedly")
-            gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
-            return
-        try:
-            _, lease = await self._take_slot(agent)
-        except CapacityError as exc:                 # 429 at the limit (here or fleet-wide), 503 Redis away
-            gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
-            return
-        except Exception as exc:      # a bug, or the shared capacity table full: answer, never hang
-            log.exception("capacity check failed unexpectedly")
-            gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
-            return
-        try:
-            self._refuse_while_draining()     # the relay may have begun to stop while auth or the lease was awaited
-        except RequestRefused as exc:
-            self._give_slot(agent.service_host, lease)
-            gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
-            return
-        session = Session(route=route, agent=agent, upgrade=upgrade, client_address=gate.peer,
-                          secure=self.tls is not None, pump=self.pump, limits=self.config.relay,
-                          connect=self.upstreams.connect, attach=gate.attach, on_start=self._session_started,
-                          on_end=self._session_over, deadlines=self.deadlines,
-                          session_id=claims.session_id if claims else None, refuse_client=gate.refuse)
-        self.sessions.add(session)
-        if lease is not None:
-            self._lease_of[session] = lease
-        self._idle.clear()
-        try:
-            await session.run()
-        except UpstreamError as exc:
-            gate.refuse(exc.status, _upstream_public_reason(exc), reason=str(exc))
-            self._session_over(session)
-        except asyncio.CancelledError:       # the client left while the bot was contacted
-            if not session.started:
-                self._session_over(session)
-            raise
-        except Exception as exc:             # a bug while connecting: answer, and give the slot back
-            log.exception("connecting a session failed unexpectedly")
-            if not session.started:
-                gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
-                self._session_over(session)
-            return
-        if session.upstream_seconds is not None:
-            self.metrics.upstream_connected(session.upstream_seconds)
-
-    # -- provider endpoints (SPEC §6): the first messages are held, refusals after the upgrade are closes
-
-    def _admit_provider(self, gate: Gate, target: str, provider: str, route_at: RouteAt) -> None:
-        """``/ws/{provider}``: route (Telnyx, Plivo, Exotel now; Twilio on its start message)."""
-        request = gate.request
-        assert request is not None
-        self._refuse_while_draining()
-        route = route_provider(target, provider, service_host_in_query=route_at is RouteAt.BEFORE_UPGRADE)
-        agent = None
-        if isinstance(route, Route):
-            agent = self.registry.lookup(route.service_host)
-            if agent is None:
-                raise RequestRefused(f"unknown service host {route.service_host!r}", status=404,
-                                     public_reason="Not Found: unknown agent")
-        upgrade = parse_upgrade(request.method, request.raw_headers, http_version=request.http_version)
-        gate.task = self.deadlines.loop.create_task(
-            self._run_provider(gate, provider, route, agent, upgrade, target[:200]))
-
-    async def _run_provider(self, gate: Gate, provider: str, route, agent: "AgentConfig | None",
-                            upgrade: "UpgradeRequest", target: str) -> None:
-        """Auth and capacity (HTTP refusals when routed before the upgrade), the hold, the session.
-
-        After the upgrade every refusal is a close frame (SPEC §6): 1008 for the first
-        messages, an unknown agent or a failed auth, 1013 at capacity, 1014 no bot. The
-        capacity slot, once taken, belongs to the session, or is given back here.
-        """
-        urls: list[str] = []
-        slot: tuple[str, str | None] | None = None          # (service host, fleet lease) until a session owns it
-        hold = Hold(gate, provider, start_timeout=self.config.relay.provider_start_timeout)
-        session = None
-        claims = None
-        try:
-            urls = self._signed_urls(gate, upgrade)
-            if agent is not None:                               # routed before the upgrade
-                try:
-                    claims = await self.authenticator.check(route, upgrade, agent, urls=urls)
-                    slot = await self._take_slot(agent)
-                except RequestRefused as exc:
-                    gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
-                    return
-            self.holds.add(hold)
-            try:
-                start = await hold.start_message(upgrade.key)
-            finally:
-                self.holds.discard(hold)
-            self._close_while_draining()
-            if agent is None:                                   # Twilio: the start message names the agent
-                assert start.service_host is not None
-                route = route.complete(*start.service_host)
+                provider = endpoint.provider
+                route = route_provider(target, provider,
+                                       service_host_in_query=endpoint.route_at is RouteAt.BEFORE_UPGRADE)
+            else:
+                return
+            agent = None
+            if isinstance(route, Route):
                 agent = self.registry.lookup(route.service_host)
                 if agent is None:
-                    raise ProviderRefused(f"unknown agent {route.service_host!r} in start.customParameters",
-                                          public_reason=f"unknown agent {route.service_host}")
+                    raise RequestRefused(f"unknown service host {route.service_host!r}", status=404,
+                                         public_reason="Not Found: unknown agent")
+            upgrade = parse_upgrade(request.method, request.raw_headers, http_version=request.http_version)
+        except RequestRefused as exc:
+            self._refuse(gate, exc)
+            return
+        gate.task = self.deadlines.loop.create_task(
+            self._admit(gate, route, agent, upgrade, Held(provider, target[:200]) if provider else None))
+
+    def _refuse_while_draining(self) -> None:
+        """New sessions get 503 once the relay drains (1012 once upgraded): see ``Draining``."""
+        if not self.accepting:
+            raise Draining(DRAINING_RETRY_AFTER)
+
+    async def _admit(self, gate: Gate, route: "Route | HeldRoute", agent: "AgentConfig | None",
+                     upgrade: "UpgradeRequest", held: "Held | None") -> None:
+        """The one admission pipeline: auth (the nonce store may be remote), a capacity slot,
+        a last look at draining, the session, its bot. ``held`` (a provider endpoint): the
+        client is upgraded first and its first messages held (edge/hold.py) until they name
+        the call; a provider routed by its start message (Twilio) is authenticated and given
+        its slot only then. Any refusal is answered by ``_refuse`` in the client's state: an
+        HTTP status before its upgrade, a close frame after.
+
+        The capacity slot, once taken, belongs to the session (given back in
+        ``_session_over``, exactly once), or is given back here. The task ends once both
+        sides have their ``101``: a live session costs no coroutine.
+        """
+        slot: tuple[str, str | None] | None = None        # (service host, fleet lease) until a session owns it
+        session: Session | None = None
+        hold = Hold(gate, held.provider, start_timeout=self.config.relay.provider_start_timeout) if held else None
+        stage = "auth"                                          # for the log line of a bug
+        try:
+            urls = self._signed_urls(gate, upgrade) if held or agent and agent.websocket_auth == "twilio-signature" \
+                else None
+            claims = None
+            if agent is not None:                               # routed before the upgrade
+                assert isinstance(route, Route)
+                claims = await self.authenticator.check(route, upgrade, agent, urls=urls)
+                stage = "capacity check"
+                slot = await self._take_slot(agent)
+            if hold is not None and held is not None:
+                stage = f"holding a {held.provider} call"
+                held.agent = agent
+                self.holds.add(hold)
                 try:
+                    start = await hold.start_message(upgrade.key)
+                finally:
+                    self.holds.discard(hold)
+                self._refuse_while_draining()
+                if agent is None:                               # Twilio: the start message names the agent
+                    assert start.service_host is not None and isinstance(route, HeldRoute)
+                    route = route.complete(*start.service_host)
+                    agent = held.agent = self.registry.lookup(route.service_host)
+                    if agent is None:
+                        raise ProviderRefused(f"unknown agent {route.service_host!r} in start.customParameters",
+                                              public_reason=f"unknown agent {route.service_host}")
+                    stage = "auth"
                     claims = await self.authenticator.check(route, upgrade, agent, urls=urls)
-                except RequestRefused as exc:
-                    if exc.status == 503:                       # the nonce store or the signing key is away
-                        raise SessionRefused(str(exc), code=1013,
-                                             public_reason="tokens cannot be checked now, try again later") from None
-                    raise ProviderRefused(str(exc), public_reason="forbidden: auth failed") from None
-                try:
+                    stage = "capacity check"
                     slot = await self._take_slot(agent)
-                except RequestRefused as exc:
-                    raise SessionRefused(str(exc), code=1013,          # Try Again Later (429 and 503 alike)
-                                         public_reason="agent at its session limit, try again later"
-                                         if exc.status == 429 else "session limit cannot be checked now") from None
-            self._close_while_draining()                        # it may have begun to stop meanwhile
-            session = Session(route=route, agent=agent, upgrade=dataclasses.replace(upgrade, subprotocols=None),
-                              client_address=gate.peer, secure=self.tls is not None, pump=self.pump,
-                              limits=self.config.relay, connect=self.upstreams.connect, attach=gate.attach,
-                              on_start=self._session_started, on_end=self._session_over, deadlines=self.deadlines,
-                              session_id=claims.session_id if claims else None,
-                              close_held=lambda code, reason: self._refused_held(
-                                  gate, SessionRefused(reason, code=code), provider, target, agent),
-                              client_101_ns=gate.upgraded_ns, client_first_ns=gate.first_held_ns)
+            stage = "connecting a session"
+            assert agent is not None and isinstance(route, Route)
+            self._refuse_while_draining()       # the relay may have begun to stop while auth, the lease or the hold was awaited
+            session = Session(route=route, agent=agent, client_address=gate.peer, secure=self.tls is not None,
+                              pump=self.pump, limits=self.config.relay, connect=self.upstreams.connect,
+                              attach=gate.attach, on_start=self._session_started, on_end=self._session_over,
+                              deadlines=self.deadlines, session_id=claims.session_id if claims else None,
+                              **(self._held_session(gate, held, upgrade) if held else
+                                 {"upgrade": upgrade, "refuse_client": gate.refuse}))
             self.sessions.add(session)
             if slot is not None and slot[1] is not None:
                 self._lease_of[session] = slot[1]
             slot = None                                         # the session gives it back
             self._idle.clear()
-            try:
-                await session.run()
-            except UpstreamError as exc:
-                self._session_over(session)
-                raise SessionRefused(str(exc), code=1014, public_reason=_upstream_public_reason(exc)) from None
+            await session.run()
             if session.upstream_seconds is not None:
                 self.metrics.upstream_connected(session.upstream_seconds)
-        except SessionRefused as exc:
-            self._refused_held(gate, exc, provider, target, agent)
-        except asyncio.CancelledError:                          # the client left
-            if session is None or not session.started:
-                if session is not None:
-                    self._session_over(session)
-                log_session_refused(code=1001, reason=f"the client left before its {provider} session started",
-                                    client=gate.peer, target=target, provider=provider,
-                                    service_host=agent.service_host if agent else None)
-            raise
-        except Exception as exc:                                # a bug: answer or close, never hang
-            log.exception("provider session failed unexpectedly")
+        except asyncio.CancelledError:                          # the client left while we waited
             if session is not None and not session.started:
                 self._session_over(session)
-            if gate.state == "busy":
-                gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
-            else:
-                self._refused_held(gate, SessionRefused(f"internal error: {exc!r}"[:200], code=1011,
-                                                        public_reason="internal error"), provider, target, agent)
+            if held is not None and (session is None or not session.started):
+                log_session_refused(code=1001, reason=f"the client left before its {held.provider} session started",
+                                    client=gate.peer, target=held.target, provider=held.provider,
+                                    service_host=held.agent.service_host if held.agent else None)
+            raise
+        except Exception as exc:
+            if not isinstance(exc, WsrelayError):               # a bug: answer, never hang
+                log.exception("%s failed unexpectedly", stage)
+            if session is not None and not session.started:
+                self._session_over(session)
+            if session is None or not session.started:
+                self._refuse(gate, exc, held)
         finally:
-            hold.close()
+            if hold is not None:
+                hold.close()
             if slot is not None:
                 self._give_slot(*slot)
+
+    def _held_session(self, gate: Gate, held: "Held", upgrade: "UpgradeRequest") -> dict:
+        """A provider call's Session arguments: no sub-protocol (the gate's 101 chose none), the
+        gate's close for a relay's close before the bot answers, the times of the held frames."""
+        return {"upgrade": dataclasses.replace(upgrade, subprotocols=None),
+                "close_held": lambda code, reason: self._refuse(gate, SessionRefused(reason, code=code), held),
+                "client_101_ns": gate.upgraded_ns, "client_first_ns": gate.first_held_ns}
+
+    def _refuse(self, gate: Gate, exc: BaseException, held: "Held | None" = None) -> None:
+        """Refuse ``gate``'s client in the state it is in: before its upgrade an HTTP answer
+        (the refusal's status, public reason and headers), after it a close frame
+        (``as_close()``) with one log line naming the provider. Anything but a refusal of
+        errors.py's tree is a bug, answered 500 or 1011."""
+        if gate.state == "holding":
+            code, public = exc.as_close() if isinstance(exc, (RequestRefused, UpstreamError, SessionRefused)) \
+                else (1011, "internal error")
+            self.rejections[code] += 1
+            reason = str(exc) if isinstance(exc, WsrelayError) else f"internal error: {exc!r}"[:200]
+            log_session_refused(code=code, reason=reason, client=gate.peer,
+                                target=held.target if held else None, provider=held.provider if held else "-",
+                                service_host=held.agent.service_host if held and held.agent else None)
+            gate.refuse_held(code, public, linger=self.config.relay.close_timeout)
+        elif isinstance(exc, (RequestRefused, UpstreamError)):
+            gate.refuse(exc.status, exc.public_reason, reason=str(exc), headers=exc.headers)
+        elif not isinstance(exc, SessionRefused):
+            gate.refuse(500, "Internal Server Error", reason=f"internal error: {exc!r}"[:200])
 
     async def _take_slot(self, agent: "AgentConfig") -> tuple[str, str | None]:
         """A capacity slot for one session of ``agent`` (and its fleet lease); CapacityError if full."""
@@ -468,16 +416,6 @@ class Relay:
         if public_url:
             public_url = public_url.replace("{region}", self.config.relay.region or "")
         return candidate_urls(target, host=upgrade.host, public_url=public_url)
-
-    def _refused_held(self, gate: Gate, exc: SessionRefused, provider: str, target: str,
-                      agent: "AgentConfig | None") -> None:
-        """One refused provider session: its close frame, its log line, its count."""
-        if gate.state != "holding":
-            return
-        self.rejections[exc.code] += 1
-        log_session_refused(code=exc.code, reason=str(exc), client=gate.peer, target=target, provider=provider,
-                            service_host=agent.service_host if agent else None)
-        gate.refuse_held(exc.code, exc.public_reason, linger=self.config.relay.close_timeout)
 
     def _session_over(self, session: Session) -> None:
         """Give back the session's capacity slot, once; log it if it ran."""
@@ -542,11 +480,3 @@ class Relay:
         self.rejections[status] += 1
         log_refusal(status=status, reason=reason, client=gate.peer,
                     target=gate.request.target.decode("latin-1")[:200] if gate.request else None)
-
-
-def _upstream_public_reason(exc: UpstreamError) -> str:
-    if exc.status == 504:
-        return "Gateway Timeout: the bot did not answer in time"
-    if exc.status == 502:
-        return "Bad Gateway: no bot instance could be reached"
-    return "The bot refused the connection"
