@@ -1,4 +1,4 @@
-"""Token auth and the start API over real sockets (SPEC §3)."""
+"""Token auth and the start API over real sockets (README "Token auth and the start API")."""
 
 from __future__ import annotations
 

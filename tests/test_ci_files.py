@@ -325,3 +325,20 @@ def test_picows_is_pinned_to_one_version_everywhere():
     assert pins(PYPROJECT["build-system"]["requires"]) == {PICOWS_VERSION}
     assert pins(PYPROJECT["project"]["dependencies"]) == {PICOWS_VERSION}
     assert importlib.metadata.version("picows") == PICOWS_VERSION
+
+
+def test_the_code_and_the_readme_refer_to_documentation_in_the_repository_only():
+    """Users have the repository, not the specification it was built from: no ``SPEC §`` and
+    no path outside the repository in the package, the Cython sources, the README or --help."""
+    import re
+    import subprocess
+    import sys
+
+    texts = {p: p.read_text() for p in [*(REPO / "src").rglob("*.py"), *(REPO / "csrc").rglob("*.p*"),
+                                        REPO / "README.md"]}
+    texts[REPO / "--help"] = subprocess.run([sys.executable, "-m", "wsrelay", "serve", "--help"],
+                                            capture_output=True, text=True, timeout=60).stdout
+    outside = {str(p): m.group(0) for p, text in texts.items()
+               for m in [re.search(r"SPEC(\.md)? ?§|\.\./shared/", text)] if m}
+    assert outside == {}
+    assert "README's Configuration section" in " ".join(texts[REPO / "--help"].split())   # however argparse wraps it

@@ -1,4 +1,4 @@
-"""The session machine, without sockets: every close path of SPEC §2.6, Autobahn's section 7
+"""The session machine, without sockets: every close path of the README's "Flow control and close", Autobahn's section 7
 as event sequences, and hypothesis over arbitrary sequences (no sequence raises, every
 sequence ends, each side gets at most one close from the relay)."""
 
@@ -82,7 +82,7 @@ class Harness:
         return [a for a in self.actions if isinstance(a, (SendClose, ForwardClose, Abandon)) and a.side == side]
 
 
-# -- the close paths of SPEC §2.6 ------------------------------------------------------------------
+# -- the close paths of the README's "Flow control and close" ---------------------------------------------
 
 @pytest.mark.parametrize("first", [CLIENT, BOT])
 def test_a_close_is_forwarded_and_its_reply_comes_back(first):

@@ -1,4 +1,4 @@
-"""Configuration: the TOML file of SPEC §4 as typed, validated, immutable objects.
+"""Configuration: the TOML file of README "Configuration" as typed, validated, immutable objects.
 
 Sans-I/O apart from ``load_config`` reading a file: ``parse_config(text)`` does the work,
 so every rule is testable on a string. Unknown keys are errors, not silence, and every

@@ -1,4 +1,4 @@
-"""Token auth for agents with ``websocket_auth = "token"`` (SPEC §3), around tokens.py.
+"""Token auth for agents with ``websocket_auth = "token"`` (README "Token auth and the start API"), around tokens.py.
 
 ``tokens.py`` mints and verifies (pure functions); this module adds what needs state:
 the signing keys of the running config, the clock, and the single-use nonce store.

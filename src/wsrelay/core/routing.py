@@ -1,13 +1,13 @@
 """Routing, sans-I/O: a request target (path + query) to the service host it names.
 
-SPEC §1::
+The README's "Endpoints"::
 
     /ws/generic/{agent}.{org}                 service host in the path
     /ws/generic/{agent}.{org}/{token}         ... plus the token as an extra segment
     /ws/generic?serviceHost={agent}.{org}     service host in the query
     /ws/generic/{token}?serviceHost=...       ... plus the token as a segment
 
-and the telephony providers' endpoints (SPEC §6, core/telephony.py)::
+and the telephony providers' endpoints (README "Telephony providers", core/telephony.py)::
 
     /ws/{telnyx|plivo|exotel}?serviceHost={agent}.{org}     routed before the upgrade
     /ws/{telnyx|plivo|exotel}/{token}?serviceHost=...       ... with the token as a segment
@@ -39,9 +39,9 @@ START_API = re.compile(r"/v1/public/([^/]+)/start\Z")
 
 
 class EndpointKind(enum.Enum):
-    GENERIC = "generic"          # the generic WebSocket endpoint (SPEC §1)
-    START_API = "start api"      # POST /v1/public/{agent}/start (SPEC §3)
-    PROVIDER = "provider"        # /ws/{provider}: a telephony provider's media stream (SPEC §6)
+    GENERIC = "generic"          # the generic WebSocket endpoint (README "Endpoints")
+    START_API = "start api"      # POST /v1/public/{agent}/start (README "Token auth and the start API")
+    PROVIDER = "provider"        # /ws/{provider}: a telephony provider's media stream (README "Telephony providers")
 
 
 class RouteAt(enum.Enum):
