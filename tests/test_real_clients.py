@@ -290,7 +290,7 @@ def test_raw_client_head_gets_101_and_frames_flow(variant, pump):
     arun(main(), timeout=25)
 
 
-# -- (d) the start API from a browser page on another origin (CORS, README "Token auth and the start API") ---------------------
+# -- (d) the start API from a browser page on another origin (CORS; README "Token auth and the start API") --
 #
 # A page served from http://127.0.0.1:<page port> calls POST /v1/public/echo/start on the relay
 # (another port, so another origin) with "Authorization: Bearer <public key>" and a JSON body:

@@ -1,5 +1,5 @@
-"""The session machine, without sockets: every close path of the README's "Flow control and close", Autobahn's section 7
-as event sequences, and hypothesis over arbitrary sequences (no sequence raises, every
+"""The session machine, without sockets: every close path of the README's "Flow control and
+close", Autobahn's section 7 as event sequences, and hypothesis over arbitrary sequences (no sequence raises, every
 sequence ends, each side gets at most one close from the relay)."""
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ START_API = re.compile(r"/v1/public/([^/]+)/start\Z")
 class EndpointKind(enum.Enum):
     GENERIC = "generic"          # the generic WebSocket endpoint (README "Endpoints")
     START_API = "start api"      # POST /v1/public/{agent}/start (README "Token auth and the start API")
-    PROVIDER = "provider"        # /ws/{provider}: a telephony provider's media stream (README "Telephony providers")
+    PROVIDER = "provider"        # /ws/{provider}: a provider's media stream (README "Telephony providers")
 
 
 class RouteAt(enum.Enum):

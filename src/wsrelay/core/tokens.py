@@ -1,4 +1,5 @@
-"""Session tokens, sans-I/O: mint and verify (README "Token auth and the start API"). No clock, no state, no I/O.
+"""Session tokens, sans-I/O: mint and verify (the README's "Token auth and the start API").
+No clock, no state, no I/O.
 
     token = base64url(payload_json) "." base64url(HMAC-SHA256(key, base64url(payload_json)))
 

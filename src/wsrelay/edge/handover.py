@@ -5,8 +5,8 @@ picows' server-side listener factory is synchronous, but a session needs async w
 (connecting to the bot) before the client may get its ``101``. So the gate reads the
 head itself, and once the bot has answered, this module builds picows' server-side
 ``WSProtocol`` by hand (its constructor is not public API: 14 positional arguments,
-written against picows ``PICOWS_VERSION``, picows_internals.py), puts the pump's ``ClientStream`` in front of
-it on the client's transport, and feeds it a *canonical* upgrade head built from the
+written against the pinned picows), puts the pump's ``ClientStream`` in front of it on the
+client's transport, and feeds it a *canonical* upgrade head built from the
 checked request (picows never parses the client's own head, so its stricter parser can
 never refuse what the relay accepted), then the client's early bytes. picows answers
 ``101`` with the bot's sub-protocol. ``bot_protocol`` builds the client-side protocol the
@@ -28,7 +28,6 @@ from picows.picows import WSProtocol  # type: ignore[attr-defined]
 from ..config import RelayConfig
 from ..core.frames import switching_protocols
 from ..core.upgrade import canonical_upgrade_head
-
 from .picows_internals import check
 
 SWITCHING_PROTOCOLS = HTTPStatus.SWITCHING_PROTOCOLS     # an enum member read costs more on 3.11

@@ -1,7 +1,7 @@
 """Holding a telephony provider's first messages: the I/O around core/telephony.py.
 
-The README's "Telephony providers". On a provider endpoint the client is upgraded by the gate itself (its ``101``
-carries no sub-protocol), and what it sends next stays in the gate's buffer, byte for
+The README's "Telephony providers". On a provider endpoint the client is upgraded by the
+gate itself (its ``101`` carries no sub-protocol), and what it sends next stays in the gate's buffer, byte for
 byte, while ``FirstMessages`` reads the first messages from it. The relay then routes
 (Twilio: on ``start.customParameters._pipecatCloudServiceHost``), contacts the bot, and
 the gate hands the socket to picows with every held byte: the first messages and

@@ -91,7 +91,10 @@ def _has(module: str, path: str) -> bool:
     except ImportError:
         return False
     for part in path.split("."):
-        if not hasattr(obj, part):
+        obj = getattr(obj, part, _MISSING)
+        if obj is _MISSING:
             return False
-        obj = getattr(obj, part)
     return True
+
+
+_MISSING = object()

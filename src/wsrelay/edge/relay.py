@@ -1,9 +1,9 @@
 """The relay: one public listener, the dispatcher, and the book of live sessions.
 
-``dispatch`` is the data path of README "Architecture" as a straight line of calls, each into one
-module: endpoint (core/routing.py's table) → route → agent lookup (admission/registry.py)
-→ upgrade check (core/upgrade.py) → auth (admission/auth.py) → capacity → session
-(edge/session.py: upstream connector, hand-over, pump). Every refusal is an HTTP answer
+``dispatch`` is the data path (the README's "Architecture") as a straight line of calls,
+each into one module: endpoint (core/routing.py's table) → route → agent lookup
+(admission/registry.py) → upgrade check (core/upgrade.py) → auth (admission/auth.py) →
+capacity → session (edge/session.py: upstream connector, hand-over, pump). Every refusal is an HTTP answer
 before any upgrade and before any bot is contacted; on a telephony provider's endpoint the
 client is upgraded first and its first messages held (edge/hold.py), so refusals from then
 on are close frames, still before any bot is contacted. Both go through one pipeline,
@@ -65,6 +65,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsrelay.relay")
 
 DRAINING_RETRY_AFTER = "5"
+CAPACITY_RETRY_AFTER = "1"
+LISTEN_BACKLOG = 1024                           # pending connections the kernel queues
+RELOADED_RELAY_KEYS = {"cors_origins"}          # [relay] keys a reload applies; any other change waits for a restart
+# Enum members read per request, as module names (on Python 3.11 ``EndpointKind.GENERIC``
+# goes through ``EnumType.__getattr__``: see core/session_machine.py).
+START_API_ENDPOINT, GENERIC_ENDPOINT, PROVIDER_ENDPOINT = (
+    EndpointKind.START_API, EndpointKind.GENERIC, EndpointKind.PROVIDER)
 
 
 @dataclasses.dataclass(slots=True)
@@ -74,12 +81,6 @@ class Held:
     provider: str
     target: str                                     # the request target, cut to 200 characters
     agent: "AgentConfig | None" = None              # once known (Twilio: from the start message)
-# Enum members read per request, as module names (on Python 3.11 ``EndpointKind.GENERIC``
-# goes through ``EnumType.__getattr__``: see core/session_machine.py).
-START_API_ENDPOINT, GENERIC_ENDPOINT, PROVIDER_ENDPOINT = EndpointKind.START_API, EndpointKind.GENERIC, EndpointKind.PROVIDER
-CAPACITY_RETRY_AFTER = "1"
-LISTEN_BACKLOG = 1024                           # pending connections the kernel queues
-RELOADED_RELAY_KEYS = {"cors_origins"}          # [relay] keys a reload applies; any other change waits for a restart
 
 
 class Relay:
@@ -327,7 +328,7 @@ class Relay:
                     slot = await self._take_slot(agent)
             stage = "connecting a session"
             assert agent is not None and isinstance(route, Route)
-            self._refuse_while_draining()       # the relay may have begun to stop while auth, the lease or the hold was awaited
+            self._refuse_while_draining()       # it may have begun to stop while auth, the lease or the hold was awaited
             session = Session(route=route, agent=agent, client_address=gate.peer, secure=self.tls is not None,
                               pump=self.pump, limits=self.config.relay, connect=self.upstreams.connect,
                               attach=gate.attach, on_start=self._session_started, on_end=self._session_over,
@@ -343,19 +344,21 @@ class Relay:
             if session.upstream_seconds is not None:
                 self.metrics.upstream_connected(session.upstream_seconds)
         except asyncio.CancelledError:                          # the client left while we waited
-            if session is not None and not session.started:
-                self._session_over(session)
-            if held is not None and (session is None or not session.started):
-                log_session_refused(code=1001, reason=f"the client left before its {held.provider} session started",
-                                    client=gate.peer, target=held.target, provider=held.provider,
-                                    service_host=held.agent.service_host if held.agent else None)
+            if session is None or not session.started:
+                if session is not None:
+                    self._session_over(session)
+                if held is not None:
+                    log_session_refused(code=1001,
+                                        reason=f"the client left before its {held.provider} session started",
+                                        client=gate.peer, target=held.target, provider=held.provider,
+                                        service_host=held.agent.service_host if held.agent else None)
             raise
         except Exception as exc:
             if not isinstance(exc, WsrelayError):               # a bug: answer, never hang
                 log.exception("%s failed unexpectedly", stage)
-            if session is not None and not session.started:
-                self._session_over(session)
             if session is None or not session.started:
+                if session is not None:
+                    self._session_over(session)
                 self._refuse(gate, exc, held)
         finally:
             if hold is not None:

@@ -1,7 +1,7 @@
 """One relayed session, from the admitted request to its log line: the machine's I/O driver.
 
-Life (README "Architecture"): the relay has routed, authenticated and admitted the request; here the
-bot is connected (with the forwarding headers), the client gets its ``101`` only after
+Life (the README's "Architecture"): the relay has routed, authenticated and admitted the
+request; here the bot is connected (with the forwarding headers), the client gets its ``101`` only after
 the bot's, frames flow through the pump, and ``run()`` returns when both sockets are gone.
 
 Every decision about closing, flow control and the end belongs to the sans-I/O
@@ -116,7 +116,7 @@ class Session:
     def forward_headers(self) -> list[tuple[str, str]]:
         """The bot's handshake headers: the client's end-to-end ones, then the relay's own.
 
-        README "Endpoints". ``X-Daily-Session-Id`` is what the hosted platform's bot image
+        The README's "Endpoints". ``X-Daily-Session-Id`` is what the hosted platform's bot image
         reads, so such bots work behind the relay unchanged.
         """
         assert self.upgrade is not None and self.route is not None, "the bot is connected before the client's 101"
