@@ -8,7 +8,7 @@ import pytest
 from picows import WSMsgType
 from prometheus_client.parser import text_string_to_metric_families
 
-from wsrelay.edge.admin import AdminServer
+from wsrelay.admin.server import AdminServer
 
 from support import (Bot, arun, connect_client, free_port, raw_request, relay_config, start_relay, status_of,
                      upgrade_head)

@@ -16,8 +16,8 @@ import pytest
 
 from support import (Bot, admin_request, arun, connect_client, relay_config, start_relay, status_of, upgrade_head,
                      wait_until)
-from wsrelay.edge.admin import AdminServer
-from wsrelay.edge.live_sessions import LiveSessions
+from wsrelay.admin.server import AdminServer
+from wsrelay.telemetry.live_sessions import LiveSessions
 
 TOKEN = "admin-token-for-the-tests-0123456789"
 

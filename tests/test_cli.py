@@ -456,7 +456,7 @@ def test_check_hostile_files_one_clean_error_per_problem(tmp_path):
 _PROVOKE_ASYNCIO = r'''
 import asyncio, gc, logging, sys, warnings
 import uvloop
-from wsrelay.edge.logs import log_loop_exception, setup_logging
+from wsrelay.telemetry.logs import log_loop_exception, setup_logging
 
 setup_logging(sys.argv[1])
 

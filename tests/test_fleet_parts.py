@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from wsrelay.admission.fleet_registry import AGENTS_KEY, FleetRegistry, apply_agents, decode_agents, delete_agent
-from wsrelay.admission.leases import FleetCapacity, LeaseBook, lease_key
-from wsrelay.admission.redis_link import RedisLink
+from wsrelay.fleet.agents import AGENTS_KEY, FleetRegistry, apply_agents, decode_agents, delete_agent
+from wsrelay.fleet.leases import FleetCapacity, LeaseBook, lease_key
+from wsrelay.fleet.redis_link import RedisLink
 from wsrelay.admission.registry import StaticRegistry
 from wsrelay.admission.start_api import StartRequest, handle_start
 from wsrelay.admission.auth import Authenticator

@@ -1,4 +1,4 @@
-"""The session's log line (edge/logs.py): written straight to the relay's own handler when
+"""The session's log line (telemetry/logs.py): written straight to the relay's own handler when
 nothing else listens, and then byte for byte the line a log record would have made."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import logging
 import pytest
 from hypothesis import given, strategies as st
 
-from wsrelay.edge import logs
+from wsrelay.telemetry import logs
 
 FIELDS = {"event": "session_end", "session_id": "0b6f7c2e-3d4a-4f5b-9c8d-1e2f3a4b5c6d", "agent": "echo",
           "organization": "demo", "client": "127.0.0.1", "subprotocol": None, "frames_up": 3, "bytes_up": 1920,

@@ -75,7 +75,7 @@ def test_the_package_ships_its_typing_marker_and_stubs():
     assert (root / "py.typed").is_file()
     assert (root / "pump" / "_compiled.pyi").is_file()
     for name in ("index.html", "dashboard.js", "dashboard.css"):     # served by the admin port
-        assert (root / "edge" / "dashboard" / name).is_file(), name
+        assert (root / "admin" / "dashboard" / name).is_file(), name
 
 
 @installed_only

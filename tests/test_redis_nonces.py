@@ -10,7 +10,8 @@ import pytest
 
 from wsrelay.config import AuthConfig, ConfigError, require_shared_nonces
 from wsrelay.errors import NonceStoreUnavailable
-from wsrelay.admission.nonces import MemoryNonceStore, NonceStore, RedisNonceStore, make_nonce_store
+from wsrelay.admission.nonces import MemoryNonceStore, NonceStore
+from wsrelay.fleet.nonces import RedisNonceStore, make_nonce_store
 from wsrelay.edge.relay import Relay
 from wsrelay.core.tokens import mint_token
 

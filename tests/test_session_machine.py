@@ -475,11 +475,11 @@ def test_no_sequence_raises_every_sequence_ends_each_side_gets_at_most_one_close
     assert all(s.paused_since is None for s in h.m.sides.values())
 
 
-def test_the_core_imports_neither_asyncio_nor_picows():
+def test_the_sans_io_modules_import_neither_asyncio_nor_picows():
     code = ("import sys\n"
             "import wsrelay.core.routing, wsrelay.core.upgrade, wsrelay.core.tokens, wsrelay.core.cors, "
-            "wsrelay.core.session_machine, wsrelay.core.telephony, wsrelay.core.frames, "
-            "wsrelay.core.signatures\n"
+            "wsrelay.core.session_machine, wsrelay.telephony.providers, wsrelay.core.frames, "
+            "wsrelay.telephony.signatures\n"
             "print(sorted(m for m in ('asyncio', 'picows', 'uvloop', 'h11', 'httptools') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

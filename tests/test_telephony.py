@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 from providers import PROVIDERS, Call, PipecatBot, collect, play
 from support import (Bot, arun, free_port, masked_frame, raw_request, relay_config, start_relay, status_of,
                      upgrade_head)
-from wsrelay.core.signatures import twilio_signature
+from wsrelay.telephony.signatures import twilio_signature
 
 AGENT = "bot.acme"
 # A body whose standard base64 has a '+' (and a '/'): it must reach the bot byte for byte.
@@ -462,7 +462,7 @@ def test_property_fuzzed_first_messages_never_crash_and_end_in_a_close_with_a_re
 
     from providers import any_first_messages, mutated_first_messages
     from support import masked_frame
-    from wsrelay.core.telephony import FirstMessages, Start
+    from wsrelay.telephony.providers import FirstMessages, Start
 
     with _RelayThread(pump) as env:
         seen = {1008: 0, 1014: 0}

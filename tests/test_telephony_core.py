@@ -16,8 +16,8 @@ from providers import PROVIDERS, Call, any_first_messages, mutated_first_message
 from support import masked_frame
 from wsrelay.core.frames import FrameScanner, accept_value, close_code_and_reason, close_frame, unmask
 from wsrelay.core.routing import EndpointKind, HeldRoute, Route, RouteAt, find_endpoint, route_provider
-from wsrelay.core.signatures import candidate_urls, twilio_signature, verify_twilio_signature
-from wsrelay.core.telephony import ClientClosed, FirstMessages, Start
+from wsrelay.telephony.signatures import candidate_urls, twilio_signature, verify_twilio_signature
+from wsrelay.telephony.providers import ClientClosed, FirstMessages, Start
 from wsrelay.errors import FrameError, ProviderRefused, RouteError, SessionRefused
 
 TEXT, BINARY, CLOSE, PING = 0x1, 0x2, 0x8, 0x9

@@ -7,7 +7,7 @@ import re
 
 from picows import WSMsgType
 
-from wsrelay.edge.metrics_group import merge
+from wsrelay.telemetry.metrics_group import merge
 
 from support import Bot, RelayProcess, arun, connect_client, free_port, metrics_text
 

@@ -175,9 +175,9 @@ def check_contents(wheel: Path) -> None:
         "the pump's C interface (.pxd)": r"^wsrelay/pump/_compiled\.pxd$",
         "the pump's stub (.pyi)": r"^wsrelay/pump/_compiled\.pyi$",
         "the typing marker py.typed": r"^wsrelay/py\.typed$",
-        "the dashboard page": r"^wsrelay/edge/dashboard/index\.html$",
-        "the dashboard script": r"^wsrelay/edge/dashboard/dashboard\.js$",
-        "the dashboard style": r"^wsrelay/edge/dashboard/dashboard\.css$",
+        "the dashboard page": r"^wsrelay/admin/dashboard/index\.html$",
+        "the dashboard script": r"^wsrelay/admin/dashboard/dashboard\.js$",
+        "the dashboard style": r"^wsrelay/admin/dashboard/dashboard\.css$",
         "the licence": r"^wsrelay-[^/]+\.dist-info/(licenses/)?LICENSE$",
     }
     missing = [what for what, pattern in required.items() if not any(re.match(pattern, n) for n in names)]

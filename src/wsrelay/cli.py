@@ -1,4 +1,4 @@
-"""The ``wsrelay`` command: ``serve``, ``check``, ``token``, ``agents`` (fleet_cli.py).
+"""The ``wsrelay`` command: ``serve``, ``check``, ``token``, ``agents`` (fleet/agents_cli.py).
 
 ``wsrelay serve`` without ``--config`` runs the embedded demo: agent ``echo.demo``
 backed by the built-in echo bot, so ``wscat -c ws://localhost:8765/ws/generic/echo.demo``
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--config", required=True)
     token.add_argument("--ttl", type=int, help="lifetime in seconds (default [auth] token_ttl)")
 
-    from .fleet_cli import add_parser as add_agents_parser
+    from .fleet.agents_cli import add_parser as add_agents_parser
     add_agents_parser(sub)
     return parser
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "token":
             return cmd_token(args)
         if args.command == "agents":
-            from .fleet_cli import cmd_agents
+            from .fleet.agents_cli import cmd_agents
             return cmd_agents(args)
         return cmd_serve(args)
     except ConfigError as exc:
@@ -94,7 +94,7 @@ def cmd_token(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from .edge.logs import setup_logging
+    from .telemetry.logs import setup_logging
     if args.pure_python:
         os.environ["WSRELAY_PURE_PYTHON"] = "1"
     cfg = _load(args.config) if args.config else None
@@ -167,7 +167,7 @@ async def serve(cfg, *, config_path=None, host=None, port=None, admin_port=None,
     is a ListenError (one line for the user), not a traceback.
     """
     from .edge.relay import Relay
-    from .edge.logs import log_loop_exception
+    from .telemetry.logs import log_loop_exception
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(log_loop_exception)
     echo = None
@@ -187,16 +187,16 @@ async def serve(cfg, *, config_path=None, host=None, port=None, admin_port=None,
         raise
     admin = peer = None
     if group is not None and worker > 0:      # --workers N: worker 0 asks this one when scraped
-        from .edge.metrics_group import serve_peer
-        from .edge.live_sessions import LiveSessions
+        from .telemetry.metrics_group import serve_peer
+        from .telemetry.live_sessions import LiveSessions
         peer = await serve_peer(group[0], worker, relay.metrics.render, LiveSessions(lambda: relay.sessions))
     if cfg.relay.admin_port and worker == 0:
-        from .edge.admin import AdminServer
-        from .edge.live_sessions import LiveSessions
+        from .admin.server import AdminServer
+        from .telemetry.live_sessions import LiveSessions
         gather = None
         live = LiveSessions(lambda: relay.sessions)
         if group is not None:
-            from .edge.metrics_group import group_renderer, group_sessions
+            from .telemetry.metrics_group import group_renderer, group_sessions
             gather = group_renderer(group[0], group[1], relay.metrics.render)
             others, end_other = group_sessions(group[0], group[1])
             live = LiveSessions(lambda: relay.sessions, remote=others, remote_end=end_other)

@@ -25,7 +25,7 @@ from wsrelay.admission.start_api import StartRequest, handle_start
 from wsrelay.config import parse_config
 from wsrelay.core.frames import FrameScanner
 from wsrelay.core.routing import route_provider, route_start_api, route_websocket
-from wsrelay.core.telephony import PROVIDERS, FirstMessages
+from wsrelay.telephony.providers import PROVIDERS, FirstMessages
 from wsrelay.core.tokens import mint_token, verify_token
 from wsrelay.core.upgrade import parse_upgrade
 from wsrelay.edge.http import RequestReader

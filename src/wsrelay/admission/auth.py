@@ -14,12 +14,12 @@ import time
 from typing import Callable
 
 from ..config import AgentConfig, AuthConfig, Config
-from ..errors import AuthError, TokenError
-from ..core.upgrade import UpgradeRequest
-from .nonces import MemoryNonceStore, NonceStore
 from ..core.routing import Route
-from ..core.signatures import TWILIO_SIGNATURE_HEADER, verify_twilio_signature
 from ..core.tokens import TokenClaims, mint_token, missing_token_error, nonce_lifetime, verify_token
+from ..core.upgrade import UpgradeRequest
+from ..errors import AuthError, TokenError
+from ..telephony.signatures import TWILIO_SIGNATURE_HEADER, verify_twilio_signature
+from .nonces import MemoryNonceStore, NonceStore
 
 
 class Authenticator:
@@ -36,7 +36,7 @@ class Authenticator:
         """None for an agent without token auth; the verified claims otherwise (or AuthError).
 
         ``urls``: the spellings of the request's URL a provider may have signed, for an
-        agent with ``websocket_auth = "twilio-signature"`` (core/signatures.py).
+        agent with ``websocket_auth = "twilio-signature"`` (telephony/signatures.py).
         """
         if agent.websocket_auth == "twilio-signature":
             check_twilio_signature(agent, upgrade, urls or [])

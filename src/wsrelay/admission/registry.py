@@ -1,7 +1,7 @@
 """The agent registry: which agents exist, looked up by service host.
 
 An interface so the store can change: the TOML file (``StaticRegistry``), and for
-fleets the file plus the agents applied to Redis (admission/fleet_registry.py). Lookups
+fleets the file plus the agents applied to Redis (fleet/agents.py). Lookups
 are synchronous and cheap because they sit on the handshake path; a remote backend keeps
 a local copy and refreshes it in the background.
 

@@ -1,7 +1,7 @@
 """RFC 6455 framing, sans-I/O: just enough to hold a provider's first frames.
 
 The relay never parses frames on its data path: picows does, and the pump relays them
-unchanged. Only a provider endpoint (core/telephony.py) must read the client's first
+unchanged. Only a provider endpoint (telephony/providers.py) must read the client's first
 messages before a bot is chosen, while they are still bytes in the gate's buffer. Those
 bytes stay exactly as received (they are later fed to picows and relayed from there);
 ``FrameScanner`` only walks over them, unmasking a data payload into a copy when asked.

@@ -7,7 +7,7 @@ The README's "Endpoints"::
     /ws/generic?serviceHost={agent}.{org}     service host in the query
     /ws/generic/{token}?serviceHost=...       ... plus the token as a segment
 
-and the telephony providers' endpoints (README "Telephony providers", core/telephony.py)::
+and the telephony providers' endpoints (README "Telephony providers", telephony/providers.py)::
 
     /ws/{telnyx|plivo|exotel}?serviceHost={agent}.{org}     routed before the upgrade
     /ws/{telnyx|plivo|exotel}/{token}?serviceHost=...       ... with the token as a segment

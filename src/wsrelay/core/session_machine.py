@@ -14,7 +14,7 @@ Each side (``CLIENT``, ``BOT``) is in one ``SideState``::
 
 A provider endpoint's client starts ``HOLDING`` instead (``client_held``): it is upgraded,
 but its socket is still the gate's, which holds its first frames while the bot is
-contacted (edge/hold.py); ``opened`` takes it to ``OPEN`` when the held frames are handed
+contacted (telephony/hold.py); ``opened`` takes it to ``OPEN`` when the held frames are handed
 to the pump, and a close the relay sends it meanwhile ends it at once (the gate lingers
 for the reply), so ``HOLDING ──close sent──▶ CLOSED``. (``DETACHED`` is reserved for
 session resume.) The session is ``CONNECTING`` until both sides are open, ``OPEN`` while frames flow, ``CLOSING`` from the first close or loss, and ``ENDED``

@@ -7,7 +7,7 @@ relay's one verdict on a head (core/upgrade.py), and hands the complete request 
 closes, or, for a WebSocket session whose bot has answered ``101``, passes the socket to
 picows (``hand_over``, see handover.py), with the frames the client sent early.
 
-A provider endpoint (edge/hold.py) upgrades first: the gate writes the ``101`` itself and
+A provider endpoint (telephony/hold.py) upgrades first: the gate writes the ``101`` itself and
 keeps every byte that follows, untouched, while the first messages are read from them
 (``hold``); a refusal then is a close frame (``refuse_held``), and an accepted session is
 handed to picows with all those bytes, so the held frames reach the bot first, in order.

@@ -177,7 +177,7 @@ class _Client101(WSUpgradeResponse):
     header in Python for every session; this one holds a plain dict (picows only adds
     ``Sec-WebSocket-Accept`` to it) and renders the relay's ``101`` with it, the same bytes
     the gate writes on provider endpoints.
-    ``silent``: the gate wrote the client's ``101`` already (provider endpoints, edge/hold.py);
+    ``silent``: the gate wrote the client's ``101`` already (provider endpoints, telephony/hold.py);
     picows still goes through its server handshake (that is how its protocol starts), and
     nothing reaches the wire.
     """

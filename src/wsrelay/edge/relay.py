@@ -5,15 +5,15 @@ each into one module: endpoint (core/routing.py's table) → route → agent loo
 (admission/registry.py) → upgrade check (core/upgrade.py) → auth (admission/auth.py) →
 capacity → session (edge/session.py: upstream connector, hand-over, pump). Every refusal is an HTTP answer
 before any upgrade and before any bot is contacted; on a telephony provider's endpoint the
-client is upgraded first and its first messages held (edge/hold.py), so refusals from then
+client is upgraded first and its first messages held (telephony/hold.py), so refusals from then
 on are close frames, still before any bot is contacted. Both go through one pipeline,
 ``_admit``, and one ``_refuse``, which answers in the client's state (errors.py declares each
 refusal in both forms). The capacity slot is taken in ``_admit`` and given back in
 ``_session_over``, once.
 
 In a fleet (``[fleet] redis_url``) the same line holds with the shared engines in place:
-agents from the file and Redis (admission/fleet_registry.py), a Redis lease per session
-of a capped agent (admission/leases.py), nonces in Redis. Their background tasks (lease
+agents from the file and Redis (fleet/agents.py), a Redis lease per session
+of a capped agent (fleet/leases.py), nonces in Redis. Their background tasks (lease
 renewal, registry refresh, DNS re-resolution) start with ``start`` and end with ``stop``.
 """
 
@@ -31,32 +31,33 @@ from typing import TYPE_CHECKING
 from .. import pump as pump_selector
 from ..admission.auth import Authenticator
 from ..admission.capacity import Capacity, LocalCapacity
-from ..admission.fleet_registry import FleetRegistry
-from ..admission.leases import FleetCapacity
-from ..admission.nonces import NonceStore, make_nonce_store
-from ..admission.redis_link import RedisDown, RedisLink
+from ..admission.nonces import NonceStore
 from ..admission.registry import AgentRegistry, StaticRegistry
 from ..admission.start_api import StartRequest, handle_start
 from ..config import Config, nonce_store_of
 from ..core.cors import CorsPolicy, is_preflight
 from ..core.routing import (EndpointKind, HeldRoute, Route, RouteAt, find_endpoint, route_provider,
                             route_start_api, route_websocket, split_target)
-from ..core.signatures import candidate_urls
 from ..core.session_machine import Outcome
 from ..core.upgrade import parse_upgrade
 from ..errors import (SHUTDOWN_CLOSE, CapacityError, Draining, ProviderRefused, RequestRefused, SessionRefused,
                       UpstreamError, WsrelayError)
-from .gate import Gate
-from .http import header
-from .hold import Hold
-from .logs import log_refusal, log_session, log_session_refused
+from ..fleet.agents import FleetRegistry
+from ..fleet.leases import FleetCapacity
+from ..fleet.nonces import make_nonce_store
+from ..fleet.redis_link import RedisDown, RedisLink
+from ..telemetry.logs import log_refusal, log_session, log_session_refused
+from ..telemetry.metrics import RelayMetrics
+from ..telemetry.upstream_metrics import UpstreamCollector
+from ..telephony.hold import Hold
+from ..telephony.signatures import candidate_urls
 from .deadlines import Deadlines
 from .discovery import Resolver
-from .metrics import RelayMetrics
+from .gate import Gate
+from .http import header
 from .session import Session
 from .tls import server_tls_context, upstream_tls_context
 from .upstream import UpstreamConnector
-from .upstream_metrics import UpstreamCollector
 
 if TYPE_CHECKING:
     from ..config import AgentConfig
@@ -284,7 +285,7 @@ class Relay:
                      upgrade: "UpgradeRequest", held: "Held | None") -> None:
         """The one admission pipeline: auth (the nonce store may be remote), a capacity slot,
         a last look at draining, the session, its bot. ``held`` (a provider endpoint): the
-        client is upgraded first and its first messages held (edge/hold.py) until they name
+        client is upgraded first and its first messages held (telephony/hold.py) until they name
         the call; a provider routed by its start message (Twilio) is authenticated and given
         its slot only then. Any refusal is answered by ``_refuse`` in the client's state: an
         HTTP status before its upgrade, a close frame after.

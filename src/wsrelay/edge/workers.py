@@ -2,7 +2,7 @@
 
 The parent creates what the workers must share (the per-agent capacity table, so
 ``max_sessions`` stays exact for the whole relay; a private directory for the Unix
-sockets through which worker 0 gathers the others' metrics, edge/metrics_group.py),
+sockets through which worker 0 gathers the others' metrics, telemetry/metrics_group.py),
 forks the workers, forwards SIGTERM, SIGINT and SIGHUP to them, and exits when they have
 all exited: 0 when each did.
 """

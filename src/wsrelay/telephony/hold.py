@@ -1,4 +1,4 @@
-"""Holding a telephony provider's first messages: the I/O around core/telephony.py.
+"""Holding a telephony provider's first messages: the I/O around telephony/providers.py.
 
 The README's "Telephony providers". On a provider endpoint the client is upgraded by the
 gate itself (its ``101`` carries no sub-protocol), and what it sends next stays in the gate's buffer, byte for
@@ -16,14 +16,24 @@ reading past ``EARLY_DATA_BYTES`` or ``MAX_HELD_FRAMES`` (TCP holds the rest).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Callable, Protocol
 
 from ..core.frames import FrameScanner
-from ..core.telephony import ClientClosed, FirstMessages, Start
 from ..errors import ProviderRefused, SessionRefused
+from .providers import ClientClosed, FirstMessages, Start
 
-if TYPE_CHECKING:
-    from .gate import Gate
+
+class HoldingGate(Protocol):
+    """What a hold needs of the connection's gate (edge/gate.py): upgrade and hold, the bytes
+    read since, and the transport to pause. Declared here so telephony/ does not import edge/."""
+
+    early: bytearray
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    def hold(self, key: str, on_held: Callable[[], None]) -> None: ...
+
 
 MAX_HELD_FRAMES = 1024         # frames kept after the first messages while the bot is contacted
 NORMAL_CLOSURE = 1000
@@ -34,7 +44,7 @@ class Hold:
 
     __slots__ = ("provider", "_gate", "_reader", "_verdict", "_timer", "_after", "_timeout")
 
-    def __init__(self, gate: "Gate", provider: str, *, start_timeout: float) -> None:
+    def __init__(self, gate: HoldingGate, provider: str, *, start_timeout: float) -> None:
         loop = asyncio.get_running_loop()
         self.provider = provider
         self._gate = gate

@@ -20,10 +20,10 @@ import json
 import logging
 from collections.abc import Iterable
 
+from ..admission.registry import AgentRegistry, serves
 from ..config import AgentConfig, agent_from_dict, agent_to_dict
 from ..errors import ConfigError, FleetError
 from .redis_link import RedisDown, RedisLink
-from .registry import AgentRegistry, serves
 
 log = logging.getLogger("wsrelay.registry")
 

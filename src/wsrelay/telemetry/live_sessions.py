@@ -78,7 +78,7 @@ class LiveSessions:
     """Reads the relay's book of sessions for the admin endpoints, and ends one on request.
 
     With ``--workers N`` the admin port is worker 0's: ``remote`` lists the other workers'
-    sessions and ``remote_end`` ends one of theirs (edge/metrics_group.py asks them over
+    sessions and ``remote_end`` ends one of theirs (telemetry/metrics_group.py asks them over
     their Unix sockets), each with the number of workers that did not answer in time
     (``incomplete`` in the answers). Creation times are CLOCK_MONOTONIC, one clock for the
     whole machine, so every worker's sessions share one order.

@@ -9,7 +9,7 @@ every worker (``MAX_GAUGES``: instances per agent, build info) take the largest 
 A worker that does not answer within ``timeout`` is left out of that scrape, and
 ``wsrelay_workers_scraped`` says how many answered.
 
-The same sockets serve the admin port's live sessions (edge/live_sessions.py): worker 0
+The same sockets serve the admin port's live sessions (telemetry/live_sessions.py): worker 0
 sends one request line — ``metrics``, ``sessions`` (that worker's live sessions as JSON) or
 ``end <id>`` (close one, answers ``1`` or ``0``) — and reads the answer to the end.
 

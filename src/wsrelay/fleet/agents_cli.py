@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
-from . import config as config_mod
-from .errors import ConfigError, FleetError
+from .. import config as config_mod
+from ..errors import ConfigError, FleetError
 
 
 def add_parser(sub) -> None:
@@ -42,13 +42,13 @@ def cmd_agents(args) -> int:
 
 
 def _link(cfg):
-    from .admission.redis_link import RedisLink
+    from .redis_link import RedisLink
     assert cfg.fleet.redis_url is not None
     return RedisLink(cfg.fleet.redis_url, timeout=5.0)
 
 
 async def _apply(cfg, agents) -> int:
-    from .admission.fleet_registry import apply_agents
+    from .agents import apply_agents
     link = _link(cfg)
     try:
         await apply_agents(link, agents)
@@ -59,7 +59,7 @@ async def _apply(cfg, agents) -> int:
 
 
 async def _delete(cfg, service_host: str) -> int:
-    from .admission.fleet_registry import delete_agent
+    from .agents import delete_agent
     link = _link(cfg)
     try:
         removed = await delete_agent(link, service_host)
@@ -72,7 +72,7 @@ async def _delete(cfg, service_host: str) -> int:
 
 
 async def _list(cfg) -> int:
-    from .admission.fleet_registry import list_agents
+    from .agents import list_agents
     link = _link(cfg)
     try:
         agents, problems = await list_agents(link)

@@ -1,14 +1,14 @@
 """The admin listener (``[relay] admin_port``, not public): /healthz, /readyz, /metrics.
 
-Also the live sessions (``/sessions``, edge/live_sessions.py) and the dashboard (``/``,
-static files in edge/dashboard/); with ``[relay] admin_token`` everything but the probes
+Also the live sessions (``/sessions``, telemetry/live_sessions.py) and the dashboard (``/``,
+static files in admin/dashboard/); with ``[relay] admin_token`` everything but the probes
 needs the token.
 
 One request per connection, read with the public gate's bounded reader (edge/http.py)
 under a size limit and a deadline, answered, closed. ``/readyz`` turns 503 when the relay drains, so a load balancer stops sending
 new clients before live sessions are closed.
 With ``--workers N``, ``gather_metrics`` makes /metrics the whole process group's
-(edge/metrics_group.py asks the other workers when scraped).
+(telemetry/metrics_group.py asks the other workers when scraped).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from importlib import resources
 from typing import Awaitable, Callable, cast
 from urllib.parse import parse_qs, unquote
 
+from ..edge.http import RequestReader, header, http_response
 from ..errors import RequestRefused
-from .http import RequestReader, header, http_response
-from .live_sessions import BadCursor, LiveSessions
+from ..telemetry.live_sessions import BadCursor, LiveSessions
 
 log = logging.getLogger("wsrelay.admin")
 
@@ -167,9 +167,9 @@ _STATIC_CACHE: dict[str, bytes] = {}
 
 
 def _static(name: str) -> bytes:
-    """A dashboard file shipped in the package (edge/dashboard/), read once."""
+    """A dashboard file shipped in the package (admin/dashboard/), read once."""
     if name not in _STATIC_CACHE:
-        _STATIC_CACHE[name] = resources.files("wsrelay.edge").joinpath("dashboard").joinpath(name).read_bytes()
+        _STATIC_CACHE[name] = resources.files("wsrelay.admin").joinpath("dashboard").joinpath(name).read_bytes()
     return _STATIC_CACHE[name]
 
 

@@ -31,9 +31,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ..core.frames import BINARY, CLOSE, CONTINUATION, TEXT, FrameScanner, close_code_and_reason
+from ..core.routing import parse_service_host
 from ..errors import FrameError, ProviderRefused, RouteError
-from .frames import BINARY, CLOSE, CONTINUATION, TEXT, FrameScanner, close_code_and_reason
-from .routing import parse_service_host
 
 SERVICE_HOST_PARAMETER = "_pipecatCloudServiceHost"
 MAX_FIRST_BYTES = 65536        # held bytes before the first messages are complete

@@ -1,0 +1,1 @@
+"""The admin port: probes, /metrics, /sessions and the dashboard (loopback by default)."""
