@@ -1,1 +1,2 @@
-"""Beyond one relay: the shared Redis link, the fleet's agents, leases and nonces in Redis, and the ``wsrelay agents`` command."""
+"""Beyond one relay: the shared Redis link, the fleet's agents, leases and nonces in Redis,
+and the ``wsrelay agents`` command."""

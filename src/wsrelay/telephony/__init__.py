@@ -1,1 +1,2 @@
-"""Telephony providers' media streams: their first messages (sans-I/O), Twilio's signatures, and the hold that reads them."""
+"""Telephony providers' media streams: their first messages (sans-I/O), Twilio's signatures, and
+the hold that reads them."""
