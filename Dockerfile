@@ -1,11 +1,11 @@
-# wsrelay: the relay as a container (README "Running a fleet").
+# wsrelay: the relay as a container (docs/fleet.md).
 #
 #   docker build -t wsrelay:0.1.0 .
 #   docker run -p 8765:8765 -v $PWD/relay.toml:/etc/wsrelay/relay.toml:ro wsrelay:0.1.0
 #
 # `make image` builds it with buildah (no daemon), and `make image-check` runs it as the
-# Kubernetes manifests do and checks it from the host (tools/image.py; README "Container and
-# Kubernetes"). Where python:3.11-slim cannot be pulled, tools/image.py builds a stand-in base
+# Kubernetes manifests do and checks it from the host (tools/image.py; docs/fleet.md,
+# "Container and Kubernetes"). Where python:3.11-slim cannot be pulled, tools/image.py builds a stand-in base
 # from Debian's packages and passes it as BASE_IMAGE (and python3.11-dev in BUILD_PACKAGES,
 # since that base has no headers of its own).
 #

@@ -14,7 +14,7 @@ TESTVENV ?= .venv-wheel
 TESTBIN  := $(TESTVENV)/bin
 SOURCES := pyproject.toml setup.py $(wildcard csrc/wsrelay/pump/*.pyx csrc/wsrelay/pump/*.pxd csrc/wsrelay/pump/*.pxi)
 
-.PHONY: demo test test-installed test-suite wheel wheels wheels-check sdist sdist-check bench bench-short bench-gate bench-gate-record bench-picows-patch fuzz sanitize soak image image-check install clean
+.PHONY: demo test test-installed test-suite docs docs-build wheel wheels wheels-check sdist sdist-check bench bench-short bench-gate bench-gate-record bench-picows-patch fuzz sanitize soak image image-check install clean
 
 # The hot path's packages at the versions the benchmark gate's counts were recorded with
 # (benchmarks/constraints.txt): the test venv is installed, and the wheel built, with them.
@@ -53,11 +53,20 @@ test-installed:
 	$(MAKE) sanitize PY=$(PY)
 	$(MAKE) soak PY=$(PY) SOAK_MINUTES=2
 	$(PY) -m mypy
+	$(MAKE) docs-build PY=$(PY)
 	$(MAKE) test-suite PY=$(PY)
 
 # The tests alone (cibuildwheel runs this in its containers, with PYTEST_ARGS='-m "not system"').
 test-suite:
 	WSRELAY_EXPECT_INSTALLED=1 $(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# The documentation (docs/*.md, mkdocs.yml) into site/: a broken link, a missing anchor or a page
+# left out of the nav fails it (--strict). mkdocs is in the [test] extra; `make test` builds it too.
+docs: $(STAMP)
+	$(MAKE) docs-build PY=$(BIN)/python
+
+docs-build:
+	$(PY) -m mkdocs build --strict --site-dir site
 
 # The sdist alone (the release workflow builds it apart from the wheels).
 sdist:
@@ -141,7 +150,7 @@ image:
 
 # Runs the image as deploy/kubernetes/ does (non-root, config mounted, a bot on the host) and checks
 # from the host: echo, /healthz, /readyz, the HEALTHCHECK, SIGTERM's drain and 1012, size, no compiler
-# or source left. One JSON object (README "Container and Kubernetes" has the last result).
+# or source left. One JSON object (docs/fleet.md, "Container and Kubernetes", has the last result).
 image-check: image
 	$(PY) tools/image.py check
 
@@ -152,4 +161,4 @@ bench-gate-record:
 	$(PY) benchmarks/gate.py --record
 
 clean:
-	rm -rf build dist src/*.egg-info src/wsrelay/pump/*.so csrc/wsrelay/pump/*.c $(VENV) $(TESTVENV) .cache/wheel-tools
+	rm -rf build dist site src/*.egg-info src/wsrelay/pump/*.so csrc/wsrelay/pump/*.c $(VENV) $(TESTVENV) .cache/wheel-tools

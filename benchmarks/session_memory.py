@@ -10,7 +10,7 @@ relay's memory is counted), opens N idle sessions through it, and reports per se
 - tracemalloc's growth, by file (what Python's allocators handed out, and from where);
 - the live objects that appeared, by type, with ``sys.getsizeof`` (shallow sizes).
 
-Nothing here is asserted: it is a measurement for the README's "Performance" section.
+Nothing here is asserted: it is a measurement for docs/performance.md.
 """
 
 from __future__ import annotations

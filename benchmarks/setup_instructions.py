@@ -9,7 +9,7 @@ workload does, after 20 to warm up), once with the 20 alone. The difference of t
 divided by ``--sessions``, is what one session's accept, head, bot connection, hand-over, close
 handshakes, end, log line and metrics cost in instructions: the relay's own work, without the
 kernel's (which ``syscalls.py --setup`` counts in system calls). Two runs of the same build
-agree to about 0.1 %. Nothing is asserted: it is a measurement for the README.
+agree to about 0.1 %. Nothing is asserted: it is a measurement for docs/performance.md.
 """
 
 from __future__ import annotations

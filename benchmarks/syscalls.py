@@ -11,8 +11,8 @@ relayed frame (each echoed message is two frames through the relay: up and down)
 sends, epoll waits, and frames per read, the figure that write coalescing or batched reads
 would change. With ``--setup``, the load generator's ``setup`` workload instead (4 connections
 opening and closing sessions back to back) and every system call by name, per session: where
-the kernel's share of a session's setup goes. Nothing is asserted: it is a measurement for the
-README.
+the kernel's share of a session's setup goes. Nothing is asserted: it is a measurement for
+docs/performance.md.
 """
 
 from __future__ import annotations

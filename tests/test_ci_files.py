@@ -182,7 +182,8 @@ def test_cibuildwheel_accepts_the_config_and_builds_the_promised_wheels(arch, ex
 # What the [test] extra has and cibuildwheel's containers do not install: large, and not
 # installable everywhere (playwright has no musllinux wheel). Their tests are `system`, or skip
 # in those containers only (support.needs_test_extra).
-NOT_IN_TEST_REQUIRES = {"playwright", "pipecat-ai", "kubernetes-validate", "mypy", "pytest-benchmark", "atheris"}
+NOT_IN_TEST_REQUIRES = {"playwright", "pipecat-ai", "kubernetes-validate", "mypy", "pytest-benchmark", "atheris",
+                        "mkdocs"}                  # make docs, not a test: cibuildwheel runs only the tests
 
 
 def test_cibuildwheel_installs_a_short_test_requires_list_with_the_test_extras_versions():
@@ -299,17 +300,18 @@ def test_python_versions_agree_everywhere():
 
 @needs_ci_files
 def test_every_list_of_python_versions_in_the_docs_and_ci_files_names_them_all():
-    """The prose that lists the CPythons (the README's wheel table and make wheels line, the
-    Makefile's wheels comment, the release workflow's header) names exactly PYTHONS, so adding
-    one (cp314) cannot leave a list behind."""
+    """The prose that lists the CPythons (docs/install.md's wheel table and make wheels line, the
+    README's install paragraph, the Makefile's wheels comment, the release workflow's header)
+    names exactly PYTHONS, so adding one (cp314) cannot leave a list behind."""
     listed = ", ".join(PYTHONS)
     span = f"{PYTHONS[0]}-{PYTHONS[-1]}"
     tags = f"cp{PYTHONS[0].replace('.', '')}–cp{PYTHONS[-1].replace('.', '')}"
-    readme = (REPO / "README.md").read_text()
-    rows = re.findall(r"^\| Linux [^|]+\| ([0-9., ]+) \| `(?:many|musl)linux", readme, re.M)
-    assert rows == [listed] * 3, "the README's wheel table: one row per platform cibuildwheel builds"
-    assert f"one wheel per CPython {listed} found" in readme
-    assert f"`pyproject.toml`: {tags}," in readme
+    install = (REPO / "docs" / "install.md").read_text()
+    rows = re.findall(r"^\| Linux [^|]+\| ([0-9., ]+) \| `(?:many|musl)linux", install, re.M)
+    assert rows == [listed] * 3, "docs/install.md's wheel table: one row per platform cibuildwheel builds"
+    assert f"one wheel per CPython {listed} found" in install
+    assert f"`pyproject.toml`: {tags}," in install
+    assert f"CPython {PYTHONS[0]} to {PYTHONS[-1]}" in (REPO / "README.md").read_text()
     makefile = (REPO / "Makefile").read_text()
     assert f"# sdist + one wheel per CPython {listed} found" in makefile
     assert f"cibuildwheel's wheels (CPython {span};" in (WORKFLOWS / "wheels.yml").read_text()
@@ -327,15 +329,17 @@ def test_picows_is_pinned_to_one_version_everywhere():
     assert importlib.metadata.version("picows") == PICOWS_VERSION
 
 
-def test_the_code_and_the_readme_refer_to_documentation_in_the_repository_only():
+def test_the_code_and_the_docs_refer_to_documentation_in_the_repository_only():
     """Users have the repository, not the specification it was built from: no ``SPEC §`` and
-    no path outside the repository in the package, the Cython sources, the README or --help."""
+    no path outside the repository in the package, the Cython sources, the README, docs/, the
+    changelog, the MkDocs configuration or --help."""
     import re
     import subprocess
     import sys
 
     texts = {p: p.read_text() for p in [*(REPO / "src").rglob("*.py"), *(REPO / "csrc").rglob("*.p*"),
-                                        REPO / "README.md"]}
+                                        REPO / "README.md", *(REPO / "docs").glob("*.md"),
+                                        REPO / "CHANGELOG.md", REPO / "mkdocs.yml"]}
     texts[REPO / "--help"] = subprocess.run([sys.executable, "-m", "wsrelay", "serve", "--help"],
                                             capture_output=True, text=True, timeout=60).stdout
     outside = {str(p): m.group(0) for p, text in texts.items()

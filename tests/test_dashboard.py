@@ -4,7 +4,7 @@ The page is served by the admin port with a token (the browser is given it as HT
 credentials, as a person typing it into the browser's prompt would); it must load with no
 console error, show the sessions this test created, sort, draw each session's frames/s, and
 end a session from its button, which then disappears from the table. A screenshot is saved
-under the test's temporary folder (docs/dashboard.png in the README is one such).
+under the test's temporary folder (docs/dashboard.png, shown in docs/telemetry.md, is one such).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The container image's build and check (tools/image.py, `make image`, `make image-check`) agree
-with the Dockerfile, the manifests, the Makefile and the README.
+with the Dockerfile, the manifests, the Makefile and the documentation (docs/fleet.md).
 
 Building and running the image needs buildah and root: `make image-check` does that, in
 `make test` (so in .ci/run); these tests check only the text, and what tools/image.py derives
@@ -20,7 +20,7 @@ from wsrelay.config import parse_config
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 MAKEFILE = (ROOT / "Makefile").read_text()
-README = (ROOT / "README.md").read_text()
+FLEET_DOCS = (ROOT / "docs" / "fleet.md").read_text()     # "Container and Kubernetes"
 
 
 def image_tool():
@@ -78,7 +78,7 @@ def test_the_make_targets_run_the_tool():
 
 
 def test_make_test_runs_the_image_check_and_ci_installs_its_tools():
-    """`make image-check` is in `make test`'s path (it fits CI's time: README says how long),
+    """`make image-check` is in `make test`'s path (it fits CI's time: docs/fleet.md says how long),
     and ci.yml's container installs buildah and debootstrap and is privileged enough to run them."""
     assert "$(MAKE) image-check PY=$(TESTBIN)/python" in recipe("test")
     ci = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text()) \
@@ -111,13 +111,13 @@ def test_the_checked_config_is_the_configmaps_relay_table_and_valid():
     assert not config.fleet.enabled
 
 
-def test_the_readme_says_how_the_image_is_built_and_what_was_checked():
-    section = README.split("**Container and Kubernetes.**", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_say_how_the_image_is_built_and_what_was_checked():
+    section = FLEET_DOCS.split("**Container and Kubernetes.**", 1)[1].split("\n## ", 1)[0]
     for needed in ("make image", "make image-check", "BASE_IMAGE", "python:3.11-slim", "buildah",
                    "debootstrap", "tools/image.py", "1012", "HEALTHCHECK", "/healthz", "/readyz"):
-        assert needed in section, f"README 'Container and Kubernetes' does not mention {needed}"
+        assert needed in section, f"docs/fleet.md 'Container and Kubernetes' does not mention {needed}"
     last = re.search(r"[Ll]ast result \((\d{4}-\d\d-\d\d)", section)
-    assert last, "the README gives the date of the last make image-check"
+    assert last, "docs/fleet.md gives the date of the last make image-check"
     assert re.search(r"\b\d+ MB\b", section), "and the image's size"
     kube = (ROOT / "deploy" / "kubernetes" / "README.md").read_text()
     assert "make image" in kube

@@ -100,10 +100,12 @@ def test_one_version_everywhere():
 
 
 def test_the_readmes_version_example_is_this_version():
-    """README's Install shows `wsrelay --version`'s output, version included: it must be this one."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    shown = re.findall(r"^wsrelay --version +# wsrelay (\S+) \(pump: (\w+)\)$", readme, re.M)
-    assert shown == [(wsrelay.__version__, "cython")], "update README.md's `wsrelay --version` example"
+    """The README's and docs/install.md's Install show `wsrelay --version`'s output, version
+    included: it must be this one."""
+    root = Path(__file__).resolve().parent.parent
+    for page in (root / "README.md", root / "docs" / "install.md"):
+        shown = re.findall(r"^wsrelay --version +# wsrelay (\S+) \(pump: (\w+)\)$", page.read_text(), re.M)
+        assert shown == [(wsrelay.__version__, "cython")], f"update {page.name}'s `wsrelay --version` example"
 
 
 def test_version_names_the_python_pump_when_it_is_forced():
