@@ -1,4 +1,4 @@
-"""Token auth and the start API over real sockets (README "Token auth and the start API")."""
+"""Token auth and the start API over real sockets (docs/tokens.md)."""
 
 from __future__ import annotations
 

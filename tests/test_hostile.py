@@ -1,4 +1,4 @@
-"""Hostile input over real sockets against the real relay (README "Endpoints" and "Architecture").
+"""Hostile input over real sockets against the real relay (docs/endpoints.md and docs/architecture.md).
 
 Every test talks to a real relay on 127.0.0.1 through real TCP sockets, with real bots
 behind it: a recording picows echo bot (tests/support.py) or, to fuzz the bot's side, a
@@ -985,7 +985,7 @@ _LEGAL_CLOSES = [struct.pack("!H", code) + b"ok" for code in (1000, 1001, 1003, 
                          ids=[f"illegal-{p[:2].hex()}" for p in _ILLEGAL_CLOSES]
                          + [f"legal-{p[:2].hex() or 'empty'}" for p in _LEGAL_CLOSES])
 def test_close_codes_cross_as_sent_unless_illegal_on_the_wire(pump, direction, payload):
-    """A legal close (or one without a code) crosses byte for byte (README "Endpoints"); a close whose
+    """A legal close (or one without a code) crosses byte for byte (docs/endpoints.md); a close whose
     code no endpoint may send (RFC 6455 §7.4: 0-999, 1004-1006, 1015, 1016-2999, >= 5000,
     or a 1-byte payload) is the sender's protocol error: never put on the other side's wire."""
     legal = payload in _LEGAL_CLOSES

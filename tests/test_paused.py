@@ -3,7 +3,7 @@
 A paused side is still watched: its EOF or reset is noticed, a destination alive and
 reading nothing ends the session after ``close_timeout`` and one that takes nothing after
 ``stall_timeout``, with a reason; every close, forwarded or the relay's own, even behind a
-full write buffer, ends its side within ``close_timeout`` (README: A stalled or vanished peer).
+full write buffer, ends its side within ``close_timeout`` (docs/operations.md: A stalled or vanished peer).
 """
 
 from __future__ import annotations

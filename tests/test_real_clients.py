@@ -3,7 +3,7 @@ raw sockets sending request heads that real clients send.
 
 The bot behind the relay in the browser tests is a third-party server too (the ``websockets``
 library's), and it checks ``Origin`` as a production bot serving browsers would: it only works
-behind the relay if the relay forwards the client's end-to-end headers (README "Endpoints").
+behind the relay if the relay forwards the client's end-to-end headers (docs/endpoints.md).
 
 Browsers and wscat are installed when missing (Debian's ``chromium`` and ``firefox-esr``;
 npm's ``wscat`` under ``.cache/npm-tools``); missing and not installable is a failure.
@@ -290,7 +290,7 @@ def test_raw_client_head_gets_101_and_frames_flow(variant, pump):
     arun(main(), timeout=25)
 
 
-# -- (d) the start API from a browser page on another origin (CORS; README "Token auth and the start API") --
+# -- (d) the start API from a browser page on another origin (CORS; docs/tokens.md) --
 #
 # A page served from http://127.0.0.1:<page port> calls POST /v1/public/echo/start on the relay
 # (another port, so another origin) with "Authorization: Bearer <public key>" and a JSON body:

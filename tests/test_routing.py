@@ -1,4 +1,4 @@
-"""routing.py, sans-I/O: a request target to the service host it names (README "Endpoints")."""
+"""routing.py, sans-I/O: a request target to the service host it names (docs/endpoints.md)."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def test_service_host_both_in_path_and_query_is_a_400():
 
 
 def test_single_segment_with_service_host_query_is_the_token():
-    """The fourth form of the README's "Endpoints": with ?serviceHost=, the one path segment is the token."""
+    """The fourth form of docs/endpoints.md: with ?serviceHost=, the one path segment is the token."""
     route = route_websocket("/ws/generic/echo.demo?serviceHost=other.demo")
     assert route == Route("other", "demo", "echo.demo", "path", "")
 

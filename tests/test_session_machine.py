@@ -1,5 +1,5 @@
-"""The session machine, without sockets: every close path of the README's "Flow control and
-close", Autobahn's section 7 as event sequences, and hypothesis over arbitrary sequences (no sequence raises, every
+"""The session machine, without sockets: every close path of docs/architecture.md's "Flow
+control and close", Autobahn's section 7 as event sequences, and hypothesis over arbitrary sequences (no sequence raises, every
 sequence ends, each side gets at most one close from the relay)."""
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class Harness:
         return [a for a in self.actions if isinstance(a, (SendClose, ForwardClose, Abandon)) and a.side == side]
 
 
-# -- the close paths of the README's "Flow control and close" ---------------------------------------------
+# -- the close paths of docs/architecture.md's "Flow control and close" -----------------------------------
 
 @pytest.mark.parametrize("first", [CLIENT, BOT])
 def test_a_close_is_forwarded_and_its_reply_comes_back(first):

@@ -1,4 +1,4 @@
-"""tokens.py, sans-I/O: mint and verify session tokens (README "Token auth and the start API"). No sockets, no clock."""
+"""tokens.py, sans-I/O: mint and verify session tokens (docs/tokens.md). No sockets, no clock."""
 
 from __future__ import annotations
 
