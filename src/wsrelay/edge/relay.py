@@ -55,7 +55,7 @@ from .deadlines import Deadlines
 from .discovery import Resolver
 from .gate import Gate
 from .http import header
-from .session import Session
+from .session import HeldClient, Session, SessionServices
 from .tls import server_tls_context, upstream_tls_context
 from .upstream import UpstreamConnector
 
@@ -120,6 +120,9 @@ class Relay:
         self.accepting = True
         self.metrics = RelayMetrics(active=self._active_by_agent, rejections=lambda: self.rejections)
         self.metrics.registry.register(UpstreamCollector(self.upstreams.balancer))
+        self.session_services = SessionServices(
+            pump=self.pump, limits=cfg, connect=self.upstreams.connect, deadlines=self.deadlines,
+            secure=self.tls is not None, on_start=self._session_started, on_end=self._session_over)
         self._server: asyncio.Server | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -330,10 +333,8 @@ class Relay:
             stage = "connecting a session"
             assert agent is not None and isinstance(route, Route)
             self._refuse_while_draining()       # it may have begun to stop while auth, the lease or the hold was awaited
-            session = Session(route=route, agent=agent, client_address=gate.peer, secure=self.tls is not None,
-                              pump=self.pump, limits=self.config.relay, connect=self.upstreams.connect,
-                              attach=gate.attach, on_start=self._session_started, on_end=self._session_over,
-                              deadlines=self.deadlines, session_id=claims.session_id if claims else None,
+            session = Session(self.session_services, route=route, agent=agent, client_address=gate.peer,
+                              attach=gate.attach, session_id=claims.session_id if claims else None,
                               **(self._held_session(gate, held, upgrade) if held else
                                  {"upgrade": upgrade, "refuse_client": gate.refuse}))
             self.sessions.add(session)
@@ -370,9 +371,11 @@ class Relay:
     def _held_session(self, gate: Gate, held: "Held", upgrade: "UpgradeRequest") -> dict:
         """A provider call's Session arguments: no sub-protocol (the gate's 101 chose none), the
         gate's close for a relay's close before the bot answers, the times of the held frames."""
+        def close(code: int, reason: str) -> None:
+            self._refuse(gate, SessionRefused(reason, code=code), held)
+
         return {"upgrade": dataclasses.replace(upgrade, subprotocols=None),
-                "close_held": lambda code, reason: self._refuse(gate, SessionRefused(reason, code=code), held),
-                "client_101_ns": gate.upgraded_ns, "client_first_ns": gate.first_held_ns}
+                "held": HeldClient(close, gate.upgraded_ns, gate.first_held_ns)}
 
     def _refuse(self, gate: Gate, exc: BaseException, held: "Held | None" = None) -> None:
         """Refuse ``gate``'s client in the state it is in: before its upgrade an HTTP answer

@@ -19,6 +19,7 @@ at the end are callables handed in by the relay.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -47,64 +48,84 @@ CLOSE_FRAME = WSMsgType.CLOSE          # as a module name: an enum member read c
 REFUSED_BEFORE_OPEN = 503                # a client ended by the relay before its 101 (shutdown, the operator)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SessionServices:
+    """What every session of one relay shares, made once by the relay: the pump, the bounds,
+    the upstream connector, the deadline wheel, whether the listener has TLS, and the two
+    calls that count a session (``on_start`` when the client's 101 is written, ``on_end``
+    once, when the machine ends it)."""
+
+    pump: Any
+    limits: "RelayConfig"
+    connect: Connector
+    deadlines: Deadlines
+    secure: bool
+    on_start: Callable[["Session"], None]
+    on_end: Callable[["Session"], None]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HeldClient:
+    """A client the gate upgraded before any bot was contacted (a provider's call): how to
+    close it from the gate, when its 101 was written and when its first frame arrived
+    (``time.monotonic_ns()``, the pump's clock)."""
+
+    close: Callable[[int, str], None]
+    upgraded_ns: int
+    first_frame_ns: int
+
+
 class Session:
     """Connects one admitted client to a bot instance and drives its ``SessionMachine``."""
 
     # Slots: an idle session holds one of these for hours; no per-instance __dict__.
-    __slots__ = ("route", "agent", "upgrade", "client_address", "secure", "id", "created_at",
-                 "connected_at", "connected_ns", "ended_at", "upstream_seconds", "subprotocol", "machine", "client",
-                 "bot", "_connect", "_attach", "_on_start", "_on_end", "_limits", "_bot_response", "_timers", "_deadlines",
-                 "_close_held", "_client_first_ns", "_refuse_client", "_connecting")
+    __slots__ = ("route", "agent", "upgrade", "client_address", "id", "created_at", "connected_at",
+                 "connected_ns", "ended_at", "upstream_seconds", "subprotocol", "machine", "client", "bot",
+                 "_services", "_attach", "_bot_response", "_timers", "_close_held", "_client_first_ns",
+                 "_refuse_client", "_connecting")
 
-    def __init__(self, *, route: "Route", agent: "AgentConfig", upgrade: "UpgradeRequest",
-                 client_address: str, secure: bool, pump: Any, limits: "RelayConfig",
-                 connect: Connector, attach: Attach, on_end: Callable[["Session"], None],
-                 deadlines: Deadlines, session_id: str | None = None,
-                 on_start: Callable[["Session"], None] | None = None,
-                 close_held: Callable[[int, str], None] | None = None,
-                 client_101_ns: int = 0, client_first_ns: int = 0,
-                 refuse_client: Refuse | None = None) -> None:
+    def __init__(self, services: SessionServices, *, route: "Route", agent: "AgentConfig",
+                 upgrade: "UpgradeRequest", client_address: str, attach: Attach, session_id: str | None = None,
+                 refuse_client: Refuse | None = None, held: HeldClient | None = None) -> None:
+        limits = services.limits
         # What routing and the client's handshake gave; dropped once the client is upgraded.
         self.route: "Route | None" = route
         self.agent = agent
         self.upgrade: "UpgradeRequest | None" = upgrade
         self.client_address = client_address
-        self.secure = secure
         self.id = session_id or new_session_id()
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
         # time.monotonic_ns() (the pump's clock) of the client's 101: first-frame times count from it.
-        # A provider's client got its 101 from the gate before any bot was contacted (``client_101_ns``),
-        # and its first frame arrived at the gate then (``client_first_ns``), before the pump saw it.
-        self.connected_ns = client_101_ns
-        self._client_first_ns = client_first_ns
+        # A held client got its 101 from the gate before any bot was contacted, and its first
+        # frame arrived at the gate then, before the pump saw it (``HeldClient``).
+        self.connected_ns = held.upgraded_ns if held is not None else 0
+        self._client_first_ns = held.first_frame_ns if held is not None else 0
         self.ended_at: float | None = None
         self.upstream_seconds: float | None = None
         self.subprotocol: str | None = None
-        # Each dropped (None) once used: a live session keeps nothing of its handshake.
-        self._connect: Connector | None = connect
+        self._services = services
+        # Dropped (None) once used: a live session keeps nothing of its handshake.
         self._attach: Attach | None = attach
-        # Called once, when the client's 101 is written (``connected_at`` set): the moment from
-        # which the session will reach ``on_end`` with ``connected_at`` set, and so be counted
-        # as ended. Counting starts here, not at admission, so started = ended + live holds.
-        self._on_start = on_start
-        self._on_end = on_end
-        self._limits = limits
+        # ``services.on_start`` is called when the client's 101 is written (``connected_at`` set,
+        # once: ``_attach`` is dropped then): the moment from which the session will reach
+        # ``on_end`` with ``connected_at`` set, and so be counted as ended. Counting starts
+        # here, not at admission, so started = ended + live holds.
         self._bot_response: WSUpgradeResponse | None = None    # the bot's 101, until the bot side opens
         # The machine's timers, on the relay's one deadline wheel: Timer -> its wheel handle.
-        self._deadlines = deadlines
         self._timers: dict[Timer, int] = {}
         # A provider's client is upgraded and held by the gate until the bot answers:
         # ``close_held`` sends it a close from there (the machine's HOLDING side).
-        self._close_held = close_held
+        self._close_held = held.close if held is not None else None
         # A client not yet upgraded is refused with an HTTP answer when the relay ends its
         # session before the bot answered; the connect is cancelled (``_connecting``).
         self._refuse_client = refuse_client
         self._connecting: asyncio.Task | None = None
+        pump = services.pump
         self.machine = SessionMachine(
             close_timeout=limits.close_timeout, stall_timeout=limits.stall_timeout,
             time_limit=agent.max_session_seconds or None, idle_timeout=agent.idle_timeout,
-            client_held=close_held is not None)
+            client_held=held is not None)
         self.client = pump.Side(self, False)
         self.bot = pump.Side(self, True)
         self.client.peer = self.bot
@@ -123,7 +144,7 @@ class Session:
         headers = list(self.upgrade.forward)
         headers += [
             ("X-Forwarded-For", self.client_address),
-            ("X-Forwarded-Proto", "https" if self.secure else "http"),
+            ("X-Forwarded-Proto", "https" if self._services.secure else "http"),
             ("X-Forwarded-Host", self.upgrade.host),
             ("X-Session-Id", self.id),
             ("X-Daily-Session-Id", self.id),
@@ -148,12 +169,13 @@ class Session:
         # picows keeps the extra headers object for the connection's life: hand it a list
         # (a header such as Cookie may repeat) and empty it once the handshake is sent.
         headers = self.forward_headers()
-        assert self._connect is not None and self.route is not None, "run() is called once"
+        assert self.route is not None and self.upstream_seconds is None, "run() is called once"
         # What ``_abandon`` cancels when the relay ends the session while the bot is being
         # connected: the task running this (the relay's admission task), not a task of its own.
-        task = self._connecting = asyncio.current_task(self._deadlines.loop)
+        services = self._services
+        task = self._connecting = asyncio.current_task(services.deadlines.loop)
         try:
-            await self._connect(
+            await services.connect(
                 self.route.service_host, self.agent.upstreams, query=self.route.forward_query, headers=headers,
                 listener_factory=self._bot_listener)
         except asyncio.CancelledError:
@@ -167,7 +189,6 @@ class Session:
             raise
         finally:
             self._connecting = None
-            self._connect = None
             headers.clear()
         self.upstream_seconds = time.monotonic() - started
 
@@ -200,8 +221,8 @@ class Session:
             # The session was ended (relay shutdown) while this side was still connecting.
             side.transport.disconnect(False)
             return
-        side.transport.underlying_transport.set_write_buffer_limits(
-            self._limits.write_buffer_high, self._limits.write_buffer_low)
+        limits = self._services.limits
+        side.transport.underlying_transport.set_write_buffer_limits(limits.write_buffer_high, limits.write_buffer_low)
         if not side.is_bot:
             self._do(self.machine.opened(CLIENT))
             return
@@ -221,9 +242,7 @@ class Session:
             # it the last reference to its gate (an idle session keeps no handshake state).
             self._refuse_client = self._close_held = None
             self.upgrade = self.route = None
-            on_start, self._on_start = self._on_start, None
-            if on_start is not None:
-                on_start(self)
+            self._services.on_start(self)
         else:                                    # the client left while the bot answered
             self._do(self.machine.client_gone_before_open())
 
@@ -241,7 +260,7 @@ class Session:
         self._do(self.machine.disconnected(_name(side)))
 
     def pause_source_of(self, side) -> None:
-        self._do(self.machine.write_high(_name(side), self._deadlines.loop.time()))
+        self._do(self.machine.write_high(_name(side), self._services.deadlines.loop.time()))
 
     def resume_source_of(self, side) -> None:
         self._do(self.machine.write_low(_name(side)))
@@ -301,16 +320,16 @@ class Session:
             side.transport.underlying_transport.resume_reading()
 
     def _start_timer(self, action: StartTimer) -> None:
-        self._timers[action.timer] = self._deadlines.add(action.seconds, self, action.timer)
+        self._timers[action.timer] = self._services.deadlines.add(action.seconds, self, action.timer)
 
     def _cancel_timer(self, action: CancelTimer) -> None:
         handle = self._timers.pop(action.timer, None)
         if handle is not None:
-            self._deadlines.remove(handle, self, action.timer)
+            self._services.deadlines.remove(handle, self, action.timer)
 
     def _end(self, action: End) -> None:
         self.ended_at = time.monotonic()
-        self._on_end(self)
+        self._services.on_end(self)
         if self.client.disconnected and self.bot.disconnected:
             self._unlink()
 
@@ -338,7 +357,7 @@ class Session:
             destinations = (self._side(name).peer for name in paused if name not in gone)
             progress = {_name(side): seen for side in destinations
                         if (seen := peer_watch.progress(side.transport)) is not None}
-            self._do(self.machine.watch(self._deadlines.loop.time(), gone, progress))
+            self._do(self.machine.watch(self._services.deadlines.loop.time(), gone, progress))
         else:
             self._do(self.machine.timer_fired(timer, self.client.frames + self.bot.frames))
 
