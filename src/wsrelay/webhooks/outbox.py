@@ -150,7 +150,7 @@ class SQLiteOutbox(Outbox):
     def _claim(self, now: float, lease_until: float, limit: int) -> list[Event]:
         rows = self._db.execute(
             "UPDATE webhook_outbox SET due = ?, owner = ? WHERE seq IN "
-            "(SELECT seq FROM webhook_outbox WHERE due <= ? ORDER BY due LIMIT ?) "
+            "(SELECT seq FROM webhook_outbox WHERE due <= ? ORDER BY due, seq LIMIT ?) "
             "RETURNING due, seq, id, type, body, created, attempts", (lease_until, self._pid, now, limit)).fetchall()
         rows.sort(key=lambda r: r[1])
         return [Event(id=r[2], type=r[3], body=r[4], created=r[5], attempts=r[6]) for r in rows]

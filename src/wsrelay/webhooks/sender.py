@@ -36,9 +36,8 @@ import logging
 import time
 from collections import deque
 from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import aiohttp
 import msgspec
 from standardwebhooks import Webhook
 
@@ -47,6 +46,9 @@ from .events import (DEFAULT_SCHEDULE, SESSION_ENDED, SESSION_STARTED, Event, Sc
                      new_event)
 from .outbox import Outbox, RedisOutbox, SQLiteOutbox
 from .settings import WebhookSettings
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger("wsrelay.webhooks")
 
@@ -76,7 +78,8 @@ class Webhooks:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._inflight: dict[str, asyncio.Task] = {}
-        self._http: aiohttp.ClientSession | None = None
+        self._http: "aiohttp.ClientSession | None" = None
+        self._failures: tuple[type[BaseException], ...] = (TimeoutError, OSError)
         self._closed = False
         self._store_down = False
         self._pending_stored = 0
@@ -136,6 +139,9 @@ class Webhooks:
         """Start delivering: what is due in the outbox goes at once."""
         if self._task is not None or self._closed:
             return
+        import aiohttp                   # here: a relay without webhooks never imports it (0.2 s)
+
+        self._failures = (aiohttp.ClientError, TimeoutError, OSError)
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=CONNECTIONS),
             timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
@@ -264,7 +270,7 @@ class Webhooks:
                                        allow_redirects=False) as response:
                 await response.content.read(RESPONSE_READ)
                 return 200 <= response.status < 300
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except self._failures:
             return False
 
     # -- what is logged -------------------------------------------------------------------
