@@ -11,19 +11,17 @@ on are close frames, still before any bot is contacted. Both go through one pipe
 refusal in both forms). The capacity slot is taken in ``_admit`` and given back in
 ``_session_over``, once.
 
-In a fleet (``[fleet] redis_url``) the same line holds with the shared engines in place:
-agents from the file and Redis (fleet/agents.py), a Redis lease per session
-of a capped agent (fleet/leases.py), nonces in Redis. Their background tasks (lease
-renewal, registry refresh, DNS re-resolution) start with ``start`` and end with ``stop``.
+In a fleet (``[fleet] redis_url``) the same line holds with the shared engines in place
+(fleet/membership.py): agents from the file and Redis, a Redis lease per session of a
+capped agent, nonces in Redis. The background tasks (the fleet's, DNS re-resolution) start
+with ``start`` and end with ``stop``. The start API's answer is edge/http_endpoints.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
-import os
 import socket
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -33,9 +31,7 @@ from ..admission.auth import Authenticator
 from ..admission.capacity import Capacity, LocalCapacity
 from ..admission.nonces import NonceStore
 from ..admission.registry import AgentRegistry, StaticRegistry
-from ..admission.start_api import StartRequest, handle_start
 from ..config import Config, nonce_store_of
-from ..core.cors import CorsPolicy, is_preflight
 from ..core.routing import (EndpointKind, HeldRoute, Route, RouteAt, find_endpoint, route_provider,
                             route_start_api, route_websocket, split_target)
 from ..core.session_machine import Outcome
@@ -43,9 +39,8 @@ from ..core.upgrade import parse_upgrade
 from ..errors import (SHUTDOWN_CLOSE, CapacityError, Draining, ProviderRefused, RequestRefused, SessionRefused,
                       UpstreamError, WsrelayError)
 from ..fleet.agents import FleetRegistry
-from ..fleet.leases import FleetCapacity
+from ..fleet.membership import Fleet
 from ..fleet.nonces import make_nonce_store
-from ..fleet.redis_link import RedisDown, RedisLink
 from ..telemetry.logs import log_refusal, log_session, log_session_refused
 from ..telemetry.metrics import RelayMetrics
 from ..telemetry.upstream_metrics import UpstreamCollector
@@ -54,7 +49,7 @@ from ..telephony.signatures import candidate_urls
 from .deadlines import Deadlines
 from .discovery import Resolver
 from .gate import Gate
-from .http import header
+from .http_endpoints import answer_start_api
 from .session import HeldClient, Session, SessionServices
 from .tls import server_tls_context, upstream_tls_context
 from .upstream import UpstreamConnector
@@ -93,19 +88,15 @@ class Relay:
         self.config = config
         self.capacity = capacity or LocalCapacity()
         cfg = config.relay
-        fleet = config.fleet
-        self.link = RedisLink(fleet.redis_url) if fleet.redis_url else None
-        self.leases: FleetCapacity | None = None
+        self.fleet = Fleet(config.fleet, config.agents, region=cfg.region) if config.fleet.redis_url else None
+        self.leases = self.fleet.leases if self.fleet is not None else None
         self._lease_of: dict[Session, str] = {}        # session -> its fleet lease, while held
-        self.relay_id = fleet.relay_id or f"{socket.gethostname()}:{os.getpid()}"
-        if self.link is not None:
-            self.leases = FleetCapacity(self.link, relay_id=self.relay_id, lease_seconds=fleet.lease_seconds)
-        self.registry = registry or (FleetRegistry(config.agents, self.link, region=cfg.region)
-                                     if self.link is not None else StaticRegistry(config.agents, region=cfg.region))
+        self.registry = registry or (self.fleet.registry if self.fleet is not None
+                                     else StaticRegistry(config.agents, region=cfg.region))
         self.pump = pump_selector.load(pump)
         self.tls = server_tls_context(cfg)
         kind, nonce_url = nonce_store_of(config)
-        self.authenticator = Authenticator(config.auth, nonces or make_nonce_store(kind, nonce_url, self.link))
+        self.authenticator = Authenticator(config.auth, nonces or make_nonce_store(kind, nonce_url, self.fleet.link if self.fleet else None))
         self.deadlines = Deadlines()                   # every session's timers, on one loop timer
         self.upstreams = UpstreamConnector(
             deadlines=self.deadlines, ssl_context=upstream_tls_context(cfg),
@@ -133,7 +124,8 @@ class Relay:
         """Listen on the configured host/port (or on ``sock``); start the background tasks."""
         loop = asyncio.get_running_loop()
         cfg = self.config.relay
-        await self._start_fleet()
+        if self.fleet is not None:
+            await self.fleet.start()
         self._background.append(loop.create_task(self._rediscover()))
         # Without TLS both stay None, create_server's defaults (a handshake timeout needs ssl).
         handshake_timeout = cfg.handshake_timeout if self.tls else None
@@ -145,21 +137,6 @@ class Relay:
             self._server = await loop.create_server(
                 self._new_gate, cfg.host, cfg.port, backlog=LISTEN_BACKLOG,
                 reuse_port=cfg.workers > 1 or None, ssl=self.tls, ssl_handshake_timeout=handshake_timeout)
-
-    async def _start_fleet(self) -> None:
-        """Load the fleet's agents (bounded: a Redis that is away is logged, not waited for)."""
-        if self.link is None or self.leases is None:
-            return
-        loop = asyncio.get_running_loop()
-        if isinstance(self.registry, FleetRegistry):
-            try:
-                await self.registry.refresh()
-            except RedisDown:
-                pass                      # registry.run says so in one line, and keeps trying
-            self._background.append(loop.create_task(self.registry.run()))
-        self._background.append(loop.create_task(self.leases.run()))
-        log.info("fleet: relay %s, Redis at %s, leases of %gs", self.relay_id, self.link.shown,
-                 self.config.fleet.lease_seconds)
 
     async def _rediscover(self) -> None:
         """Re-resolve the upstreams' host names every ``dns_refresh_seconds``."""
@@ -204,11 +181,9 @@ class Relay:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self.leases is not None:
-            await self.leases.close()
         await self.authenticator.nonces.close()
-        if self.link is not None:
-            await self.link.close()
+        if self.fleet is not None:
+            await self.fleet.close()
 
     def reload(self, config: Config) -> None:
         """Take new agents and auth keys; live sessions keep the agent they started with.
@@ -254,7 +229,8 @@ class Relay:
             if endpoint is None:
                 raise RequestRefused(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
             if endpoint.kind is START_API_ENDPOINT:
-                self._answer_start_api(gate, route_start_api(path) or "")
+                answer_start_api(gate, route_start_api(path) or "", registry=self.registry, config=self.config,
+                                 authenticator=self.authenticator, secure=self.tls is not None)
                 return
             self._refuse_while_draining()
             if endpoint.kind is GENERIC_ENDPOINT:
@@ -436,35 +412,6 @@ class Relay:
             self._idle.set()
         if session.ended:
             self._session_ended(session)
-
-    def _answer_start_api(self, gate: Gate, agent_name: str) -> None:
-        """The start API, callable from a browser page of a ``cors_origins`` origin."""
-        request = gate.request
-        assert request is not None
-        cors = CorsPolicy(self.config.relay.cors_origins)
-        origin = header(request, b"origin")
-        wanted_method = header(request, b"access-control-request-method")
-        if is_preflight(request.method, origin, wanted_method):
-            preflight = cors.preflight(origin, wanted_method, header(request, b"access-control-request-headers"))
-            if preflight.status != 204:
-                raise RequestRefused(f"CORS preflight from {(origin or '')[:100]!r} refused: {preflight.reason}",
-                                     status=403, public_reason=f"Forbidden: {preflight.reason}",
-                                     headers=preflight.headers)
-            gate.respond(204, "", preflight.headers)
-            return
-        cors_headers = cors.response_headers(origin)
-        try:
-            answer = handle_start(
-                StartRequest(method=request.method.decode("latin-1"), agent_name=agent_name,
-                             authorization=header(request, b"authorization"),
-                             host=header(request, b"host"), body=gate.body),
-                registry=self.registry, config=self.config, authenticator=self.authenticator,
-                secure=self.tls is not None)
-        except RequestRefused as exc:
-            exc.headers.update(cors_headers)      # so the page can read why it was refused
-            raise
-        gate.respond(200, json.dumps(answer), {"Content-Type": "application/json",
-                                               "Cache-Control": "no-store", **cors_headers})
 
     # -- what is logged and counted -------------------------------------------------------
 

@@ -1,0 +1,52 @@
+"""The public port's plain HTTP endpoints: the start API's answer on a gate.
+
+The relay's dispatch finds the endpoint; what the start API decides is
+admission/start_api.py's (sans-I/O) and CORS is core/cors.py's. Here the two meet the
+request as the gate read it and the answer goes back through the gate: a browser page of
+a ``cors_origins`` origin may call it (a preflight gets its 204, and a refusal carries the
+CORS headers so the page can read why). A refusal is raised as ``RequestRefused`` for the
+relay's one way to refuse.
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..admission.auth import Authenticator
+from ..admission.registry import AgentRegistry
+from ..admission.start_api import StartRequest, handle_start
+from ..config import Config
+from ..core.cors import CorsPolicy, is_preflight
+from ..errors import RequestRefused
+from .gate import Gate
+from .http import header
+
+
+def answer_start_api(gate: Gate, agent_name: str, *, registry: AgentRegistry, config: Config,
+                     authenticator: Authenticator, secure: bool) -> None:
+    """Answer ``POST /v1/public/{agent_name}/start`` (or its preflight) on ``gate``."""
+    request = gate.request
+    assert request is not None
+    cors = CorsPolicy(config.relay.cors_origins)
+    origin = header(request, b"origin")
+    wanted_method = header(request, b"access-control-request-method")
+    if is_preflight(request.method, origin, wanted_method):
+        preflight = cors.preflight(origin, wanted_method, header(request, b"access-control-request-headers"))
+        if preflight.status != 204:
+            raise RequestRefused(f"CORS preflight from {(origin or '')[:100]!r} refused: {preflight.reason}",
+                                 status=403, public_reason=f"Forbidden: {preflight.reason}",
+                                 headers=preflight.headers)
+        gate.respond(204, "", preflight.headers)
+        return
+    cors_headers = cors.response_headers(origin)
+    try:
+        answer = handle_start(
+            StartRequest(method=request.method.decode("latin-1"), agent_name=agent_name,
+                         authorization=header(request, b"authorization"),
+                         host=header(request, b"host"), body=gate.body),
+            registry=registry, config=config, authenticator=authenticator, secure=secure)
+    except RequestRefused as exc:
+        exc.headers.update(cors_headers)      # so the page can read why it was refused
+        raise
+    gate.respond(200, json.dumps(answer), {"Content-Type": "application/json",
+                                           "Cache-Control": "no-store", **cors_headers})
