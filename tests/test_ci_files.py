@@ -345,4 +345,5 @@ def test_the_code_and_the_docs_refer_to_documentation_in_the_repository_only():
     outside = {str(p): m.group(0) for p, text in texts.items()
                for m in [re.search(r"SPEC(\.md)? ?§|\.\./shared/", text)] if m}
     assert outside == {}
-    assert "README's Configuration section" in " ".join(texts[REPO / "--help"].split())   # however argparse wraps it
+    assert "docs/configuration.md" in " ".join(texts[REPO / "--help"].split())   # however argparse wraps it
+    assert (REPO / "docs" / "configuration.md").is_file()

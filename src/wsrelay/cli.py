@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the relay (the echo demo without --config)")
-    serve.add_argument("--config", help="TOML config file (the README's Configuration section)")
+    serve.add_argument("--config", help="TOML config file (its keys: the Configuration reference, docs/configuration.md)")
     serve.add_argument("--host", help="listen address (overrides [relay] host)")
     serve.add_argument("--port", type=int, help="listen port (overrides [relay] port)")
     serve.add_argument("--admin-port", type=int,

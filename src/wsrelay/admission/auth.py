@@ -1,5 +1,5 @@
-"""Token auth for agents with ``websocket_auth = "token"``, around tokens.py (the README's
-"Token auth and the start API").
+"""Token auth for agents with ``websocket_auth = "token"``, around tokens.py
+(docs/tokens.md).
 
 ``tokens.py`` mints and verifies (pure functions); this module adds what needs state:
 the signing keys of the running config, the clock, and the single-use nonce store.

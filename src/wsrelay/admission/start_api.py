@@ -1,5 +1,5 @@
-"""``POST /v1/public/{agent}/start``: the session start API, sans-I/O (the README's "Token auth
-and the start API").
+"""``POST /v1/public/{agent}/start``: the session start API, sans-I/O
+(docs/tokens.md).
 
 The caller authenticates with one of the agent's ``public_keys`` and gets a token, the
 URL to connect to and a session id (the token carries it, so the bot's ``X-Session-Id``

@@ -1,13 +1,13 @@
 """Routing, sans-I/O: a request target (path + query) to the service host it names.
 
-The README's "Endpoints"::
+The endpoints (docs/endpoints.md)::
 
     /ws/generic/{agent}.{org}                 service host in the path
     /ws/generic/{agent}.{org}/{token}         ... plus the token as an extra segment
     /ws/generic?serviceHost={agent}.{org}     service host in the query
     /ws/generic/{token}?serviceHost=...       ... plus the token as a segment
 
-and the telephony providers' endpoints (README "Telephony providers", telephony/providers.py)::
+and the telephony providers' endpoints (docs/telephony.md, telephony/providers.py)::
 
     /ws/{telnyx|plivo|exotel}?serviceHost={agent}.{org}     routed before the upgrade
     /ws/{telnyx|plivo|exotel}/{token}?serviceHost=...       ... with the token as a segment
@@ -39,9 +39,9 @@ START_API = re.compile(r"/v1/public/([^/]+)/start\Z")
 
 
 class EndpointKind(enum.Enum):
-    GENERIC = "generic"          # the generic WebSocket endpoint (README "Endpoints")
-    START_API = "start api"      # POST /v1/public/{agent}/start (README "Token auth and the start API")
-    PROVIDER = "provider"        # /ws/{provider}: a provider's media stream (README "Telephony providers")
+    GENERIC = "generic"          # the generic WebSocket endpoint (docs/endpoints.md)
+    START_API = "start api"      # POST /v1/public/{agent}/start (docs/tokens.md)
+    PROVIDER = "provider"        # /ws/{provider}: a provider's media stream (docs/telephony.md)
 
 
 class RouteAt(enum.Enum):

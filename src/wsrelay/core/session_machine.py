@@ -1,6 +1,6 @@
 """The life of one relayed session as a state machine: events in, actions out, no I/O.
 
-The README's "Architecture" (the session machine; "Flow control and close"). The pump moves
+docs/architecture.md explains it (its "Flow control and close"). The pump moves
 frames in C and tells the session driver only of rare events (a side opened, a close frame, picows closing a side itself, a disconnect, a
 write buffer crossing its water marks, a timer). The driver feeds them to this machine
 and carries out the actions it returns, in order. The machine decides everything about

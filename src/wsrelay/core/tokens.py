@@ -1,4 +1,4 @@
-"""Session tokens, sans-I/O: mint and verify (the README's "Token auth and the start API").
+"""Session tokens, sans-I/O: mint and verify (docs/tokens.md).
 No clock, no state, no I/O.
 
     token = base64url(payload_json) "." base64url(HMAC-SHA256(key, base64url(payload_json)))

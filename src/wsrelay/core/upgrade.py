@@ -23,7 +23,7 @@ from ..errors import AuthError, RequestRefused
 MAX_SUBPROTOCOLS_HEADER = 1024
 MAX_HEADERS = 100               # header lines per request head (431 beyond); picows allows 128
 
-# Headers that never reach the bot (README "Endpoints"): hop-by-hop ones (RFC 9110 §7.6.1), the
+# Headers that never reach the bot (docs/endpoints.md): hop-by-hop ones (RFC 9110 §7.6.1), the
 # handshake's own, the token's Authorization, and everything the relay itself asserts
 # (a client must not be able to forge where it came from or which session it is).
 NOT_FORWARDED = frozenset({

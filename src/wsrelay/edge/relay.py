@@ -1,6 +1,6 @@
 """The relay: one public listener, the dispatcher, and the book of live sessions.
 
-``dispatch`` is the data path (the README's "Architecture") as a straight line of calls,
+``dispatch`` is the data path (docs/architecture.md) as a straight line of calls,
 each into one module: endpoint (core/routing.py's table) → route → agent lookup
 (admission/registry.py) → upgrade check (core/upgrade.py) → auth (admission/auth.py) →
 capacity → session (edge/session.py: upstream connector, hand-over, pump). Every refusal is an HTTP answer

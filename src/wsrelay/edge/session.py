@@ -1,6 +1,6 @@
 """One relayed session, from the admitted request to its log line: the machine's I/O driver.
 
-Life (the README's "Architecture"): the relay has routed, authenticated and admitted the
+Life (docs/architecture.md): the relay has routed, authenticated and admitted the
 request; here the bot is connected (with the forwarding headers), the client gets its ``101`` only after
 the bot's, frames flow through the pump, and ``run()`` returns when both sockets are gone.
 
@@ -137,7 +137,7 @@ class Session:
     def forward_headers(self) -> list[tuple[str, str]]:
         """The bot's handshake headers: the client's end-to-end ones, then the relay's own.
 
-        The README's "Endpoints". ``X-Daily-Session-Id`` is what the hosted platform's bot image
+        See docs/endpoints.md. ``X-Daily-Session-Id`` is what the hosted platform's bot image
         reads, so such bots work behind the relay unchanged.
         """
         assert self.upgrade is not None and self.route is not None, "the bot is connected before the client's 101"

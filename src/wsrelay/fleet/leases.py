@@ -14,7 +14,7 @@ renewal re-adds every lease it holds, so when Redis returns — even empty, afte
 restart — the leases of the live sessions are restored at the next renewal; while the
 last renewal failed, the next comes after ``RESTORE_SECONDS`` instead of ``lease_seconds
 / 3``. Until a relay's leases are back, the others may admit past ``max_sessions`` (by
-at most the leases Redis lost); README "Running a fleet" gives the bound.
+at most the leases Redis lost); docs/fleet.md gives the bound.
 
 Leases are never left behind by a relay that lives on. An acquire given up (the link's
 time limit, or the client leaving) may have run in Redis all the same (sent, or queued

@@ -1,6 +1,6 @@
 """Holding a telephony provider's first messages: the I/O around telephony/providers.py.
 
-The README's "Telephony providers". On a provider endpoint the client is upgraded by the
+See docs/telephony.md. On a provider endpoint the client is upgraded by the
 gate itself (its ``101`` carries no sub-protocol), and what it sends next stays in the gate's buffer, byte for
 byte, while ``FirstMessages`` reads the first messages from it. The relay then routes
 (Twilio: on ``start.customParameters._pipecatCloudServiceHost``), contacts the bot, and

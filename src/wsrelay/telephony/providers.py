@@ -1,6 +1,6 @@
 """Telephony providers' first messages, sans-I/O: which call, which agent, or what is wrong.
 
-The README's "Telephony providers". A provider endpoint (``/ws/twilio``, ``/ws/telnyx``,
+See docs/telephony.md. A provider endpoint (``/ws/twilio``, ``/ws/telnyx``,
 ``/ws/plivo``, ``/ws/exotel``) holds the client's first frames before a bot is chosen: Twilio cannot put the agent in
 its URL (no query strings), so its ``start`` message names it, and for every provider a
 stream that does not open as the provider's protocol says is refused before a bot is
