@@ -312,3 +312,50 @@ def test_the_public_api_example_is_on_the_tokens_page():
     text = (REPO / "docs" / "tokens.md").read_text()
     assert "wsrelay.mint_token(" in text and "wsrelay.load_config(" in text
     assert "from wsrelay.auth import" not in (REPO / "README.md").read_text()
+
+
+def architecture_tree() -> dict[str, set[str]]:
+    """docs/architecture.md's package tree: folder ('' for the package root) -> the modules it lists.
+
+    A line starting at column 0 names a folder (``name/``, and the modules its description
+    names) or a root module (``name.py``); a line indented by two spaces lists modules of the
+    folder above it; deeper lines continue a description."""
+    page = (REPO / "docs" / "architecture.md").read_text()
+    tree = page.split("```text\n", 1)[1].split("```", 1)[0]
+    listed: dict[str, set[str]] = {"": set()}
+    current = ""
+    for line in tree.splitlines():
+        if not line.strip() or line.strip() == "│":
+            continue
+        words = line.split()
+        if not line.startswith(" "):
+            if words[0].endswith("/"):
+                current = words[0].rstrip("/")
+                listed.setdefault(current, set()).update(w.rstrip(",") for w in words[1:]
+                                                         if re.fullmatch(r"\w+\.py,?", w))
+                continue
+            current = ""
+            listed[""].update(w for w in words if re.fullmatch(r"\w+\.py", w))
+            continue
+        if line.startswith("  ") and not line.startswith("   "):
+            listed[current].update(w for w in words if re.fullmatch(r"\w+\.pyi?", w))
+    return listed
+
+
+def test_the_architecture_page_lists_every_module_where_it_is():
+    """The Architecture page's tree is the package's: every module in its folder, none that is gone."""
+    package = REPO / "src" / "wsrelay"
+    actual: dict[str, set[str]] = {}
+    for path in package.rglob("*.py"):
+        relative = path.relative_to(package)
+        if path.name in ("__init__.py", "__main__.py") or len(relative.parts) > 2:
+            continue
+        actual.setdefault(relative.parts[0] if len(relative.parts) == 2 else "", set()).add(path.name)
+    listed = architecture_tree()
+    assert {folder for folder in listed if folder} >= {folder for folder in actual if folder}
+    missing = {folder: sorted(names - listed.get(folder, set())) for folder, names in actual.items()
+               if names - listed.get(folder, set())}
+    gone = {folder: sorted(names - actual.get(folder, set()) - {"__init__.py"})
+            for folder, names in listed.items() if names - actual.get(folder, set()) - {"__init__.py"}}
+    assert missing == {}, "modules the Architecture page does not list"
+    assert gone == {}, "modules the Architecture page lists that are not there"
