@@ -127,6 +127,7 @@ def test_settings_defaults():
     s = WebhookSettings(url="https://hooks.example.com/in", secret=SECRET, events=["session.ended"])  # type: ignore[arg-type]
     assert s.events == frozenset({"session.ended"}) and s.timeout == 10.0 and s.redis_url is None
     assert WebhookSettings(url="http://h/", secret=SECRET).events == {"session.started", "session.ended"}
+    assert SECRET[6:] not in repr(s)                 # the key never reaches a log line
 
 
 # -- bodies and the schedule ------------------------------------------------------------------
@@ -391,6 +392,12 @@ def test_max_pending_drops_the_oldest_counted(tmp_path, caplog):
     dropped = [r.fields["session_id"] for r in caplog.records
                if getattr(r, "fields", {}).get("reason") == "max_pending"]
     assert dropped == ["s-0", "s-1", "s-2", "s-3", "s-4"]
+
+
+def test_a_spool_that_cannot_be_opened_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        Webhooks.open(WebhookSettings(url="http://h/", secret=SECRET, spool=str(tmp_path / "no" / "such.db")))
+    assert raised.value.key == "webhooks.spool" and "cannot be opened" in raised.value.message
 
 
 def test_enqueueing_never_waits_on_the_receiver(tmp_path):

@@ -209,6 +209,8 @@ def test_redis_down_never_holds_a_session():
             assert hooks.pending == 10 and hooks.dropped == 40
         finally:
             await hooks.close()
+        # Still unsaved at shutdown: dropped, counted and logged, not silently lost.
+        assert hooks.dropped_by_reason == {"max_pending": 40, "expired": 0, "outbox_unavailable": 10}
     arun(main())
 
 

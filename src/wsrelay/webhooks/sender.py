@@ -24,7 +24,7 @@ at least every second, so events due (a restart's backlog, another relay's aband
 claims) go within a second or two.
 
 Counted: delivered, retried (attempts that failed and will be tried again), dropped (by
-reason: ``max_pending``, ``expired``) and pending, as attributes and, on the registry
+reason: ``max_pending``, ``expired``, ``outbox_unavailable``) and pending, as attributes and, on the registry
 given to ``open``, as ``wsrelay_webhooks_*`` series read when scraped. One log line per
 dropped event, and one when the outbox fails and when it works again; none per delivery.
 """
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections import deque
 from datetime import datetime, timezone
@@ -42,6 +43,7 @@ import msgspec
 from standardwebhooks import Webhook
 
 from .. import __version__
+from ..errors import ConfigError
 from .events import (DEFAULT_SCHEDULE, SESSION_ENDED, SESSION_STARTED, Event, Schedule, SessionEnd, SessionStart,
                      new_event)
 from .outbox import Outbox, RedisOutbox, SQLiteOutbox
@@ -60,6 +62,7 @@ RESPONSE_READ = 65536    # bytes of a receiver's answer read (and ignored) so th
 
 DROPPED_OVERFLOW = "max_pending"
 DROPPED_EXPIRED = "expired"
+DROPPED_UNSAVED = "outbox_unavailable"      # still in memory at shutdown, and the outbox failed
 
 
 class Webhooks:
@@ -86,7 +89,7 @@ class Webhooks:
         self._pending_read_at = 0.0
         self.delivered = 0
         self.retried = 0
-        self.dropped_by_reason = {DROPPED_OVERFLOW: 0, DROPPED_EXPIRED: 0}
+        self.dropped_by_reason = {DROPPED_OVERFLOW: 0, DROPPED_EXPIRED: 0, DROPPED_UNSAVED: 0}
         if registry is not None:
             registry.register(WebhookCollector(self))
 
@@ -99,7 +102,11 @@ class Webhooks:
         if settings.redis_url is not None:
             outbox = RedisOutbox(settings.redis_url, settings.max_pending)
         else:
-            outbox = SQLiteOutbox(settings.spool, settings.max_pending)
+            try:
+                outbox = SQLiteOutbox(settings.spool, settings.max_pending)
+            except sqlite3.Error as exc:
+                raise ConfigError(f"the webhook spool {settings.spool!r} cannot be opened as an SQLite file ({exc}): "
+                                  "name a file in a directory the relay can write to", key="webhooks.spool") from None
         return cls(settings, outbox, registry=registry, schedule=schedule)
 
     # -- counters -------------------------------------------------------------------------
@@ -170,11 +177,9 @@ class Webhooks:
         try:
             await self._flush()
         except Exception as exc:
-            for event in self._incoming:
-                log.warning("webhook lost at shutdown", extra={"fields": {
-                    "event": "webhook_lost", "webhook_id": event.id, "type": event.type,
-                    "reason": f"{type(exc).__name__}: {exc}"}})
-            self._incoming.clear()
+            self._store_failed(exc)
+            while self._incoming:
+                self._dropped(self._incoming.popleft(), DROPPED_UNSAVED)
         try:
             self._pending_stored = await self.outbox.pending()
         except Exception as exc:
@@ -315,7 +320,8 @@ class WebhookCollector:
         yield CounterMetricFamily("wsrelay_webhooks_retried",
                                   "Webhook attempts that failed and were scheduled again", value=w.retried)
         dropped = CounterMetricFamily("wsrelay_webhooks_dropped",
-                                      "Webhook events given up: past max_pending (the oldest) or past 24 hours",
+                                      "Webhook events given up: past max_pending (the oldest), past 24 hours, "
+                                      "or unsaved at shutdown with the outbox failing",
                                       labels=["reason"])
         for reason, count in sorted(w.dropped_by_reason.items()):
             dropped.add_metric([reason], count)

@@ -33,7 +33,7 @@ class WebhookSettings:
     """
 
     url: str
-    secret: str
+    secret: str = field(repr=False)             # never in a log line or a traceback
     events: frozenset[str] = field(default_factory=lambda: frozenset(EVENT_TYPES))
     spool: str = "wsrelay-webhooks.sqlite3"
     redis_url: str | None = None
