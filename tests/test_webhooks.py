@@ -377,6 +377,8 @@ def test_max_pending_drops_the_oldest_counted(tmp_path, caplog):
             again.session_started(SessionStart(session_id=f"s-{n}", agent="a", organization="o", endpoint="/ws"))
         await again.close()
         assert again.dropped == 3
+        again.session_ended(END)                                 # after close(): counted, not kept
+        assert again.dropped_by_reason["outbox_unavailable"] == 1
         receiver = await Receiver(port=down.port).start()
         last = Webhooks.open(settings_for(receiver.url, tmp_path, max_pending=3))
         await last.start()
@@ -391,6 +393,8 @@ def test_max_pending_drops_the_oldest_counted(tmp_path, caplog):
     assert delivered == ["s-5", "s-6", "s-7"]
     dropped = [r.fields["session_id"] for r in caplog.records
                if getattr(r, "fields", {}).get("reason") == "max_pending"]
+    assert [r.fields["session_id"] for r in caplog.records
+            if getattr(r, "fields", {}).get("reason") == "outbox_unavailable"] == ["s-2"]
     assert dropped == ["s-0", "s-1", "s-2", "s-3", "s-4"]
 
 

@@ -62,7 +62,7 @@ RESPONSE_READ = 65536    # bytes of a receiver's answer read (and ignored) so th
 
 DROPPED_OVERFLOW = "max_pending"
 DROPPED_EXPIRED = "expired"
-DROPPED_UNSAVED = "outbox_unavailable"      # still in memory at shutdown, and the outbox failed
+DROPPED_UNSAVED = "outbox_unavailable"      # in memory at shutdown with the outbox failing, or after close()
 
 
 class Webhooks:
@@ -134,6 +134,9 @@ class Webhooks:
             self._enqueue(new_event(SESSION_ENDED, facts, self._clock()))
 
     def _enqueue(self, event: Event) -> None:
+        if self._closed:                 # a session that ended after close(): nowhere to keep it
+            self._dropped(event, DROPPED_UNSAVED)
+            return
         self._incoming.append(event)
         if len(self._incoming) > self.settings.max_pending:
             self._dropped(self._incoming.popleft(), DROPPED_OVERFLOW)
@@ -157,7 +160,9 @@ class Webhooks:
 
     async def close(self) -> None:
         """Stop: attempts in flight get a second to finish, the rest are handed back to the
-        outbox, and what is queued in memory is written to it; then the outbox is closed."""
+        outbox, and what is queued in memory is written to it; then the outbox is closed.
+        Call it once the last session has ended: an event queued after it is dropped (counted
+        as ``outbox_unavailable``, logged)."""
         if self._closed:
             return
         self._closed = True
