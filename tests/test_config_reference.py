@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,8 @@ from wsrelay.errors import ConfigErrors
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "docs" / "configuration.md"
 AGENT = '[[agents]]\nname = "a"\norganization = "o"\nupstreams = ["ws://h/"]\n'
+CLASSES = dict(TABLES)
+REQUIRED = {"agents": {"name": "a", "organization": "o", "upstreams": ["ws://h/"]}}
 DECLARED = [(table, key) for table, cls in TABLES for key in keys_of(cls)]
 BOUNDED = [(table, key) for table, key in DECLARED if key.lo is not None]
 
@@ -29,6 +32,15 @@ def _document(table: str, key: str, value: str) -> tuple[str, str, int]:
     if table == "agents":
         return f"{AGENT}{key} = {value}\n", f"agents[0].{key}", AGENT.count("\n") + 1
     return f"[{table}]\n{key} = {value}\n", f"{table}.{key}", 2
+
+
+def _msgspec_accepts(table: str, key: str, value: object) -> bool:
+    """msgspec's own reading of the declarations (they are real msgspec constraints)."""
+    try:
+        msgspec.convert({**REQUIRED.get(table, {}), key: value}, CLASSES[table])
+    except msgspec.ValidationError:
+        return False
+    return True
 
 
 def _errors(text: str) -> list:
@@ -99,6 +111,7 @@ def test_every_bounded_key_refuses_values_outside_its_bounds_at_its_key_and_line
     assert len(errors) == 1, (text, _errors(text))
     assert errors[0].line == line
     assert f"{dotted} must be {key.want}, got" in str(errors[0])
+    assert not _msgspec_accepts(table, key.name, value)
 
 
 @settings(max_examples=300, deadline=None)
@@ -107,6 +120,7 @@ def test_every_bounded_key_accepts_values_within_its_bounds(case):
     (table, key), value = case
     text, dotted, _ = _document(table, key.name, _toml(value))
     assert not any(key.want in str(e) for e in _errors(text)), text
+    assert _msgspec_accepts(table, key.name, value)
 
 
 @pytest.mark.parametrize("table,key", [(t, k) for t, k in DECLARED if k.kind in ("integer", "number", "boolean")],

@@ -6,12 +6,13 @@ The declarations are the frozen dataclasses the relay reads at run time; each fi
 all derived from these, so a bound or a default is changed here and nowhere else.
 
 ``Meta`` is msgspec's (already a dependency, for JSON logs): ``ge``/``gt``/``le`` are the
-bounds, ``pattern`` a regular expression the whole value matches, ``description`` the doc
-line. ``extra`` holds what msgspec has no word for: ``unit`` of a number (seconds unless
-said), ``want`` (how a message names a valid value, when the bounds say it badly), ``path``
-(a file name: no NUL), ``when_missing`` (what a required key's message asks for),
-``null_is_absent`` (a JSON null in a stored agent means left out), ``stored_when_set`` (an
-agent key written to Redis only when set, so relays that predate the key still read the table).
+bounds, ``pattern`` a regular expression the whole value matches (checked with fullmatch),
+``description`` the doc line. ``extra`` holds what msgspec has no word for: ``unit`` of a
+number (seconds unless said), ``want`` (how a message names a valid value, when the bounds say
+it badly), ``path`` (a file name: no NUL), ``when_missing`` (what a required key's message asks
+for), ``null_is_absent`` (a JSON null in a stored agent means left out), ``stored_when_set``
+(an agent key written to Redis only when set, so relays that predate the key still read the
+table).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from msgspec import Meta
 
 DEFAULT_PORT = 8765
 DEFAULT_ADMIN_PORT = 9100
-NAME_PATTERN = "[a-z0-9-]{1,63}"                # agent, organization and region names: DNS-label-like
+NAME_PATTERN = "^[a-z0-9-]{1,63}$"              # agent, organization and region names: DNS-label-like
 NAME_WANT = "1-63 characters of a-z, 0-9 and '-'"
 WEBSOCKET_AUTH_MODES = ("none", "token", "twilio-signature")
 
@@ -51,8 +52,9 @@ class RelayConfig:
                                     "not public; 0 turns it off.")] = DEFAULT_ADMIN_PORT
     drain_seconds: Annotated[float, _seconds(
         0, 86400, "On SIGTERM, how long live sessions may go on.")] = 30.0
-    public_url: Annotated[str | None, Meta(
-        description="Base of the start API's wsUrl, e.g. \"wss://relay.example.com\"; may name {region}.")] = None
+    public_url: Annotated[str, Meta(
+        description="Base of the start API's wsUrl, e.g. \"wss://relay.example.com\"; may name {region}.",
+    )] | None = None
     workers: Annotated[int, Meta(ge=1, le=64, description="Worker processes sharing the port (SO_REUSEPORT).")] = 1
     handshake_timeout: Annotated[float, _seconds(
         0, 3600, "The client's whole request head must arrive within this (else 408).", above=True)] = 10.0
@@ -83,12 +85,12 @@ class RelayConfig:
     keepalive_timeout: Annotated[float, _seconds(
         0, 3600, "A peer that does not answer a ping within this is dropped (left out: "
                  "min(10, keepalive_interval)); at most keepalive_interval.", above=True)] = 10.0
-    tls_cert: Annotated[str | None, Meta(
-        description="Certificate file; with tls_key, the relay serves wss://.", extra={"path": True})] = None
-    tls_key: Annotated[str | None, Meta(
-        description="Private key file of tls_cert.", extra={"path": True})] = None
-    upstream_ca_file: Annotated[str | None, Meta(
-        description="CA bundle for wss:// upstreams (left out: the system's CAs).", extra={"path": True})] = None
+    tls_cert: Annotated[str, Meta(
+        description="Certificate file; with tls_key, the relay serves wss://.", extra={"path": True})] | None = None
+    tls_key: Annotated[str, Meta(
+        description="Private key file of tls_cert.", extra={"path": True})] | None = None
+    upstream_ca_file: Annotated[str, Meta(
+        description="CA bundle for wss:// upstreams (left out: the system's CAs).", extra={"path": True})] | None = None
     upstream_tls_verify: Annotated[bool, Meta(
         description="Verify wss:// upstreams' certificates; false only for testing.")] = True
     log_format: Annotated[Literal["auto", "json", "text"], Meta(
@@ -96,15 +98,15 @@ class RelayConfig:
     nonce_store: Annotated[Literal["memory", "redis"], Meta(
         description="Where single-use token nonces live; \"redis\" shares them between workers and relays "
                     "(a [fleet] implies it).")] = "memory"
-    redis_url: Annotated[str | None, Meta(
+    redis_url: Annotated[str, Meta(
         description="The nonce store's Redis, e.g. \"redis://127.0.0.1:6379/0\" (left out with a [fleet]: "
-                    "the fleet's).")] = None
+                    "the fleet's).")] | None = None
     cors_origins: Annotated[tuple[str, ...], Meta(
         max_length=256, description="Start API from browser pages: exact origins such as "
                                     "[\"https://app.example.com\"], or [\"*\"] for any; [] turns CORS off.")] = ()
-    region: Annotated[str | None, Meta(
+    region: Annotated[str, Meta(
         pattern=NAME_PATTERN, description="Serve only agents deployed here (their regions), e.g. \"us-west\".",
-        extra={"want": f"{NAME_WANT} such as 'us-west'"})] = None
+        extra={"want": f"{NAME_WANT} such as 'us-west'"})] | None = None
     dns_refresh_seconds: Annotated[float, _seconds(
         0.1, 86400, "Upstream host names are re-resolved this often.")] = 5.0
     dns_servers: Annotated[tuple[str, ...], Meta(
@@ -113,9 +115,10 @@ class RelayConfig:
     gap_threshold_ms: Annotated[float, _seconds(
         0, 3_600_000, "Voice telemetry: a pause between two data frames longer than this is a gap.",
         above=True, unit="milliseconds")] = 100.0
-    admin_token: Annotated[str | None, Meta(
+    admin_token: Annotated[str, Meta(
         min_length=16, max_length=512, description="Bearer token for everything on the admin port but "
-                                                   "/healthz and /readyz (WSRELAY_ADMIN_TOKEN overrides).")] = None
+                                                   "/healthz and /readyz (WSRELAY_ADMIN_TOKEN overrides).",
+    )] | None = None
     admin_host: Annotated[str, Meta(
         description="The admin listener's address: loopback unless told otherwise; keep it private.")] = "127.0.0.1"
 
@@ -127,8 +130,8 @@ class AuthConfig:
     keys: Annotated[dict[str, str], Meta(
         description="Signing keys by id: { k2 = \"...\", k1 = \"...\" }; ids are 1-32 characters of "
                     "A-Z, a-z, 0-9, '_' and '-'.")] = field(default_factory=dict)
-    active_key: Annotated[str | None, Meta(
-        description="The id in keys that new tokens are signed with (needed with several keys).")] = None
+    active_key: Annotated[str, Meta(
+        description="The id in keys that new tokens are signed with (needed with several keys).")] | None = None
     token_ttl: Annotated[int, Meta(ge=1, le=86400, description="Lifetime of a token, in seconds.")] = 300
     clock_skew: Annotated[int, Meta(
         ge=0, le=300, description="Seconds of clock difference tolerated when checking a token's times.")] = 30
@@ -159,21 +162,22 @@ class AgentConfig:
     public_keys: Annotated[tuple[str, ...], Meta(
         max_length=64, description="Keys that may call the start API for this agent (each 1-256 "
                                    "characters).")] = ()
-    max_sessions: Annotated[int | None, Meta(
+    max_sessions: Annotated[int, Meta(
         ge=1, le=1 << 31, description="Concurrent sessions at most (left out: unlimited).",
         extra={"want": "a positive integer (leave it out for no limit)", "stored_when_set": True,
-               "null_is_absent": True})] = None
+               "null_is_absent": True})] | None = None
     max_session_seconds: Annotated[float, _seconds(
         0, 30 * 86400, "A session is closed after this long.", above=True)] = 7200.0
-    idle_timeout: Annotated[float | None, Meta(
+    idle_timeout: Annotated[float, Meta(
         gt=0, le=86400, description="Close sessions with no frame for this long (left out: no idle limit).",
-        extra={"unit": "seconds", "stored_when_set": True})] = None
+        extra={"unit": "seconds", "stored_when_set": True})] | None = None
     regions: Annotated[tuple[str, ...], Meta(
         max_length=64, description="Where the agent is deployed, e.g. [\"us-west\"]; [] = every region.",
         extra={"stored_when_set": True})] = ()
-    twilio_auth_token: Annotated[str | None, Meta(
+    twilio_auth_token: Annotated[str, Meta(
         min_length=1, max_length=256, description="The Twilio account's auth token, with websocket_auth = "
-                                                  "\"twilio-signature\".", extra={"stored_when_set": True})] = None
+                                                  "\"twilio-signature\".",
+        extra={"stored_when_set": True})] | None = None
     line: int | None = field(default=None, metadata={"file": False})    # where the entry starts in the file
 
     @property
@@ -185,12 +189,12 @@ class AgentConfig:
 class FleetConfig:
     """The ``[fleet]`` table: relays sharing one Redis act as one relay (README "Running a fleet")."""
 
-    redis_url: Annotated[str | None, Meta(
+    redis_url: Annotated[str, Meta(
         description="The Redis every relay of the fleet shares, e.g. \"redis://redis:6379/0\" (rediss:// for "
-                    "TLS; user:password@ allowed); WSRELAY_FLEET_REDIS_URL overrides.")] = None
-    relay_id: Annotated[str | None, Meta(
-        pattern="[A-Za-z0-9._:@/-]{1,128}", description="This relay's name in the fleet (left out: hostname:pid).",
-        extra={"want": "1-128 characters of A-Z, a-z, 0-9 and ._:@/- (default: hostname:pid)"})] = None
+                    "TLS; user:password@ allowed); WSRELAY_FLEET_REDIS_URL overrides.")] | None = None
+    relay_id: Annotated[str, Meta(
+        pattern="^[A-Za-z0-9._:@/-]{1,128}$", description="This relay's name in the fleet (left out: hostname:pid).",
+        extra={"want": "1-128 characters of A-Z, a-z, 0-9 and ._:@/- (default: hostname:pid)"})] | None = None
     lease_seconds: Annotated[float, _seconds(
         1, 3600, "A dead relay's capacity slots come back after this.")] = 10.0
 
@@ -221,58 +225,27 @@ _MISSING = dataclasses.MISSING
 
 @dataclass(frozen=True)
 class Key:
-    """One declared key, as the validator and the reference need it."""
+    """One declared key, as the validator and the reference need it (worked out once per key)."""
 
     name: str
     kind: str                          # "integer", "number", "boolean", "string", "list", "table"
     default: object                    # _MISSING when the key is required
-    optional: bool                     # None is a valid value (the key may be left out)
     meta: Meta
     choices: tuple[str, ...] = ()
+    extra: Mapping[str, object] = field(default_factory=dict)
+    lo: float | None = None            # the lower bound: gt (lo_open) or ge
+    lo_open: bool = False
+    hi: float | None = None
+    pattern: re.Pattern[str] | None = None
+    want: str = "a string"             # a valid value, as messages say it: "relay.port must be <want>"
 
     @property
     def required(self) -> bool:
         return self.default is _MISSING
 
     @property
-    def extra(self) -> Mapping[str, object]:
-        return self.meta.extra or {}
-
-    @property
-    def lo(self) -> float | None:
-        return self.meta.gt if self.meta.gt is not None else self.meta.ge
-
-    @property
-    def lo_open(self) -> bool:
-        return self.meta.gt is not None
-
-    @property
-    def hi(self) -> float | None:
-        return self.meta.le
-
-    @property
     def unit(self) -> str:
         return str(self.extra.get("unit", "seconds"))
-
-    @functools.cached_property
-    def pattern(self) -> re.Pattern[str] | None:
-        return re.compile(self.meta.pattern) if self.meta.pattern else None
-
-    @property
-    def want(self) -> str:
-        """A valid value, as the messages say it: ``relay.port must be <want>, got 0``."""
-        if "want" in self.extra:
-            return str(self.extra["want"])
-        if self.kind == "integer":
-            return f"an integer from {self.lo} to {self.hi}"
-        if self.kind == "number":
-            low = f"above {self.lo:g}" if self.lo_open else f"from {self.lo:g}"
-            return f"a number {low} to {self.hi:g} ({self.unit})"
-        if self.kind == "boolean":
-            return "true or false"
-        if self.choices:
-            return f"one of {', '.join(repr(c) for c in self.choices)}"
-        return "a string"
 
     def accepts(self, value: object) -> bool:
         """The value has the declared type and lies within the bounds (not the pattern: see ``want``)."""
@@ -286,23 +259,40 @@ class Key:
             return isinstance(value, bool)
         if self.kind == "string":
             return isinstance(value, str) and (not self.choices or value in self.choices)
-        return True                        # lists and tables: their own rules (load.py)
+        return True                        # lists and tables: their own rules (rules.py)
+
+
+def _want(kind: str, lo: float | None, lo_open: bool, hi: float | None, unit: str,
+          choices: tuple[str, ...]) -> str:
+    if kind == "integer":
+        return f"an integer from {lo} to {hi}"
+    if kind == "number":
+        assert lo is not None and hi is not None
+        return f"a number {f'above {lo:g}' if lo_open else f'from {lo:g}'} to {hi:g} ({unit})"
+    if kind == "boolean":
+        return "true or false"
+    if choices:
+        return f"one of {', '.join(repr(c) for c in choices)}"
+    return "a string"
 
 
 _KINDS = {int: "integer", float: "number", bool: "boolean", str: "string", tuple: "list", dict: "table"}
 
 
 def _key(name: str, hint: object, default: object) -> Key:
+    if type(None) in typing.get_args(hint):            # X | None: None is the "left out" default
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
     base, meta = typing.get_args(hint)[:2] if typing.get_origin(hint) is Annotated else (hint, Meta())
-    args = [a for a in typing.get_args(base) if a is not type(None)]
-    optional = type(None) in typing.get_args(base)
-    if optional:
-        base = args[0]
     choices: tuple[str, ...] = ()
     if typing.get_origin(base) is Literal:
         choices, base = typing.get_args(base), str
     kind = _KINDS[typing.get_origin(base) or base]
-    return Key(name, kind, default, optional, meta, choices)
+    extra = meta.extra or {}
+    lo, lo_open, hi = (meta.gt, True, meta.le) if meta.gt is not None else (meta.ge, False, meta.le)
+    want = str(extra["want"]) if "want" in extra else \
+        _want(kind, lo, lo_open, hi, str(extra.get("unit", "seconds")), choices)
+    return Key(name, kind, default, meta, choices, extra, lo, lo_open, hi,
+               re.compile(meta.pattern) if meta.pattern else None, want)
 
 
 @functools.cache
