@@ -21,7 +21,7 @@ from standardwebhooks import Webhook
 
 from wsrelay.errors import ConfigError
 from wsrelay.webhooks import SessionEnd, SessionStart, Schedule, WebhookSettings, Webhooks
-from wsrelay.webhooks.events import Direction, new_event
+from wsrelay.webhooks.events import new_event
 
 from support import arun, free_port
 

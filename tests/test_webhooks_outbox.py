@@ -35,8 +35,7 @@ def redis_server():
 
 def _event(n: int, created: float) -> Event:
     facts = SessionEnd(session_id=f"s-{n}", agent="a", organization="o", endpoint="/ws")
-    event = new_event("session.ended", facts, created)
-    return event
+    return new_event("session.ended", facts, created)
 
 
 def _open(kind: str, request, tmp_path, max_pending: int = 100) -> Outbox:
