@@ -93,6 +93,9 @@ NOT_RUN = {
     "wsrelay agents": "needs the fleet's Redis: tests/test_fleet.py runs apply, delete and list",
     "kill -HUP": "needs a running relay: tests/test_cli.py reloads on SIGHUP",
     "kill -TERM": "needs a running relay: tests/test_cli.py drains on SIGTERM",
+    "python -m aiohttp.web": "a bot that runs until stopped: tests/session_api_support.py serves the same routes",
+    "curl -s http://localhost:8765/v1/public/my-agent/sessions/": "needs a live session of a bot with HTTP routes: "
+                                                                   "tests/test_session_api.py makes such calls",
 }
 
 

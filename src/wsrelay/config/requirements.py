@@ -34,6 +34,7 @@ def require_shared_nonces(config: Config, relay: RelayConfig | None = None) -> N
     ``relay`` is the running relay's settings when checking a reload.
     """
     relay = relay or config.relay
+    require_shared_session_book(config, relay)
     needing = [a.service_host for a in config.agents if a.websocket_auth == "token"]
     if needing and relay.workers > 1 and relay.nonce_store != "redis" and not config.fleet.enabled:
         # Point at what the user wrote: workers (file or --workers), else the token agent;
@@ -49,6 +50,20 @@ def require_shared_nonces(config: Config, relay: RelayConfig | None = None) -> N
             "but each worker would remember only its own nonces, so a token could be used once per "
             "worker: set relay.nonce_store = \"redis\" and relay.redis_url, or run one worker",
             key=key, line=config.lines.get(key), source=config.source)
+
+
+def require_shared_session_book(config: Config, relay: RelayConfig) -> None:
+    """Session API agents under ``workers > 1`` need a [fleet]: each worker knows only its own
+    sessions, and a Session API request landing on another worker would find none (404)."""
+    needing = [a.service_host for a in config.agents if a.session_api]
+    if needing and relay.workers > 1 and not config.fleet.enabled:
+        key = "relay.workers" if "relay.workers" in config.lines else \
+            f"agents[{next(i for i, a in enumerate(config.agents) if a.session_api)}].session_api"
+        raise ConfigError(
+            f"agents {', '.join(needing)} set session_api = true with {relay.workers} workers, but each "
+            "worker knows only its own sessions, so a Session API request could reach one that does "
+            "not serve the session: set [fleet] redis_url (the sessions are found through Redis), "
+            "or run one worker", key=key, line=config.lines.get(key), source=config.source)
 
 
 def nonce_store_of(config: Config) -> tuple[str, str | None]:

@@ -121,6 +121,14 @@ class RelayConfig:
     )] | None = None
     admin_host: Annotated[str, Meta(
         description="The admin listener's address: loopback unless told otherwise; keep it private.")] = "127.0.0.1"
+    max_body_bytes: Annotated[int, Meta(
+        ge=1, le=65536, description="The decoded size of a WebSocket client's ?body= at most (the platform's "
+                                    "4 KiB); a larger one gets 413 before any bot is contacted.")] = 4096
+    session_api_timeout: Annotated[float, _seconds(
+        0, 3600, "Session API: the bot's whole answer must arrive within this (else 504).", above=True)] = 30.0
+    max_session_api_body: Annotated[int, Meta(
+        ge=1024, le=1 << 28, description="Session API: larger request bodies get 413, and a larger answer "
+                                         "from the bot 502 (bytes).")] = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,9 @@ class AgentConfig:
         min_length=1, max_length=256, description="The Twilio account's auth token, with websocket_auth = "
                                                   "\"twilio-signature\".",
         extra={"stored_when_set": True})] | None = None
+    session_api: Annotated[bool, Meta(
+        description="Serve the Session API (HTTP to the bot of a live session: docs/session-api.md) "
+                    "for this agent.", extra={"stored_when_set": True})] = False
     line: int | None = field(default=None, metadata={"file": False})    # where the entry starts in the file
 
     @property

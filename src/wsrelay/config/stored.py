@@ -21,7 +21,7 @@ def agent_to_dict(agent: AgentConfig) -> dict:
     table: dict = {}
     for key in keys_of(AgentConfig):
         value = getattr(agent, key.name)
-        if key.extra.get("stored_when_set") and (value is None or value == ()):
+        if key.extra.get("stored_when_set") and (value is None or value == () or value is False):
             continue
         table[key.name] = list(value) if isinstance(value, tuple) else value
     return table

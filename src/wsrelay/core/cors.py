@@ -1,4 +1,4 @@
-"""CORS for the start API (``[relay] cors_origins``), sans-I/O.
+"""CORS for the start API and the Session API (``[relay] cors_origins``), sans-I/O.
 
 A browser page on another origin may call ``POST /v1/public/{agent}/start`` only if the
 relay says so: first a preflight (``OPTIONS`` with ``Origin`` and
@@ -116,22 +116,25 @@ class CorsPolicy:
         return text if text in self.origins else None
 
     def preflight(self, origin: str | bytes | None, request_method: str | bytes | None,
-                  request_headers: str | bytes | None = None) -> PreflightAnswer:
+                  request_headers: str | bytes | None = None, *, methods: str = ALLOWED_METHODS) -> PreflightAnswer:
         """The answer to ``OPTIONS`` with ``Origin``, ``Access-Control-Request-Method`` and
-        ``-Headers``: 204 when all three are allowed, 403 saying which one is not."""
+        ``-Headers``: 204 when all three are allowed, 403 saying which one is not.
+
+        ``methods``: the endpoint's, as ``Access-Control-Allow-Methods`` lists them (the start
+        API's ``POST``; the Session API's ``GET, POST, PUT, PATCH, DELETE, HEAD``)."""
         if not self.origins:
             return PreflightAnswer(403, {}, "CORS is not enabled on this relay")
         vary = {"Vary": "Origin"}
         allowed = self.allow_origin(origin)
         if allowed is None:
             return PreflightAnswer(403, vary, "origin not allowed")
-        if _text(request_method) != ALLOWED_METHODS:
-            return PreflightAnswer(403, vary, f"method not allowed: use {ALLOWED_METHODS}")
+        if _text(request_method) not in methods.split(", "):
+            return PreflightAnswer(403, vary, f"method not allowed: use {methods}")
         if not _headers_allowed(_text(request_headers) or ""):
             return PreflightAnswer(403, vary, f"request headers not allowed: only {ALLOW_HEADERS_VALUE}")
         return PreflightAnswer(204, {
             "Access-Control-Allow-Origin": allowed,
-            "Access-Control-Allow-Methods": ALLOWED_METHODS,
+            "Access-Control-Allow-Methods": methods,
             "Access-Control-Allow-Headers": ALLOW_HEADERS_VALUE,
             "Access-Control-Max-Age": MAX_AGE,
             "Vary": "Origin",

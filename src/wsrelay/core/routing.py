@@ -36,12 +36,15 @@ from ..errors import RouteError
 # \Z, not $: "$" also matches before a final newline, which would let "demo\n" through.
 GENERIC_PREFIX = "/ws/generic"
 START_API = re.compile(r"/v1/public/([^/]+)/start\Z")
+# /v1/public/{agent}/sessions/{sessionId}/{path}: everything after the id is the bot's path.
+SESSION_API = re.compile(r"/v1/public/([^/]+)/sessions/([^/]+)(/.*)?\Z", re.S)
 
 
 class EndpointKind(enum.Enum):
     GENERIC = "generic"          # the generic WebSocket endpoint (docs/endpoints.md)
     START_API = "start api"      # POST /v1/public/{agent}/start (docs/tokens.md)
     PROVIDER = "provider"        # /ws/{provider}: a provider's media stream (docs/telephony.md)
+    SESSION_API = "session api"  # /v1/public/{agent}/sessions/{id}/{path} (docs/session-api.md)
 
 
 class RouteAt(enum.Enum):
@@ -68,6 +71,7 @@ ENDPOINTS = (
     Endpoint(EndpointKind.GENERIC, re.compile(re.escape(GENERIC_PREFIX) + r"(/.*)?\Z", re.S),
              websocket=True, route_at=RouteAt.BEFORE_UPGRADE),
     Endpoint(EndpointKind.START_API, START_API, websocket=False, route_at=RouteAt.NOT_ROUTED),
+    Endpoint(EndpointKind.SESSION_API, SESSION_API, websocket=False, route_at=RouteAt.NOT_ROUTED),
     Endpoint(EndpointKind.PROVIDER, re.compile(r"/ws/twilio(/.*)?\Z", re.S), websocket=True,
              route_at=RouteAt.AFTER_FIRST_MESSAGES, provider="twilio"),
     *(Endpoint(EndpointKind.PROVIDER, re.compile(rf"/ws/{name}(/.*)?\Z", re.S), websocket=True,
@@ -84,6 +88,7 @@ def find_endpoint(path: str) -> Endpoint | None:
 LABEL = re.compile(r"[a-z0-9-]{1,63}\Z")
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9_.\-]+\Z")
 MAX_QUERY_FIELDS = 64
+MAX_BODY_BYTES = 4096             # ?body=: the platform's limit ([relay] max_body_bytes)
 
 
 @dataclass(frozen=True)
@@ -133,10 +138,13 @@ def parse_service_host(value: str) -> tuple[str, str]:
     return agent, org
 
 
-def _routing_query(query: str) -> tuple[str | None, str | None, str]:
+def _routing_query(query: str, max_body: int) -> tuple[str | None, str | None, str]:
     """(serviceHost, token, the rest of the query as sent) — each of the first two None when
-    absent, refused when repeated. The rest is forwarded to the bot byte for byte."""
+    absent, refused when repeated. The rest is forwarded to the bot byte for byte, but a
+    ``body`` whose decoded size is over ``max_body`` is refused (413), as the platform does."""
     fields = _split_query(query)
+    if "body=" in query:
+        _check_body(fields, max_body)
     service_hosts = [v for n, v, _ in fields if n == "serviceHost"]
     query_tokens = [v for n, v, _ in fields if n == "token"]
     if len(service_hosts) > 1 or len(query_tokens) > 1:
@@ -144,6 +152,21 @@ def _routing_query(query: str) -> tuple[str | None, str | None, str]:
                          public_reason="Bad Request: repeated serviceHost or token parameter")
     forward = "&".join(raw for n, _, raw in fields if n not in ("serviceHost", "token"))
     return (service_hosts[0] if service_hosts else None, query_tokens[0] if query_tokens else None, forward)
+
+
+def body_size(value: str) -> int:
+    """The bytes a ``?body=`` value (base64, padded or not) decodes to: its characters but the
+    padding, times 3/4. A start API body that fits fits here too (4,096 bytes are 5,464
+    characters); a value that is not base64 is measured the same way."""
+    return len(value.rstrip("=")) * 3 // 4
+
+
+def _check_body(fields: list[tuple[str, str, str]], max_body: int) -> None:
+    for name, value, _ in fields:
+        if name == "body" and body_size(value) > max_body:
+            raise RouteError(f"?body= of {len(value)} characters decodes to {body_size(value)} bytes, "
+                             f"over max_body_bytes = {max_body}", status=413,
+                             public_reason=f"Content Too Large: ?body= decodes to over {max_body} bytes")
 
 
 def _check_segments(segments: list[str]) -> None:
@@ -177,8 +200,9 @@ def _check_token_shape(token: str) -> str:
     return token
 
 
-def route_websocket(target: str) -> Route:
-    """Route a WebSocket upgrade request's target; raises RouteError (400/404)."""
+def route_websocket(target: str, *, max_body: int = MAX_BODY_BYTES) -> Route:
+    """Route a WebSocket upgrade request's target; raises RouteError (400/404, 413 for a ``?body=``
+    over ``max_body`` decoded bytes)."""
     path, query = split_target(target)
     if path != GENERIC_PREFIX and not path.startswith(GENERIC_PREFIX + "/"):
         raise RouteError(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
@@ -191,7 +215,7 @@ def route_websocket(target: str) -> Route:
         raise RouteError(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
     _check_segments(segments)
 
-    service_host, query_token, forward = _routing_query(query)
+    service_host, query_token, forward = _routing_query(query, max_body)
 
     token = None
     source = None
@@ -218,7 +242,8 @@ def route_websocket(target: str) -> Route:
     return Route(agent, org, token, source, forward)
 
 
-def route_provider(target: str, provider: str, *, service_host_in_query: bool) -> Route | HeldRoute:
+def route_provider(target: str, provider: str, *, service_host_in_query: bool,
+                   max_body: int = MAX_BODY_BYTES) -> Route | HeldRoute:
     """Route a provider endpoint's target: ``/ws/{provider}[/{token}][?query]``.
 
     Telnyx, Plivo and Exotel name the agent with ``?serviceHost=`` (400 without it), like
@@ -236,7 +261,7 @@ def route_provider(target: str, provider: str, *, service_host_in_query: bool) -
     if len(segments) > 1 or any(s == "" for s in segments):
         raise RouteError(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
     _check_segments(segments)
-    service_host, query_token, forward = _routing_query(query)
+    service_host, query_token, forward = _routing_query(query, max_body)
     token, source = None, None
     if segments:
         token, source = _check_token_shape(segments[0]), "path"
@@ -273,3 +298,21 @@ def route_start_api(path: str) -> str | None:
     """The agent name of a ``/v1/public/{agent}/start`` path, or None for other paths."""
     match = START_API.match(path)
     return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class SessionApiTarget:
+    """What a Session API path names: the agent (by name, as the start API), the session and
+    the bot's own path (``/`` when the request names none)."""
+
+    agent_name: str
+    session_id: str
+    path: str
+
+
+def route_session_api(path: str) -> SessionApiTarget | None:
+    """The parts of a ``/v1/public/{agent}/sessions/{sessionId}/{path}`` path, or None for other paths."""
+    match = SESSION_API.match(path)
+    if match is None:
+        return None
+    return SessionApiTarget(match.group(1), match.group(2), match.group(3) or "/")

@@ -25,13 +25,16 @@ from ..core.frames import CLOSE, FrameScanner, accept_value, close_frame, switch
 from ..errors import RequestRefused, SessionRefused
 from .deadlines import Deadlines
 from .handover import hand_over
-from .http import Request, RequestReader, http_response
+from .http import Request, RequestReader, http_response, response_head
 
 log = logging.getLogger("wsrelay.gate")
 
 EARLY_DATA_BYTES = 65536       # client bytes kept while its bot is being contacted
 LINGER_FRAME_BYTES = 1 << 20  # after a refusal: a bigger frame from the client just ends it
 MAX_BODY_BYTES = 8192          # the start API's JSON bodies; the platform caps body at 4 KiB
+
+BodyLimit = Callable[[Request], "int | None"]             # a request's own body bound (None: the default)
+ErrorBody = Callable[["Request | None", int, str], "tuple[str, dict[str, str]] | None"]
 
 
 def _upgraded(*args: Any) -> None:
@@ -48,7 +51,8 @@ class Gate(asyncio.Protocol):
 
     def __init__(self, limits: RelayConfig, *, dispatch: Callable[["Gate"], None],
                  on_refused: Callable[["Gate", int, str], None], stream_class: Any,
-                 deadlines: Deadlines) -> None:
+                 deadlines: Deadlines, body_limit: BodyLimit | None = None,
+                 error_body: ErrorBody | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: str = "-"
         self.early = bytearray()             # bytes after the head: early frames (bounded)
@@ -64,7 +68,11 @@ class Gate(asyncio.Protocol):
         self._dispatch_request = dispatch
         self._on_refused = on_refused
         self._stream_class = stream_class
-        self._reader: RequestReader | None = RequestReader(limits.max_request_head_bytes, MAX_BODY_BYTES)
+        # ``body_limit``: the endpoint's own bound for a request that announces a body (the
+        # Session API's); ``error_body``: how a refusal is written when the endpoint says (JSON).
+        self._reader: RequestReader | None = RequestReader(limits.max_request_head_bytes, MAX_BODY_BYTES,
+                                                           body_limit)
+        self._error_body = error_body
         # The head's deadline, then a refused held client's linger: on the relay's one
         # deadline wheel (edge/deadlines.py), not a loop timer per connection.
         self._deadlines = deadlines
@@ -159,11 +167,27 @@ class Gate(asyncio.Protocol):
 
     def refuse(self, status: int, public_reason: str, *, reason: str,
                headers: dict[str, str] | None = None) -> None:
-        """Refuse the request before any upgrade: answer ``status``, log ``reason``."""
+        """Refuse the request before any upgrade: answer ``status``, log ``reason``.
+
+        The answer is ``public_reason`` as text, or what ``error_body`` makes of it for the
+        request's endpoint (the Session API's JSON)."""
         if self.state in ("closed", "upgraded"):
             return
         self._on_refused(self, status, reason)
+        written = self._error_body(self.request, status, public_reason) if self._error_body is not None else None
+        if written is not None:
+            body, own = written
+            self.respond(status, body, {**own, **(headers or {})})
+            return
         self.respond(status, public_reason + "\n", headers)
+
+    def respond_raw(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        """Send ``status``, ``headers`` exactly as given (repeats kept) and ``body``, and close:
+        a bot's answer passed on (the caller has set its Content-Length)."""
+        if self.state in ("closed", "upgraded") or self.transport is None:
+            return
+        self.transport.write(response_head(status, headers) + body)
+        self._close()
 
     def hold(self, key: str, on_held: Callable[[], None]) -> None:
         """Answer ``101`` now and keep what follows in ``early``; ``on_held`` after each read.

@@ -11,8 +11,10 @@ llhttp, which is strict about them, sees the head).
 
 from __future__ import annotations
 
+import json
 import re
 from http import HTTPStatus
+from typing import Callable
 
 import httptools
 
@@ -43,6 +45,23 @@ def http_response(status: int, body: str | bytes = "", headers: dict[str, str] |
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data
 
 
+def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
+    """A response's status line and ``headers`` as given (repeats kept: the Session API passes
+    a bot's ``Set-Cookie`` lines on), then ``Connection: close``."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    lines = [f"HTTP/1.1 {status} {phrase}", *(f"{k}: {v}" for k, v in headers), "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+
+def json_error(status: int, message: str) -> tuple[str, dict[str, str]]:
+    """The body and headers of an API refusal as the hosted platform writes them:
+    ``{"error": <sentence>, "code": "<status>"}``."""
+    return json.dumps({"error": message, "code": str(status)}), {"Content-Type": "application/json"}
+
+
 class Request:
     """One request head, as the relay reads it.
 
@@ -70,15 +89,20 @@ class RequestReader:
     """One request, fed as it arrives; ``feed`` says when it is complete.
 
     Bounds: the head (request line and headers) at most ``max_head`` bytes, at most
-    ``check_headers``' header count, a body only on POST and at most ``max_body`` bytes.
+    ``check_headers``' header count, a body only on POST and at most ``max_body`` bytes — unless
+    ``body_limit`` (asked only for a head that announces a body) gives the request its own
+    bound, for a body of any method (the Session API's ``max_session_api_body``): over it is a
+    413 as soon as the head or the body says so, never after reading it all.
     Anything else raises ``RequestRefused`` with the status to answer. Once complete,
     ``request``, ``body`` and ``trailing`` (bytes after the request: a WebSocket client's
     early frames) are set. Nothing after the request is parsed as HTTP.
     """
 
-    def __init__(self, max_head: int, max_body: int) -> None:
+    def __init__(self, max_head: int, max_body: int,
+                 body_limit: Callable[[Request], int | None] | None = None) -> None:
         self.max_head = max_head
         self.max_body = max_body
+        self.body_limit = body_limit
         self.request: Request | None = None
         self.body = bytearray()
         self.trailing = b""
@@ -139,9 +163,14 @@ class RequestReader:
             raise RequestRefused(f"{hosts} Host headers", status=400,
                                  public_reason="Bad Request: an HTTP/1.1 request needs exactly one Host header")
         length = _content_length(request)
+        declared = declares_body(request.headers)
+        limit = self.body_limit(request) if declared and self.body_limit is not None else None
+        if limit is not None:                # this request's own bound, whatever its method
+            self.max_body = limit
         if length is not None and length > self.max_body:
-            raise RequestRefused(f"body of {length} bytes", status=413, public_reason="Content Too Large")
-        if request.method != b"POST" and declares_body(request.headers):
+            raise RequestRefused(f"body of {length} bytes", status=413,
+                                 public_reason=f"Content Too Large: the body is over {self.max_body} bytes")
+        if limit is None and request.method != b"POST" and declared:
             # A GET (upgrade) with a body is a request-smuggling shape: refuse it now
             # rather than wait for a body that may never come.
             raise RequestRefused(f"{request.method.decode('latin-1')} request with a body", status=400,
@@ -184,7 +213,8 @@ class RequestReader:
     def on_body(self, data: bytes) -> None:
         self.body += data
         if len(self.body) > self.max_body:
-            raise RequestRefused("body too large", status=413, public_reason="Content Too Large")
+            raise RequestRefused("body too large", status=413,
+                                 public_reason=f"Content Too Large: the body is over {self.max_body} bytes")
 
     def on_message_complete(self) -> None:
         self.complete = True

@@ -14,7 +14,10 @@ refusal in both forms). The capacity slot is taken in ``_admit`` and given back 
 In a fleet (``[fleet] redis_url``) the same line holds with the shared engines in place
 (fleet/membership.py): agents from the file and Redis, a Redis lease per session of a
 capped agent, nonces in Redis. The background tasks (the fleet's, DNS re-resolution) start
-with ``start`` and end with ``stop``. The start API's answer is edge/http_endpoints.py's.
+with ``start`` and end with ``stop``. The start API's answer is edge/http_endpoints.py's; the
+Session API's (a live session's bot over HTTP) is edge/session_api.py's, which keeps the
+book of the live sessions of agents with ``session_api = true`` (``_admit`` enters them once
+their bot has answered, ``_session_over`` takes them out).
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from ..admission.capacity import Capacity, LocalCapacity
 from ..admission.nonces import NonceStore
 from ..admission.registry import AgentRegistry, StaticRegistry
 from ..config import Config, nonce_store_of
+from ..core.cors import CorsPolicy
 from ..core.routing import (EndpointKind, HeldRoute, Route, RouteAt, find_endpoint, route_provider,
-                            route_start_api, route_websocket, split_target)
+                            route_session_api, route_start_api, route_websocket, split_target)
 from ..core.session_machine import Outcome
 from ..core.upgrade import parse_upgrade
 from ..errors import (SHUTDOWN_CLOSE, CapacityError, Draining, ProviderRefused, RequestRefused, SessionRefused,
@@ -49,8 +53,10 @@ from ..telephony.signatures import candidate_urls
 from .deadlines import Deadlines
 from .discovery import Resolver
 from .gate import Gate
+from .http import Request, json_error
 from .http_endpoints import answer_start_api
 from .session import HeldClient, Session, SessionServices
+from .session_api import SessionApi
 from .tls import server_tls_context, upstream_tls_context
 from .upstream import UpstreamConnector
 
@@ -66,8 +72,8 @@ LISTEN_BACKLOG = 1024                           # pending connections the kernel
 RELOADED_RELAY_KEYS = {"cors_origins"}          # [relay] keys a reload applies; any other change waits for a restart
 # Enum members read per request, as module names (on Python 3.11 ``EndpointKind.GENERIC``
 # goes through ``EnumType.__getattr__``: see core/session_machine.py).
-START_API_ENDPOINT, GENERIC_ENDPOINT, PROVIDER_ENDPOINT = (
-    EndpointKind.START_API, EndpointKind.GENERIC, EndpointKind.PROVIDER)
+START_API_ENDPOINT, GENERIC_ENDPOINT, PROVIDER_ENDPOINT, SESSION_API_ENDPOINT = (
+    EndpointKind.START_API, EndpointKind.GENERIC, EndpointKind.PROVIDER, EndpointKind.SESSION_API)
 
 
 @dataclasses.dataclass(slots=True)
@@ -98,12 +104,16 @@ class Relay:
         kind, nonce_url = nonce_store_of(config)
         self.authenticator = Authenticator(config.auth, nonces or make_nonce_store(kind, nonce_url, self.fleet.link if self.fleet else None))
         self.deadlines = Deadlines()                   # every session's timers, on one loop timer
+        upstream_tls = upstream_tls_context(cfg)
         self.upstreams = UpstreamConnector(
-            deadlines=self.deadlines, ssl_context=upstream_tls_context(cfg),
+            deadlines=self.deadlines, ssl_context=upstream_tls,
             connect_timeout=cfg.upstream_connect_timeout, max_frame_size=cfg.max_frame_size,
             read_buffer_size=cfg.read_buffer_size, keepalive_interval=cfg.keepalive_interval,
             keepalive_timeout=cfg.keepalive_timeout,
             resolver=Resolver(cfg.dns_servers, timeout=min(2.0, cfg.dns_refresh_seconds)))
+        self.session_api = SessionApi(timeout=cfg.session_api_timeout, max_body=cfg.max_session_api_body,
+                                      ssl_context=upstream_tls,
+                                      directory=self.fleet.sessions if self.fleet is not None else None)
         self._background: list[asyncio.Task] = []
         self.sessions: set[Session] = set()            # admitted: connecting or connected
         self.holds: set[Hold] = set()                  # provider clients upgraded, start message not yet read
@@ -149,7 +159,20 @@ class Relay:
 
     def _new_gate(self) -> Gate:
         return Gate(self.config.relay, dispatch=self.dispatch, on_refused=self._refused,
-                    stream_class=self.pump.ClientStream, deadlines=self.deadlines)
+                    stream_class=self.pump.ClientStream, deadlines=self.deadlines,
+                    body_limit=self._body_limit, error_body=self._error_body)
+
+    def _body_limit(self, request: Request) -> int | None:
+        """A request announcing a body: the Session API takes one of any method, up to its bound."""
+        path = request.target.decode("latin-1").partition("?")[0]
+        return self.config.relay.max_session_api_body if route_session_api(path) is not None else None
+
+    @staticmethod
+    def _error_body(request: Request | None, status: int, public_reason: str) -> tuple[str, dict[str, str]] | None:
+        """A refusal on the Session API is the platform's JSON ``{"error", "code"}``; others are text."""
+        if request is None or route_session_api(request.target.decode("latin-1").partition("?")[0]) is None:
+            return None
+        return json_error(status, public_reason)
 
     @property
     def port(self) -> int:
@@ -181,6 +204,7 @@ class Relay:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self.session_api.close()
         await self.authenticator.nonces.close()
         if self.fleet is not None:
             await self.fleet.close()
@@ -224,7 +248,7 @@ class Relay:
             gate.refuse(400, "Bad Request: non-ASCII request target", reason="non-ASCII target")
             return
         try:
-            path, _ = split_target(target)
+            path, query = split_target(target)
             endpoint = find_endpoint(path)
             if endpoint is None:
                 raise RequestRefused(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
@@ -232,13 +256,21 @@ class Relay:
                 answer_start_api(gate, route_start_api(path) or "", registry=self.registry, config=self.config,
                                  authenticator=self.authenticator, secure=self.tls is not None)
                 return
+            if endpoint.kind is SESSION_API_ENDPOINT:   # live sessions' bots answer while the relay drains
+                session_api = route_session_api(path)
+                assert session_api is not None
+                gate.task = self.deadlines.loop.create_task(self.session_api.answer(
+                    gate, session_api, query, registry=self.registry, cors=CorsPolicy(self.config.relay.cors_origins),
+                    refuse=self._refuse))
+                return
             self._refuse_while_draining()
+            max_body = self.config.relay.max_body_bytes
             if endpoint.kind is GENERIC_ENDPOINT:
-                route: Route | HeldRoute = route_websocket(target)
+                route: Route | HeldRoute = route_websocket(target, max_body=max_body)
                 provider = None
             elif endpoint.kind is PROVIDER_ENDPOINT and endpoint.provider is not None:
                 provider = endpoint.provider
-                route = route_provider(target, provider,
+                route = route_provider(target, provider, max_body=max_body,
                                        service_host_in_query=endpoint.route_at is RouteAt.BEFORE_UPGRADE)
             else:
                 return
@@ -321,6 +353,8 @@ class Relay:
             await session.run()
             if session.upstream_seconds is not None:
                 self.metrics.upstream_connected(session.upstream_seconds)
+                if agent.session_api and session in self.sessions:
+                    self.session_api.live(session)
         except asyncio.CancelledError:                          # the client left while we waited
             if session is None or not session.started:
                 if session is not None:
@@ -405,6 +439,8 @@ class Relay:
         if session not in self.sessions:
             return
         self.sessions.discard(session)
+        if session.agent.session_api:
+            self.session_api.over(session)
         self._give_slot(session.agent.service_host, self._lease_of.pop(session, None))
         if session.bot.transport is not None:
             self.upstreams.release(session.bot.transport)

@@ -81,7 +81,7 @@ class Session:
     # Slots: an idle session holds one of these for hours; no per-instance __dict__.
     __slots__ = ("route", "agent", "upgrade", "client_address", "id", "created_at", "connected_at",
                  "connected_ns", "ended_at", "upstream_seconds", "subprotocol", "machine", "client", "bot",
-                 "_services", "_attach", "_bot_response", "_timers", "_close_held", "_client_first_ns",
+                 "instance", "_services", "_attach", "_bot_response", "_timers", "_close_held", "_client_first_ns",
                  "_refuse_client", "_connecting")
 
     def __init__(self, services: SessionServices, *, route: "Route", agent: "AgentConfig",
@@ -103,6 +103,9 @@ class Session:
         self._client_first_ns = held.first_frame_ns if held is not None else 0
         self.ended_at: float | None = None
         self.upstream_seconds: float | None = None
+        # The bot instance connected to (core/balancer.py's Instance: its URL and address), for
+        # the Session API; set once at connect.
+        self.instance: Any = None
         self.subprotocol: str | None = None
         self._services = services
         # Dropped (None) once used: a live session keeps nothing of its handshake.
@@ -175,7 +178,7 @@ class Session:
         services = self._services
         task = self._connecting = asyncio.current_task(services.deadlines.loop)
         try:
-            await services.connect(
+            self.instance = await services.connect(
                 self.route.service_host, self.agent.upstreams, query=self.route.forward_query, headers=headers,
                 listener_factory=self._bot_listener)
         except asyncio.CancelledError:

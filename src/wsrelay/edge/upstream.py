@@ -116,7 +116,8 @@ class UpstreamConnector:
     async def connect(self, service_host: str, upstreams: tuple[str, ...], *, query: str,
                       headers: list[tuple[str, str]],
                       listener_factory: Callable[[object, object], WSListener]):
-        """Open the bot's WebSocket; returns its WSTransport or raises UpstreamError."""
+        """Open the bot's WebSocket; returns the instance it is open to (the pump's bot side has
+        its transport), or raises UpstreamError."""
         timed_out = False
         await self._pool_for(service_host, upstreams)
         loop = self._deadlines.loop
@@ -175,7 +176,7 @@ class UpstreamConnector:
             self.balancer.succeeded(instance)
             self.balancer.opened(instance)
             self._holding[transport] = instance
-            return transport
+            return instance
         if timed_out:
             raise UpstreamTimeout(f"no instance of {service_host} answered within {self._timeout}s")
         raise UpstreamUnreachable(f"no instance of {service_host} could be reached")

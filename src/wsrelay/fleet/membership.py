@@ -1,5 +1,6 @@
-"""One relay's part in a fleet (``[fleet] redis_url``): its Redis link, the fleet's agents
-and its sessions' leases, made, started and closed together.
+"""One relay's part in a fleet (``[fleet] redis_url``): its Redis link, the fleet's agents,
+its sessions' leases and their entries in the session directory (the Session API's), made,
+started and closed together.
 
 The relay asks nothing of a fleet but these three; a single relay (no ``redis_url``) has
 no ``Fleet`` and needs nothing but itself. The background work (the agents' refresh, the
@@ -18,6 +19,7 @@ from collections.abc import Iterable
 from ..config import AgentConfig, FleetConfig
 from .agents import FleetRegistry
 from .leases import FleetCapacity
+from .session_directory import SessionDirectory
 from .redis_link import RedisDown, RedisLink
 
 log = logging.getLogger("wsrelay.relay")
@@ -33,6 +35,7 @@ class Fleet:
         self.link = RedisLink(config.redis_url)
         self.registry = FleetRegistry(file_agents, self.link, region=region)
         self.leases = FleetCapacity(self.link, relay_id=self.relay_id, lease_seconds=config.lease_seconds)
+        self.sessions = SessionDirectory(self.link, lease_seconds=config.lease_seconds)
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -42,7 +45,8 @@ class Fleet:
             await self.registry.refresh()
         except RedisDown:
             pass                      # registry.run says so in one line, and keeps trying
-        self._tasks = [loop.create_task(self.registry.run()), loop.create_task(self.leases.run())]
+        self._tasks = [loop.create_task(self.registry.run()), loop.create_task(self.leases.run()),
+                       loop.create_task(self.sessions.run())]
         log.info("fleet: relay %s, Redis at %s, leases of %gs", self.relay_id, self.link.shown,
                  self.config.lease_seconds)
 
@@ -52,4 +56,5 @@ class Fleet:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.leases.close()
+        await self.sessions.close()
         await self.link.close()
