@@ -402,3 +402,17 @@ def test_session_api_with_workers_needs_a_fleet(bots):
     config = replace(config, relay=replace(config.relay, workers=2))
     with pytest.raises(ConfigError, match="session_api = true with 2 workers.*set \\[fleet\\] redis_url"):
         require_shared_nonces(config)
+
+
+def test_a_body_that_does_not_arrive_is_408_within_handshake_timeout(bots):
+    async def main():
+        relay = await _relay(bots, "cython", handshake_timeout=0.5)
+        try:
+            head = _request("POST", "/v1/public/bot/sessions/x/state", [("Content-Length", "100")]) + b"only ten.."
+            started = asyncio.get_running_loop().time()
+            status, _, body = await _call(relay.port, head)
+            assert status == 408 and _error(408, body)
+            assert asyncio.get_running_loop().time() - started < 2
+        finally:
+            await relay.stop()
+    arun(main())

@@ -19,6 +19,7 @@ only when its agent has ``session_api = true``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -35,6 +36,8 @@ from .http import header
 if TYPE_CHECKING:
     from ..fleet.session_directory import SessionDirectory
     from .session import Session
+
+log = logging.getLogger("wsrelay.session_api")
 
 CONNECTIONS_PER_INSTANCE = 16        # open connections to one bot instance at most; more requests queue
 CONNECTIONS = 512                    # to all instances together
@@ -118,6 +121,10 @@ class SessionApi:
             status, raw_headers, body = await self._send(method, bot, gate.body)
         except RequestRefused as exc:
             exc.headers.update(cors_headers)        # so a page can read why it was refused
+            refuse(gate, exc)
+            return
+        except Exception as exc:                    # a bug: answer (500), never leave the caller waiting
+            log.exception("Session API request failed unexpectedly")
             refuse(gate, exc)
             return
         headers = answer_headers(raw_headers, relay_cors=bool(cors_headers))
