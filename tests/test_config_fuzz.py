@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wsrelay.config import AgentConfig, Config, RelayConfig, locate_keys, parse_config
+from wsrelay.config import AgentConfig, Config, RelayConfig, WebhooksConfig, locate_keys, parse_config
 from wsrelay.errors import ConfigError, ConfigErrors
 
 SECONDS_PER_FILE = 2.0
@@ -193,6 +193,8 @@ RELAY_VALUES = {
     "gap_threshold_ms": seconds,
     "admin_token": st.text(max_size=40) | st.sampled_from(["0123456789abcdef0123", "short"]) | anything,
     "admin_host": hosts | st.text(max_size=10),
+    "session_api_timeout": seconds, "max_session_api_body": st.integers(-1, 2**31),
+    "max_body_bytes": st.integers(-1, 2**31),
 }
 AUTH_VALUES = {
     "secret": st.text(max_size=10),
@@ -208,6 +210,15 @@ AGENT_VALUES = {
     "max_session_seconds": seconds, "idle_timeout": seconds,
     "regions": st.lists(st.sampled_from(["us-west", "eu-central", "", "A"]) | st.text(max_size=5), max_size=3),
     "twilio_auth_token": st.text(max_size=12) | anything,
+    "session_api": st.booleans() | anything,
+}
+
+
+WEBHOOKS_VALUES = {
+    "url": urls, "secret": st.sampled_from(["whsec_" + "A" * 32, "whsec_", "whsec_!!", "abc", ""]) | st.text(max_size=8),
+    "events": st.lists(st.sampled_from(["session.started", "session.ended", "x", ""]), max_size=3),
+    "spool": st.sampled_from(["", "a.sqlite3", "/\x00"]) | st.text(max_size=8),
+    "max_pending": st.integers(-2, 2**40), "timeout": seconds,
 }
 
 
@@ -219,10 +230,10 @@ def _table(values: dict[str, st.SearchStrategy]) -> st.SearchStrategy:
 
 
 documents = st.builds(
-    lambda relay, auth, agents, style, drop: _document(
-        {k: v for k, v in (("relay", relay), ("auth", auth)) if k not in drop}, agents, style),
-    _table(RELAY_VALUES), _table(AUTH_VALUES), st.lists(_table(AGENT_VALUES), max_size=3),
-    st.integers(0, 59), st.sets(st.sampled_from(["relay", "auth"])))
+    lambda relay, auth, webhooks, agents, style, drop: _document(
+        {k: v for k, v in (("relay", relay), ("auth", auth), ("webhooks", webhooks)) if k not in drop}, agents, style),
+    _table(RELAY_VALUES), _table(AUTH_VALUES), _table(WEBHOOKS_VALUES), st.lists(_table(AGENT_VALUES), max_size=3),
+    st.integers(0, 59), st.sets(st.sampled_from(["relay", "auth", "webhooks"])))
 
 
 @FUZZ
@@ -288,3 +299,4 @@ def test_large_valid_files_of_hostile_agents_stay_within_the_limit(agents, style
 def test_every_known_key_is_fuzzed():
     assert set(RELAY_VALUES) == {f.name for f in dataclasses.fields(RelayConfig)}
     assert set(AGENT_VALUES) == {f.name for f in dataclasses.fields(AgentConfig)} - {"line"}
+    assert set(WEBHOOKS_VALUES) == {f.name for f in dataclasses.fields(WebhooksConfig)}

@@ -96,9 +96,10 @@ def test_every_key_is_documented_in_one_row(table, key):
 def test_the_reference_has_a_section_and_a_table_per_table():
     text = render()
     assert text.startswith("# Configuration\n")
-    for heading in ("## `[relay]`", "## `[auth]`", "## `[fleet]`", "## `[[agents]]`"):
+    for heading in ("## `[relay]`", "## `[auth]`", "## `[fleet]`", "## `[webhooks]`", "## `[[agents]]`"):
         assert heading in text
-    assert text.count("| key | type | default | bounds | description |") == 4
+    assert text.count("| key | type | default | bounds | description |") == 5
+    assert '| `events` | list of strings | `["session.started", "session.ended"]` |' in text
     assert "| `port` | integer | `8765` | from 1 to 65535 |" in text
 
 

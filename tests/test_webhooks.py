@@ -98,29 +98,7 @@ def settings_for(url: str, tmp_path, **overrides) -> WebhookSettings:
     return WebhookSettings(url=url, secret=SECRET, spool=str(tmp_path / "spool.sqlite3"), **overrides)
 
 
-# -- settings -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("overrides, key, words", [
-    ({"url": "ftp://example.com/"}, "webhooks.url", "http:// or https://"),
-    ({"url": "http:///nohost"}, "webhooks.url", "with a host"),
-    ({"secret": "abc"}, "webhooks.secret", "must start with 'whsec_'"),
-    ({"secret": "whsec_!!!"}, "webhooks.secret", "not base64"),
-    ({"secret": "whsec_" + base64.b64encode(b"short").decode()}, "webhooks.secret", "24 to 64"),
-    ({"events": frozenset({"session.paused"})}, "webhooks.events", "not session.paused"),
-    ({"events": frozenset()}, "webhooks.events", "one or both"),
-    ({"max_pending": 0}, "webhooks.max_pending", "at least 1"),
-    ({"timeout": 0}, "webhooks.timeout", "above 0"),
-    ({"timeout": float("nan")}, "webhooks.timeout", "above 0"),
-    ({"redis_url": "http://x"}, "webhooks.redis_url", "redis://"),
-    ({"spool": ""}, "webhooks.spool", "SQLite file"),
-])
-def test_settings_errors_are_sentences_naming_the_key(overrides, key, words):
-    values = {"url": "https://hooks.example.com/in", "secret": SECRET, **overrides}
-    with pytest.raises(ConfigError) as raised:
-        WebhookSettings(**values)
-    assert raised.value.key == key
-    assert words in raised.value.message
+# -- settings (the [webhooks] table's checks: tests/test_webhooks_relay.py) -------------------------------------------------------------------------------
 
 
 def test_settings_defaults():

@@ -1,4 +1,4 @@
-"""Configuration: the TOML file of README "Configuration" as typed, validated, immutable objects.
+"""Configuration: the TOML file (docs/configuration.md) as typed, validated, immutable objects.
 
 One job per module: ``schema`` declares every key once (type, default, bounds, doc);
 ``locator`` finds the line of each key; ``checker`` and ``rules`` check values; ``load``
@@ -15,7 +15,7 @@ from .overlays import (admin_token_from_env, apply_overrides, auth_secret_from_e
 from .requirements import nonce_store_of, require_shared_nonces, require_signing_key
 from .rules import parse_dns_server
 from .schema import (DEFAULT_ADMIN_PORT, DEFAULT_PORT, WEBSOCKET_AUTH_MODES, AgentConfig, AuthConfig, Config,
-                     FleetConfig, RelayConfig)
+                     FleetConfig, RelayConfig, WebhooksConfig)
 from .stored import agent_from_dict, agent_to_dict
 
 __all__ = [
@@ -23,5 +23,5 @@ __all__ = [
     "Config", "ConfigError", "ConfigErrors", "FleetConfig", "RelayConfig", "admin_token_from_env",
     "agent_from_dict", "agent_to_dict", "apply_overrides", "auth_secret_from_env", "demo_config",
     "fleet_redis_url_from_env", "load_config", "locate_keys", "nonce_store_of", "parse_config",
-    "parse_dns_server", "require_shared_nonces", "require_signing_key", "secrets_from_env",
+    "parse_dns_server", "require_shared_nonces", "require_signing_key", "secrets_from_env", "WebhooksConfig",
 ]

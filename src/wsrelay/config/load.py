@@ -21,11 +21,11 @@ from ..errors import ConfigError, ConfigErrors
 from . import rules
 from .checker import Checker, did_you_mean, show
 from .locator import Locator
-from .schema import AgentConfig, AuthConfig, Config, FleetConfig, RelayConfig, keys_of
+from .schema import TABLES, AgentConfig, AuthConfig, Config, FleetConfig, RelayConfig, WebhooksConfig, keys_of
 
 MAX_CONFIG_BYTES = 1024 * 1024
 _LONG_NUMBER = re.compile(r"[0-9A-Fa-f_]{4300,}")
-_TABLE_NAMES = ["relay", "auth", "fleet", "agents"]
+_TABLE_NAMES = [name for name, _ in TABLES]
 
 Own = Callable[[Checker, str, object], object]                  # checks a key's raw value itself
 Then = Callable[[Checker, str, object, Mapping], object]        # refines the declared check's result
@@ -130,6 +130,16 @@ def _fleet(check: Checker, table: Mapping) -> FleetConfig:
     return FleetConfig(**values)
 
 
+def _webhooks(check: Checker, table: Mapping) -> WebhooksConfig:
+    values = _table(check, table, WebhooksConfig, "webhooks", "[webhooks]", own={"events": rules.webhook_events},
+                    then={"url": rules.webhook_url, "secret": rules.webhook_secret})
+    if not values["spool"] and check.valid("webhooks.spool"):
+        check.error("webhooks.spool", "webhooks.spool must be the path of an SQLite file (created if missing), "
+                                      "such as '/var/lib/wsrelay/webhooks.sqlite3'")
+        values["spool"] = WebhooksConfig.spool
+    return WebhooksConfig(**values)
+
+
 def _auth(check: Checker, table: Mapping) -> AuthConfig:
     check.unknown_keys(table, [k.name for k in keys_of(AuthConfig)], "auth", "[auth]")
     keys, active = _signing_keys(check, table)
@@ -228,14 +238,19 @@ def parse_config(text: str, source: str | None = None) -> Config:
         if key not in _TABLE_NAMES:
             hint = did_you_mean(key, _TABLE_NAMES)
             check.error(key, f"unknown table {show(key)}" + (f"; did you mean '{hint}'?" if hint
-                                                             else "; allowed: [relay], [auth], [fleet], [[agents]]"))
+                                                             else "; allowed: " + ", ".join(
+                                                                 f"[[{n}]]" if n == "agents" else f"[{n}]"
+                                                                 for n in _TABLE_NAMES)))
     relay_table, auth_table, fleet_table = data.get("relay", {}), data.get("auth", {}), data.get("fleet", {})
-    for name, table in (("relay", relay_table), ("auth", auth_table), ("fleet", fleet_table)):
+    webhooks_table = data.get("webhooks", {})
+    for name, table in (("relay", relay_table), ("auth", auth_table), ("fleet", fleet_table),
+                        ("webhooks", webhooks_table)):
         if not isinstance(table, dict):
             check.error(name, f"'{name}' must be a table: [{name}]")
     relay = _relay(check, relay_table if isinstance(relay_table, dict) else {})
     auth = _auth(check, auth_table if isinstance(auth_table, dict) else {})
     fleet = _fleet(check, fleet_table if isinstance(fleet_table, dict) else {})
+    webhooks = _webhooks(check, webhooks_table if isinstance(webhooks_table, dict) else {})
     if relay.nonce_store == "redis" and not relay.redis_url and not fleet.redis_url \
             and check.valid("relay.redis_url", "fleet.redis_url", "fleet"):
         # Without its own redis_url the nonce store uses the fleet's Redis (nonce_store_of).
@@ -259,7 +274,8 @@ def parse_config(text: str, source: str | None = None) -> Config:
         seen[agent.service_host] = len(agents)
         agents.append(agent)
     check.finish()
-    return Config(relay=relay, auth=auth, fleet=fleet, agents=tuple(agents), source=source, lines=lines)
+    return Config(relay=relay, auth=auth, fleet=fleet, webhooks=webhooks, agents=tuple(agents), source=source,
+                  lines=lines)
 
 
 def load_config(path) -> Config:

@@ -69,6 +69,9 @@ _TABLE_INTRO = {
             "lifetime.",
     "fleet": "Optional: relays sharing one Redis act as one relay (see [Running a fleet](fleet.md)). "
              "With a `[fleet]`, `redis_url` is required.",
+    "webhooks": "Optional: signed `session.started` and `session.ended` events, delivered at least once "
+                "(see [Webhooks](webhooks.md)). With a `[webhooks]`, `url` and `secret` are required; in a "
+                "fleet the outbox is in the fleet's Redis instead of `spool`.",
     "agents": "One `[[agents]]` table per agent, reached at `/ws/generic/{name}.{organization}`; each "
               "service host must be unique.",
 }
@@ -105,7 +108,9 @@ def default_text(key: Key) -> str:
         return f"`{_number(value)}`"
     if isinstance(value, str):
         return f'`"{value}"`'
-    return "`[]`" if isinstance(value, tuple) else "`{}`"
+    if isinstance(value, tuple):
+        return "`[" + ", ".join(f'"{item}"' for item in value) + "]`"
+    return "`{}`"
 
 
 def bounds_text(key: Key) -> str:

@@ -1,4 +1,5 @@
-"""The rules of values richer than a type and bounds: URLs, origins, DNS servers, tokens, regions.
+"""The rules of values richer than a type and bounds: URLs, origins, DNS servers, tokens, regions,
+webhook secrets.
 
 Each takes the checker and the dotted key it reports at; each error is a sentence that
 says what a valid value looks like.
@@ -6,6 +7,8 @@ says what a valid value looks like.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -13,12 +16,14 @@ from urllib.parse import SplitResult, urlsplit
 
 from ..core.cors import origin_problem
 from .checker import Checker, show
-from .schema import NAME_PATTERN, NAME_WANT, AgentConfig, RelayConfig, key_of
+from .schema import NAME_PATTERN, NAME_WANT, WEBHOOK_EVENTS, AgentConfig, RelayConfig, key_of
 
 NAME = re.compile(NAME_PATTERN)                  # always fullmatch: '$' would let "a\n" pass
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")         # visible ASCII: a header value as sent
+WEBHOOK_SECRET_PREFIX = "whsec_"                  # Standard Webhooks: whsec_ + base64 of the key
+WEBHOOK_KEY_BYTES = (24, 64)                      # ... of 24 to 64 random bytes
 
 
 
@@ -219,6 +224,60 @@ def fleet_redis_url(check: Checker, key: str, value: object, table: Mapping) -> 
         check.error("fleet", "[fleet] needs redis_url = 'redis://host:6379/0' "
                              "(the Redis every relay of the fleet shares)")
     return None
+
+
+def webhook_url(check: Checker, key: str, value: object, table: Mapping) -> str | None:
+    """The receiver: http:// or https:// with a host; a ``[webhooks]`` table without one is a mistake."""
+    if not isinstance(value, str):
+        if table:
+            check.error("webhooks", "[webhooks] needs url = 'https://hooks.example.com/wsrelay' (the receiver), "
+                                    "or remove the table")
+        return None
+    parsed = _url_parts(check, key, value)
+    if parsed is None:
+        return None
+    parts, hostname = parsed
+    if parts.scheme not in ("http", "https") or not hostname:
+        check.error(key, f"{key} must be an http:// or https:// URL with a host, got {show(value)}")
+        return None
+    return value
+
+
+def webhook_secret(check: Checker, key: str, value: object, table: Mapping) -> str | None:
+    """``whsec_`` and the base64 of 24 to 64 random bytes; required with a receiver."""
+    how = ("python -c \"import base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\" "
+           "makes one")
+    if not isinstance(value, str):
+        if isinstance(table.get("url"), str):
+            check.error(key, f"{key} is required with webhooks.url: the key every event is signed with ({how})")
+        return None
+    if not value.startswith(WEBHOOK_SECRET_PREFIX):
+        check.error(key, f"{key} must start with 'whsec_' followed by the base64 of 24 to 64 random bytes ({how})")
+        return None
+    try:
+        secret = base64.b64decode(value[len(WEBHOOK_SECRET_PREFIX):], validate=True)
+    except (binascii.Error, ValueError):
+        check.error(key, f"{key}: what follows 'whsec_' is not base64; write the base64 of 24 to 64 random bytes "
+                         f"({how})")
+        return None
+    low, high = WEBHOOK_KEY_BYTES
+    if not low <= len(secret) <= high:
+        check.error(key, f"{key} holds a key of {len(secret)} bytes: it must be 24 to 64 random bytes ({how})")
+        return None
+    return value
+
+
+def webhook_events(check: Checker, key: str, value: object) -> tuple[str, ...]:
+    """One or both of the events, each once."""
+    allowed = ", ".join(WEBHOOK_EVENTS)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        check.error(key, f"{key} must be a list of one or both of {allowed}, got {show(value)}")
+        return WEBHOOK_EVENTS
+    unknown = [v for v in value if v not in WEBHOOK_EVENTS]
+    if unknown:
+        check.error(key, f"{key} must be one or both of {allowed}, not {', '.join(show(v) for v in unknown)}")
+        return WEBHOOK_EVENTS
+    return tuple(e for e in WEBHOOK_EVENTS if e in value)
 
 
 def agent_name(check: Checker, key: str, value: object) -> str | None:

@@ -198,7 +198,7 @@ class AgentConfig:
 
 @dataclass(frozen=True)
 class FleetConfig:
-    """The ``[fleet]`` table: relays sharing one Redis act as one relay (README "Running a fleet")."""
+    """The ``[fleet]`` table: relays sharing one Redis act as one relay (docs/fleet.md)."""
 
     redis_url: Annotated[str, Meta(
         description="The Redis every relay of the fleet shares, e.g. \"redis://redis:6379/0\" (rediss:// for "
@@ -214,11 +214,43 @@ class FleetConfig:
         return self.redis_url is not None
 
 
+WEBHOOK_EVENTS = ("session.started", "session.ended")
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """The ``[webhooks]`` table: signed session events (docs/webhooks.md)."""
+
+    url: Annotated[str, Meta(
+        max_length=2048, description="The receiver, an http:// or https:// URL; left out: no webhooks.")] | None = None
+    secret: Annotated[str, Meta(
+        max_length=256, description="\"whsec_\" and the base64 of 24 to 64 random bytes: the key of every "
+                                    "signature (Standard Webhooks).")] | None = field(default=None, repr=False)
+    events: Annotated[tuple[str, ...], Meta(
+        max_length=len(WEBHOOK_EVENTS), description="Which events to send: "
+                                                    + ", ".join(f"\"{e}\"" for e in WEBHOOK_EVENTS) + ".")] \
+        = WEBHOOK_EVENTS
+    spool: Annotated[str, Meta(
+        min_length=1, max_length=4096, description="The outbox on a single relay: an SQLite file, created if "
+                                                   "missing (in a fleet the outbox is in its Redis).",
+        extra={"path": True})] = "wsrelay-webhooks.sqlite3"
+    max_pending: Annotated[int, Meta(
+        ge=1, le=10_000_000, description="Events kept waiting at most; past it the oldest are dropped "
+                                         "(counted and logged).")] = 100_000
+    timeout: Annotated[float, _seconds(
+        0, 300, "A receiver's time to answer one attempt; no answer is retried like a failure.", above=True)] = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.url is not None
+
+
 @dataclass(frozen=True)
 class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     agents: tuple[AgentConfig, ...] = ()
     source: str | None = None                     # file path, for messages
     lines: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)  # key -> line
@@ -226,7 +258,7 @@ class Config:
 
 # The file's tables in the order they are documented; [[agents]] is an array of tables.
 TABLES: tuple[tuple[str, type], ...] = (("relay", RelayConfig), ("auth", AuthConfig), ("fleet", FleetConfig),
-                                        ("agents", AgentConfig))
+                                        ("webhooks", WebhooksConfig), ("agents", AgentConfig))
 
 
 # -- reading the declarations ----------------------------------------------------------------

@@ -62,6 +62,7 @@ from .upstream import UpstreamConnector
 
 if TYPE_CHECKING:
     from ..config import AgentConfig
+    from ..webhooks import Webhooks
     from ..core.upgrade import UpgradeRequest
 
 log = logging.getLogger("wsrelay.relay")
@@ -102,7 +103,8 @@ class Relay:
         self.pump = pump_selector.load(pump)
         self.tls = server_tls_context(cfg)
         kind, nonce_url = nonce_store_of(config)
-        self.authenticator = Authenticator(config.auth, nonces or make_nonce_store(kind, nonce_url, self.fleet.link if self.fleet else None))
+        link = self.fleet.link if self.fleet is not None else None
+        self.authenticator = Authenticator(config.auth, nonces or make_nonce_store(kind, nonce_url, link))
         self.deadlines = Deadlines()                   # every session's timers, on one loop timer
         upstream_tls = upstream_tls_context(cfg)
         self.upstreams = UpstreamConnector(
@@ -121,6 +123,14 @@ class Relay:
         self.accepting = True
         self.metrics = RelayMetrics(active=self._active_by_agent, rejections=lambda: self.rejections)
         self.metrics.registry.register(UpstreamCollector(self.upstreams.balancer))
+        # Signed session events ([webhooks]): queued without waiting, delivered by their own task.
+        # Imported only when configured: a relay without webhooks loads none of it.
+        self.webhooks: "Webhooks | None" = None
+        if config.webhooks.enabled:
+            from ..webhooks import WebhookSettings, Webhooks
+            self.webhooks = Webhooks.open(WebhookSettings.from_config(config.webhooks,
+                                                                      redis_url=config.fleet.redis_url),
+                                          self.metrics.registry)
         self.session_services = SessionServices(
             pump=self.pump, limits=cfg, connect=self.upstreams.connect, deadlines=self.deadlines,
             secure=self.tls is not None, on_start=self._session_started, on_end=self._session_over)
@@ -136,6 +146,8 @@ class Relay:
         cfg = self.config.relay
         if self.fleet is not None:
             await self.fleet.start()
+        if self.webhooks is not None:
+            await self.webhooks.start()
         self._background.append(loop.create_task(self._rediscover()))
         # Without TLS both stay None, create_server's defaults (a handshake timeout needs ssl).
         handshake_timeout = cfg.handshake_timeout if self.tls else None
@@ -201,6 +213,8 @@ class Relay:
                 for session in list(self.sessions):
                     session.abort()
         self.deadlines.close()
+        if self.webhooks is not None:              # after the last session's end was queued
+            await self.webhooks.close()
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -218,15 +232,14 @@ class Relay:
         changed = [f"relay.{f.name}" for f in dataclasses.fields(config.relay)
                    if f.name not in RELOADED_RELAY_KEYS
                    and getattr(config.relay, f.name) != getattr(self.config.relay, f.name)]
-        if config.fleet != self.config.fleet:
-            changed.append("[fleet]")
+        changed += [f"[{name}]" for name in ("fleet", "webhooks")
+                    if getattr(config, name) != getattr(self.config, name)]
         if changed:
             log.warning("config reload: %s changed but take effect only after a restart",
                         ", ".join(changed))
         # cors_origins is read per request, so it follows the file like the agents do.
         relay = dataclasses.replace(self.config.relay, cors_origins=config.relay.cors_origins)
-        self.config = Config(relay=relay, auth=config.auth, fleet=self.config.fleet, agents=config.agents,
-                             source=config.source)
+        self.config = dataclasses.replace(config, relay=relay, fleet=self.config.fleet, webhooks=self.config.webhooks)
         self.authenticator.auth = config.auth
         if isinstance(self.registry, (StaticRegistry, FleetRegistry)):
             self.registry.replace(config.agents)
@@ -343,6 +356,7 @@ class Relay:
             self._refuse_while_draining()       # it may have begun to stop while auth, the lease or the hold was awaited
             session = Session(self.session_services, route=route, agent=agent, client_address=gate.peer,
                               attach=gate.attach, session_id=claims.session_id if claims else None,
+                              endpoint=held.provider if held else "generic",
                               **(self._held_session(gate, held, upgrade) if held else
                                  {"upgrade": upgrade, "refuse_client": gate.refuse}))
             self.sessions.add(session)
@@ -452,7 +466,12 @@ class Relay:
     # -- what is logged and counted -------------------------------------------------------
 
     def _session_started(self, session: Session) -> None:
-        self.metrics.session_started(session.agent.name, session.agent.organization)
+        agent = session.agent
+        self.metrics.session_started(agent.name, agent.organization)
+        if self.webhooks is not None:
+            from ..webhooks.events import SessionStart
+            self.webhooks.session_started(SessionStart(
+                session.id, agent.name, agent.organization, session.endpoint, self.config.relay.region))
 
     def _session_ended(self, session: Session) -> None:
         timing = session.timing()
@@ -461,6 +480,10 @@ class Relay:
         if session.connected_at is not None:
             self.metrics.session_ended(session.agent.name, session.agent.organization,
                                        session.outcome, summary["duration_s"], timing)
+            if self.webhooks is not None:
+                from ..webhooks.events import SessionEnd
+                self.webhooks.session_ended(SessionEnd.from_summary(
+                    summary, endpoint=session.endpoint, outcome=session.outcome, region=self.config.relay.region))
 
     def _active_by_agent(self) -> dict[tuple[str, str], int]:
         return {(a.name, a.organization): n for a, n in

@@ -79,20 +79,22 @@ class Session:
     """Connects one admitted client to a bot instance and drives its ``SessionMachine``."""
 
     # Slots: an idle session holds one of these for hours; no per-instance __dict__.
-    __slots__ = ("route", "agent", "upgrade", "client_address", "id", "created_at", "connected_at",
+    __slots__ = ("route", "agent", "upgrade", "client_address", "endpoint", "id", "created_at", "connected_at",
                  "connected_ns", "ended_at", "upstream_seconds", "subprotocol", "machine", "client", "bot",
                  "instance", "_services", "_attach", "_bot_response", "_timers", "_close_held", "_client_first_ns",
                  "_refuse_client", "_connecting")
 
     def __init__(self, services: SessionServices, *, route: "Route", agent: "AgentConfig",
                  upgrade: "UpgradeRequest", client_address: str, attach: Attach, session_id: str | None = None,
-                 refuse_client: Refuse | None = None, held: HeldClient | None = None) -> None:
+                 endpoint: str = "generic", refuse_client: Refuse | None = None,
+                 held: HeldClient | None = None) -> None:
         limits = services.limits
         # What routing and the client's handshake gave; dropped once the client is upgraded.
         self.route: "Route | None" = route
         self.agent = agent
         self.upgrade: "UpgradeRequest | None" = upgrade
         self.client_address = client_address
+        self.endpoint = endpoint                 # "generic", or the provider's name: a shared constant
         self.id = session_id or new_session_id()
         self.created_at = time.monotonic()
         self.connected_at: float | None = None

@@ -58,7 +58,7 @@ class SessionStart(msgspec.Struct, frozen=True, rename="camel"):
     session_id: str
     agent: str
     organization: str
-    endpoint: str                          # the path the client connected to, e.g. "/ws/twilio"
+    endpoint: str                          # "generic", or the telephony provider: "twilio", "telnyx", ...
     region: str | None = None
 
 
