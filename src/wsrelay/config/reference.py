@@ -58,8 +58,8 @@ them, a ConfigMap for the file), each checked by the rule of the key it replaces
 | `WSRELAY_ADMIN_TOKEN` | `[relay]` `admin_token` |
 
 A serving relay reads the file again on `SIGHUP` or when it changes: agents, `[auth]` and
-`cors_origins` follow it; every other `[relay]` key and `[fleet]` need a restart (a reload that
-changes one logs a warning naming it). A file with errors is rejected and the running
+`cors_origins` follow it; every other `[relay]` key, `[fleet]` and `[webhooks]` need a restart (a
+reload that changes one logs a warning naming it). A file with errors is rejected and the running
 configuration kept (see [Operations](operations.md#signals-and-reloads)).
 """
 

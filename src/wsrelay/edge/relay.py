@@ -35,6 +35,7 @@ from ..admission.capacity import Capacity, LocalCapacity
 from ..admission.nonces import NonceStore
 from ..admission.registry import AgentRegistry, StaticRegistry
 from ..config import Config, nonce_store_of
+from ..config.reload import reloaded
 from ..core.cors import CorsPolicy
 from ..core.routing import (EndpointKind, HeldRoute, Route, RouteAt, find_endpoint, route_provider,
                             route_session_api, route_start_api, route_websocket, split_target)
@@ -70,7 +71,6 @@ log = logging.getLogger("wsrelay.relay")
 DRAINING_RETRY_AFTER = "5"
 CAPACITY_RETRY_AFTER = "1"
 LISTEN_BACKLOG = 1024                           # pending connections the kernel queues
-RELOADED_RELAY_KEYS = {"cors_origins"}          # [relay] keys a reload applies; any other change waits for a restart
 # Enum members read per request, as module names (on Python 3.11 ``EndpointKind.GENERIC``
 # goes through ``EnumType.__getattr__``: see core/session_machine.py).
 START_API_ENDPOINT, GENERIC_ENDPOINT, PROVIDER_ENDPOINT, SESSION_API_ENDPOINT = (
@@ -224,25 +224,14 @@ class Relay:
             await self.fleet.close()
 
     def reload(self, config: Config) -> None:
-        """Take new agents and auth keys; live sessions keep the agent they started with.
-
-        Listener settings (host, port, workers, TLS), the nonce store and the other
-        ``[relay]`` bounds need a restart and are kept; ``cors_origins`` follows the file.
-        """
-        changed = [f"relay.{f.name}" for f in dataclasses.fields(config.relay)
-                   if f.name not in RELOADED_RELAY_KEYS
-                   and getattr(config.relay, f.name) != getattr(self.config.relay, f.name)]
-        changed += [f"[{name}]" for name in ("fleet", "webhooks")
-                    if getattr(config, name) != getattr(self.config, name)]
-        if changed:
-            log.warning("config reload: %s changed but take effect only after a restart",
-                        ", ".join(changed))
-        # cors_origins is read per request, so it follows the file like the agents do.
-        relay = dataclasses.replace(self.config.relay, cors_origins=config.relay.cors_origins)
-        self.config = dataclasses.replace(config, relay=relay, fleet=self.config.fleet, webhooks=self.config.webhooks)
-        self.authenticator.auth = config.auth
+        """Take new agents, auth keys and what else is read per request (config/reload.py); live
+        sessions keep the agent they started with. What needs a restart is kept, and named."""
+        self.config, waiting = reloaded(self.config, config)
+        if waiting:
+            log.warning("config reload: %s changed but take effect only after a restart", ", ".join(waiting))
+        self.authenticator.auth = self.config.auth
         if isinstance(self.registry, (StaticRegistry, FleetRegistry)):
-            self.registry.replace(config.agents)
+            self.registry.replace(self.config.agents)
 
     # -- the data path --------------------------------------------------------------------
 
