@@ -347,3 +347,9 @@ def test_the_code_and_the_docs_refer_to_documentation_in_the_repository_only():
     assert outside == {}
     assert "docs/configuration.md" in " ".join(texts[REPO / "--help"].split())   # however argparse wraps it
     assert (REPO / "docs" / "configuration.md").is_file()
+    # The code names the docs page that documents a thing (the README is the front page only),
+    # and every page it names is there.
+    code = {p: text for p, text in texts.items() if p.suffix in (".py", ".pyx", ".pxi", ".pxd")}
+    assert {str(p) for p, text in code.items() if "README" in text} == set()
+    named = {m for text in code.values() for m in re.findall(r"docs/[\w-]+\.md", text)}
+    assert named and {page for page in named if not (REPO / page).is_file()} == set()
