@@ -226,7 +226,7 @@ def test_refusals_are_json_with_the_status(bots, pump):
             await asyncio.sleep(0.1)
             status, _, body = await _call(relay.port, _request("GET", f"{base}/state"))
             assert status == 404 and "no live session" in _error(404, body)     # ended: gone at once
-            assert not relay.session_api.book
+            assert not relay.session_api().book
         finally:
             await relay.stop()
     arun(main())

@@ -17,7 +17,8 @@ capped agent, nonces in Redis. The background tasks (the fleet's, DNS re-resolut
 with ``start`` and end with ``stop``. The start API's answer is edge/http_endpoints.py's; the
 Session API's (a live session's bot over HTTP) is edge/session_api.py's, which keeps the
 book of the live sessions of agents with ``session_api = true`` (``_admit`` enters them once
-their bot has answered, ``_session_over`` takes them out).
+their bot has answered, ``_session_over`` takes them out); it is imported and made with its
+first use, so a relay whose agents do not use it never loads it.
 """
 
 from __future__ import annotations
@@ -57,12 +58,12 @@ from .gate import Gate
 from .http import Request, json_error
 from .http_endpoints import answer_start_api
 from .session import HeldClient, Session, SessionServices
-from .session_api import SessionApi
 from .tls import server_tls_context, upstream_tls_context
 from .upstream import UpstreamConnector
 
 if TYPE_CHECKING:
     from ..config import AgentConfig
+    from .session_api import SessionApi
     from ..webhooks import Webhooks
     from ..core.upgrade import UpgradeRequest
 
@@ -106,16 +107,14 @@ class Relay:
         link = self.fleet.link if self.fleet is not None else None
         self.authenticator = Authenticator(config.auth, nonces or make_nonce_store(kind, nonce_url, link))
         self.deadlines = Deadlines()                   # every session's timers, on one loop timer
-        upstream_tls = upstream_tls_context(cfg)
+        self._upstream_tls = upstream_tls_context(cfg)
         self.upstreams = UpstreamConnector(
-            deadlines=self.deadlines, ssl_context=upstream_tls,
+            deadlines=self.deadlines, ssl_context=self._upstream_tls,
             connect_timeout=cfg.upstream_connect_timeout, max_frame_size=cfg.max_frame_size,
             read_buffer_size=cfg.read_buffer_size, keepalive_interval=cfg.keepalive_interval,
             keepalive_timeout=cfg.keepalive_timeout,
             resolver=Resolver(cfg.dns_servers, timeout=min(2.0, cfg.dns_refresh_seconds)))
-        self.session_api = SessionApi(timeout=cfg.session_api_timeout, max_body=cfg.max_session_api_body,
-                                      ssl_context=upstream_tls,
-                                      directory=self.fleet.sessions if self.fleet is not None else None)
+        self._session_api: "SessionApi | None" = None      # made on first use (session_api())
         self._background: list[asyncio.Task] = []
         self.sessions: set[Session] = set()            # admitted: connecting or connected
         self.holds: set[Hold] = set()                  # provider clients upgraded, start message not yet read
@@ -174,6 +173,17 @@ class Relay:
                     stream_class=self.pump.ClientStream, deadlines=self.deadlines,
                     body_limit=self._body_limit, error_body=self._error_body)
 
+    def session_api(self) -> "SessionApi":
+        """The Session API (edge/session_api.py), imported and made on first use: its modules
+        loaded by every relay would cost each session more of the cyclic GC's full collections."""
+        if self._session_api is None:
+            from .session_api import SessionApi
+            cfg = self.config.relay
+            self._session_api = SessionApi(
+                timeout=cfg.session_api_timeout, max_body=cfg.max_session_api_body, ssl_context=self._upstream_tls,
+                directory=self.fleet.session_directory() if self.fleet is not None else None)
+        return self._session_api
+
     def _body_limit(self, request: Request) -> int | None:
         """A request announcing a body: the Session API takes one of any method, up to its bound."""
         path = request.target.decode("latin-1").partition("?")[0]
@@ -218,7 +228,8 @@ class Relay:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await self.session_api.close()
+        if self._session_api is not None:
+            await self._session_api.close()
         await self.authenticator.nonces.close()
         if self.fleet is not None:
             await self.fleet.close()
@@ -261,7 +272,7 @@ class Relay:
             if endpoint.kind is SESSION_API_ENDPOINT:   # live sessions' bots answer while the relay drains
                 session_api = route_session_api(path)
                 assert session_api is not None
-                gate.task = self.deadlines.loop.create_task(self.session_api.answer(
+                gate.task = self.deadlines.loop.create_task(self.session_api().answer(
                     gate, session_api, query, registry=self.registry, cors=CorsPolicy(self.config.relay.cors_origins),
                     refuse=self._refuse))
                 return
@@ -357,7 +368,7 @@ class Relay:
             if session.upstream_seconds is not None:
                 self.metrics.upstream_connected(session.upstream_seconds)
                 if agent.session_api and session in self.sessions:
-                    self.session_api.live(session)
+                    self.session_api().live(session)
         except asyncio.CancelledError:                          # the client left while we waited
             if session is None or not session.started:
                 if session is not None:
@@ -442,8 +453,8 @@ class Relay:
         if session not in self.sessions:
             return
         self.sessions.discard(session)
-        if session.agent.session_api:
-            self.session_api.over(session)
+        if session.agent.session_api and self._session_api is not None:
+            self._session_api.over(session)
         self._give_slot(session.agent.service_host, self._lease_of.pop(session, None))
         if session.bot.transport is not None:
             self.upstreams.release(session.bot.transport)

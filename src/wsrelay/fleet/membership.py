@@ -1,6 +1,6 @@
 """One relay's part in a fleet (``[fleet] redis_url``): its Redis link, the fleet's agents,
-its sessions' leases and their entries in the session directory (the Session API's), made,
-started and closed together.
+its sessions' leases and their entries in the session directory (the Session API's, made
+with its first use), started and closed together.
 
 The relay asks nothing of a fleet but these three; a single relay (no ``redis_url``) has
 no ``Fleet`` and needs nothing but itself. The background work (the agents' refresh, the
@@ -15,12 +15,15 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from ..config import AgentConfig, FleetConfig
 from .agents import FleetRegistry
 from .leases import FleetCapacity
-from .session_directory import SessionDirectory
 from .redis_link import RedisDown, RedisLink
+
+if TYPE_CHECKING:
+    from .session_directory import SessionDirectory
 
 log = logging.getLogger("wsrelay.relay")
 
@@ -35,7 +38,7 @@ class Fleet:
         self.link = RedisLink(config.redis_url)
         self.registry = FleetRegistry(file_agents, self.link, region=region)
         self.leases = FleetCapacity(self.link, relay_id=self.relay_id, lease_seconds=config.lease_seconds)
-        self.sessions = SessionDirectory(self.link, lease_seconds=config.lease_seconds)
+        self._sessions: "SessionDirectory | None" = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -45,8 +48,7 @@ class Fleet:
             await self.registry.refresh()
         except RedisDown:
             pass                      # registry.run says so in one line, and keeps trying
-        self._tasks = [loop.create_task(self.registry.run()), loop.create_task(self.leases.run()),
-                       loop.create_task(self.sessions.run())]
+        self._tasks += [loop.create_task(self.registry.run()), loop.create_task(self.leases.run())]
         log.info("fleet: relay %s, Redis at %s, leases of %gs", self.relay_id, self.link.shown,
                  self.config.lease_seconds)
 
@@ -56,5 +58,15 @@ class Fleet:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.leases.close()
-        await self.sessions.close()
+        if self._sessions is not None:
+            await self._sessions.close()
         await self.link.close()
+
+    def session_directory(self) -> "SessionDirectory":
+        """The fleet's session directory (fleet/session_directory.py), made and renewed from its
+        first use on (a relay's first Session API request or session): imported only then."""
+        if self._sessions is None:
+            from .session_directory import SessionDirectory
+            self._sessions = SessionDirectory(self.link, lease_seconds=self.config.lease_seconds)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._sessions.run()))
+        return self._sessions
