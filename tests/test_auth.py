@@ -222,6 +222,8 @@ def test_start_api_refusals(pump, name, kw, status):
         body = kw.pop("body", b'{"transport": "websocket"}')
         got, raw = await _post(relay.port, path, body, **kw)
         assert got == status, raw
+        refusal = json.loads(raw)              # as the platform's API writes its errors
+        assert set(refusal) == {"error", "code"} and refusal["code"] == str(status) and refusal["error"]
         assert bot.requests == []
         bot.close()
     arun(main())

@@ -191,10 +191,12 @@ class Relay:
 
     @staticmethod
     def _error_body(request: Request | None, status: int, public_reason: str) -> tuple[str, dict[str, str]] | None:
-        """A refusal on the Session API is the platform's JSON ``{"error", "code"}``; others are text."""
-        if request is None or route_session_api(request.target.decode("latin-1").partition("?")[0]) is None:
+        """A refusal on the platform's HTTP APIs (the start API, the Session API: the endpoints
+        that are not WebSockets) is its JSON ``{"error", "code"}``; a WebSocket handshake's is text."""
+        if request is None:
             return None
-        return json_error(status, public_reason)
+        endpoint = find_endpoint(request.target.decode("latin-1").partition("?")[0])
+        return json_error(status, public_reason) if endpoint is not None and not endpoint.websocket else None
 
     @property
     def port(self) -> int:
