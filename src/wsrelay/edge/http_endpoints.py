@@ -1,4 +1,5 @@
-"""The public port's plain HTTP endpoints: the start API's answer on a gate.
+"""The public port's plain HTTP endpoints: the start API's answer on a gate, and the CORS
+preflight of both APIs.
 
 The relay's dispatch finds the endpoint; what the start API decides is
 admission/start_api.py's (sans-I/O) and CORS is core/cors.py's. Here the two meet the
@@ -22,23 +23,33 @@ from .gate import Gate
 from .http import header
 
 
+def answer_preflight(gate: Gate, cors: CorsPolicy, methods: str | None = None) -> bool:
+    """Answer ``gate``'s request if it is a CORS preflight (204, or ``RequestRefused`` 403 with
+    why); False if it is not one. ``methods``: what the endpoint allows (the start API: POST)."""
+    request = gate.request
+    assert request is not None
+    origin = header(request, b"origin")
+    wanted_method = header(request, b"access-control-request-method")
+    if not is_preflight(request.method, origin, wanted_method):
+        return False
+    wanted_headers = header(request, b"access-control-request-headers")
+    preflight = cors.preflight(origin, wanted_method, wanted_headers, **({"methods": methods} if methods else {}))
+    if preflight.status != 204:
+        raise RequestRefused(f"CORS preflight from {(origin or '')[:100]!r} refused: {preflight.reason}",
+                             status=403, public_reason=f"Forbidden: {preflight.reason}", headers=preflight.headers)
+    gate.respond(204, "", preflight.headers)
+    return True
+
+
 def answer_start_api(gate: Gate, agent_name: str, *, registry: AgentRegistry, config: Config,
                      authenticator: Authenticator, secure: bool) -> None:
     """Answer ``POST /v1/public/{agent_name}/start`` (or its preflight) on ``gate``."""
     request = gate.request
     assert request is not None
     cors = CorsPolicy(config.relay.cors_origins)
-    origin = header(request, b"origin")
-    wanted_method = header(request, b"access-control-request-method")
-    if is_preflight(request.method, origin, wanted_method):
-        preflight = cors.preflight(origin, wanted_method, header(request, b"access-control-request-headers"))
-        if preflight.status != 204:
-            raise RequestRefused(f"CORS preflight from {(origin or '')[:100]!r} refused: {preflight.reason}",
-                                 status=403, public_reason=f"Forbidden: {preflight.reason}",
-                                 headers=preflight.headers)
-        gate.respond(204, "", preflight.headers)
+    if answer_preflight(gate, cors):
         return
-    cors_headers = cors.response_headers(origin)
+    cors_headers = cors.response_headers(header(request, b"origin"))
     try:
         answer = handle_start(
             StartRequest(method=request.method.decode("latin-1"), agent_name=agent_name,

@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..admission.registry import AgentRegistry
 from ..admission.session_api import (METHODS, BotInstance, BotRequest, answer_headers, authorize, bot_request,
                                      check_method, check_session_id, no_session)
-from ..core.cors import CorsPolicy, is_preflight
+from ..core.cors import CorsPolicy
 from ..core.routing import SessionApiTarget
 from ..errors import RequestRefused
 from ..fleet.redis_link import RedisDown
 from .gate import Gate
 from .http import header
+from .http_endpoints import answer_preflight
 
 if TYPE_CHECKING:
     from ..fleet.session_directory import SessionDirectory
@@ -96,18 +97,9 @@ class SessionApi:
         """Answer one Session API request on ``gate``: the bot's answer, or a refusal by ``refuse``."""
         request = gate.request
         assert request is not None
-        origin = header(request, b"origin")
-        wanted_method = header(request, b"access-control-request-method")
-        cors_headers = cors.response_headers(origin)
+        cors_headers = cors.response_headers(header(request, b"origin"))
         try:
-            if is_preflight(request.method, origin, wanted_method):
-                preflight = cors.preflight(origin, wanted_method, header(request, b"access-control-request-headers"),
-                                           methods=PREFLIGHT_METHODS)
-                if preflight.status != 204:
-                    raise RequestRefused(f"CORS preflight from {(origin or '')[:100]!r} refused: {preflight.reason}",
-                                         status=403, public_reason=f"Forbidden: {preflight.reason}",
-                                         headers=preflight.headers)
-                gate.respond(204, "", preflight.headers)
+            if answer_preflight(gate, cors, PREFLIGHT_METHODS):
                 return
             method = request.method.decode("latin-1")
             check_method(method)
