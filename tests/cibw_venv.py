@@ -63,21 +63,32 @@ def blocked() -> dict[str, list[str]]:
 
 
 class NotInTestRequires(importlib.abc.MetaPathFinder):
-    def __init__(self) -> None:
-        self.blocked = blocked()
+    """One of the import system's finders, blind to the distributions that venv would not have:
+    an import of one fails with ModuleNotFoundError, and ``importlib.util.find_spec`` (a
+    library probing for an optional module, as yarl does for pydantic_core) gets None, both as
+    there. Raising from here instead would fail the probe, which that venv would not."""
+
+    def __init__(self, finder, blocked: dict[str, list[str]]) -> None:
+        self.finder = finder
+        self.blocked = blocked
 
     def find_spec(self, fullname, path, target=None):
-        top = fullname.partition(".")[0]
-        if top in self.blocked:
-            raise ModuleNotFoundError(f"No module named {fullname!r} (here as in cibuildwheel's test venv: "
-                                      f"{', '.join(self.blocked[top])} is not in test-requires)", name=fullname)
-        return None
+        if fullname.partition(".")[0] in self.blocked:
+            return None
+        find_spec = getattr(self.finder, "find_spec", None)
+        return find_spec(fullname, path, target) if find_spec is not None else None
+
+    def invalidate_caches(self) -> None:
+        invalidate = getattr(self.finder, "invalidate_caches", None)
+        if invalidate is not None:
+            invalidate()
 
 
 def pytest_load_initial_conftests(early_config, parser, args) -> None:
     """As a plugin (``-p cibw_venv``), before conftest.py is imported; test_ci_files also imports
     this module to read it, which blocks nothing."""
-    sys.meta_path.insert(0, NotInTestRequires())
+    hidden = blocked()
+    sys.meta_path[:] = [NotInTestRequires(finder, hidden) for finder in sys.meta_path]
 
 
 # The pytest plugins pip would have installed there (pytest-timeout, hypothesis' plugin).

@@ -165,3 +165,29 @@ def test_a_relay_stopped_with_events_pending_delivers_them_after_its_restart(tmp
         log = [json.loads(line) for line in second.log().splitlines() if line.startswith("{")]
         assert not [entry for entry in log if entry.get("level") in ("ERROR", "CRITICAL")], log
     arun(main(), timeout=90)
+
+
+def test_two_workers_share_the_spool_and_deliver_each_event_once(tmp_path):
+    """--workers 2 on one spool file: every session's two events arrive once, whichever worker
+    ran the session and whichever delivered."""
+    from test_workers_metrics import two_workers_with_clients
+
+    async def main():
+        receiver = await Receiver().start()
+        bot = await Bot(echo=True).start()
+        table = f"\n[webhooks]\nurl = '{receiver.url}'\nsecret = '{SECRET}'\nspool = '{tmp_path / 'spool.sqlite3'}'\n"
+        relay, _, _, clients = await two_workers_with_clients(bot, tmp_path, table)
+        try:
+            for transport, _ in clients:
+                transport.send_close(1000, b"")
+            await receiver.wait_for(2 * len(clients), timeout=15)
+            await asyncio.sleep(1.5)                      # nothing more comes: no event twice
+        finally:
+            relay.stop()
+            bot.close()
+            await receiver.stop()
+        events = [(v["type"], v["data"]["sessionId"]) for v in receiver.verified]
+        assert len(events) == len(set(events)) == 2 * len(clients)
+        assert {t for t, _ in events} == {"session.started", "session.ended"}
+        assert len({headers["webhook-id"] for _, headers, _ in receiver.requests}) == len(events)
+    arun(main(), timeout=90)
