@@ -211,6 +211,7 @@ AGENT_VALUES = {
     "regions": st.lists(st.sampled_from(["us-west", "eu-central", "", "A"]) | st.text(max_size=5), max_size=3),
     "twilio_auth_token": st.text(max_size=12) | anything,
     "session_api": st.booleans() | anything,
+    "resume_seconds": seconds, "resume_buffer_bytes": st.integers(-1, 2**31) | anything,
 }
 
 

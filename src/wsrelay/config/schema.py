@@ -189,6 +189,14 @@ class AgentConfig:
     session_api: Annotated[bool, Meta(
         description="Serve the Session API (HTTP to the bot of a live session: docs/session-api.md) "
                     "for this agent.", extra={"stored_when_set": True})] = False
+    resume_seconds: Annotated[float, Meta(
+        ge=0, le=300, description="How long a session whose client vanished without a close waits for it "
+                                  "to resume (docs/resume.md); 0 = off.",
+        extra={"unit": "seconds", "stored_when_set": True})] = 0.0
+    resume_buffer_bytes: Annotated[int, Meta(
+        ge=1024, le=64 << 20, description="The bot's latest messages kept for a resume's replay, in bytes "
+                                          "(with resume_seconds).",
+        extra={"unit": "bytes", "stored_when_set": True})] = 1 << 20
     line: int | None = field(default=None, metadata={"file": False})    # where the entry starts in the file
 
     @property

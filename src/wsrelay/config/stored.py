@@ -15,13 +15,13 @@ from .schema import AgentConfig, keys_of
 def agent_to_dict(agent: AgentConfig) -> dict:
     """An agent as the table it was written as (what ``wsrelay agents apply`` stores).
 
-    Keys declared ``stored_when_set`` are left out while unset: a relay of a version that
-    did not know them, which refuses unknown keys, still reads the agent.
+    Keys declared ``stored_when_set`` are left out while unset (at their default): a relay of a
+    version that did not know them, which refuses unknown keys, still reads the agent.
     """
     table: dict = {}
     for key in keys_of(AgentConfig):
         value = getattr(agent, key.name)
-        if key.extra.get("stored_when_set") and (value is None or value == () or value is False):
+        if key.extra.get("stored_when_set") and value == key.default:
             continue
         table[key.name] = list(value) if isinstance(value, tuple) else value
     return table
