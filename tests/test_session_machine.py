@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wsrelay.core.session_machine import (BOT, CLIENT, Abandon, CancelTimer, Disconnect, End, ForwardClose, Outcome,
+from wsrelay.core.session_machine import (BOT, CLIENT, Abandon, CancelTimer, Detach, Disconnect, End, ForwardClose, Outcome,
                                           PauseReading, ResumeReading, SendClose, SessionMachine, SessionState,
                                           SideState, StartTimer, Timer, legal_close_code)
 
@@ -408,6 +408,104 @@ def test_a_held_client_that_leaves_before_the_bot_answers():
     assert h.m.ended and h.m.outcome is Outcome.CLIENT_LOST
 
 
+# -- session resume (docs/resume.md) ----------------------------------------------------------------
+
+def detached(**settings) -> Harness:
+    h = Harness(resume_seconds=30.0, **settings).open()
+    assert h.do(h.m.disconnected(CLIENT)) == [Detach(), StartTimer(Timer.RESUME, 30.0)]
+    assert h.m.state is SessionState.DETACHED and h.m.detached
+    return h
+
+
+def test_a_client_lost_without_a_close_detaches_and_its_bot_is_told_nothing():
+    h = detached()
+    assert h.closes_to(BOT) == [] and h.m.sides[BOT].state is SideState.OPEN
+    assert h.m.sides[CLIENT].state is SideState.DETACHED and not h.m.may_relay_to(CLIENT)
+
+
+def test_without_resume_a_lost_client_ends_the_session_as_before():
+    h = Harness(resume_seconds=0.0).open()
+    assert SendClose(BOT, 1001, "client lost") in h.do(h.m.disconnected(CLIENT))
+
+
+def test_a_keepalive_timeout_detaches_too():
+    h = Harness(resume_seconds=5.0).open()
+    assert h.do(h.m.picows_closed(CLIENT, 1001)) == [Disconnect(CLIENT, graceful=False), Detach(),
+                                                      StartTimer(Timer.RESUME, 5.0)]
+    assert h.m.detached and h.closes_to(BOT) == []
+    assert h.do(h.m.disconnected(CLIENT)) == []               # the socket's end, which detached it
+
+
+def test_a_client_that_closes_with_a_close_frame_ends_the_session():
+    h = Harness(resume_seconds=30.0).open()
+    h.do(h.m.close_frame(CLIENT, close(1000)))
+    h.do(h.m.disconnected(CLIENT))                  # gone before the bot's reply: still no resume
+    assert not h.m.detached
+    h.do(h.m.close_frame(BOT, close(1000)))
+    assert h.drain().outcome is Outcome.CLOSED
+
+
+def test_reattaching_opens_the_client_again_and_the_session_goes_on():
+    h = detached()
+    assert h.do(h.m.reattached()) == [CancelTimer(Timer.RESUME)]
+    assert h.m.state is SessionState.OPEN and h.m.may_relay_to(CLIENT)
+    # and it may detach again, and again come back
+    assert Detach() in h.do(h.m.disconnected(CLIENT))
+    h.do(h.m.reattached())
+    assert h.m.state is SessionState.OPEN and h.closes_to(BOT) == []
+    h.do(h.m.close_frame(CLIENT, close(1000)))
+    assert h.closes_to(BOT) == [ForwardClose(BOT, close(1000))]
+
+
+def test_no_client_within_resume_seconds_ends_it_as_a_lost_client():
+    h = detached()
+    actions = h.fire(Timer.RESUME)
+    assert actions[:2] == [SendClose(BOT, 1001, "client lost"), Disconnect(BOT)]
+    assert h.drain().outcome is Outcome.CLIENT_LOST
+    assert h.m.end_reason == "client lost (not resumed within 30s)"
+    assert h.do(h.m.reattached()) == []
+
+
+def test_a_full_resume_buffer_ends_the_session_with_1011_to_the_bot():
+    h = detached()
+    actions = h.do(h.m.buffer_full())
+    assert actions[:3] == [CancelTimer(Timer.RESUME), SendClose(BOT, 1011, "resume buffer full"), Disconnect(BOT)]
+    assert h.drain().outcome is Outcome.RESUME_BUFFER_FULL
+
+
+def test_a_full_buffer_while_attached_changes_nothing():
+    h = Harness(resume_seconds=30.0).open()
+    assert h.do(h.m.buffer_full()) == []
+
+
+def test_a_bot_that_closes_while_its_client_is_away_has_its_close_answered():
+    h = detached()
+    assert h.do(h.m.close_frame(BOT, close(1000, b"done"))) == [ForwardClose(BOT, close(1000, b"done")),
+                                                                Disconnect(BOT)]
+    assert h.drain().outcome is Outcome.CLOSED
+
+
+def test_a_bot_lost_while_its_client_is_away_ends_the_session():
+    h = detached()
+    h.do(h.m.disconnected(BOT))
+    assert h.m.ended and h.drain().outcome is Outcome.BOT_LOST
+    assert h.closes_to(CLIENT) == []
+
+
+def test_a_detached_session_is_ended_by_the_relay_without_a_close_to_its_client():
+    h = detached()
+    h.do(h.m.close_by_relay((1012, "bye"), (1012, "bye"), Outcome.SHUTDOWN))
+    assert h.closes_to(CLIENT) == [] and h.closes_to(BOT) == [SendClose(BOT, 1012, "bye")]
+    assert h.drain().outcome is Outcome.SHUTDOWN
+
+
+def test_a_bot_paused_for_its_client_is_read_again_when_the_client_detaches():
+    h = Harness(resume_seconds=30.0).open()
+    assert h.do(h.m.write_high(CLIENT, 0.0)) == [PauseReading(BOT), StartTimer(Timer.WATCH, 1.0)]
+    assert ResumeReading(BOT) in h.do(h.m.disconnected(CLIENT))
+    assert h.m.paused() == []
+
+
 # -- any sequence ------------------------------------------------------------------------------------
 
 SIDE = st.sampled_from([CLIENT, BOT])
@@ -426,6 +524,8 @@ EVENTS = st.one_of(
     st.tuples(st.just("relay"), st.sampled_from([Outcome.SHUTDOWN, Outcome.TIME_LIMIT, Outcome.ENDED_BY_OPERATOR])),
     st.tuples(st.just("abort")),
     st.tuples(st.just("gone early")),
+    st.tuples(st.just("reattach")),
+    st.tuples(st.just("buffer full")),
 )
 
 
@@ -456,12 +556,16 @@ def _apply(h: Harness, event) -> None:
     elif kind == "gone early" and m.sides[CLIENT].state in (SideState.CONNECTING, SideState.HOLDING) \
             and m.sides[BOT].state is SideState.OPEN:
         h.do(m.client_gone_before_open())
+    elif kind == "reattach":
+        h.do(m.reattached())
+    elif kind == "buffer full":
+        h.do(m.buffer_full())
 
 
 @PROPERTY
-@given(st.lists(EVENTS, max_size=25), st.booleans())
-def test_no_sequence_raises_every_sequence_ends_each_side_gets_at_most_one_close(events, held):
-    h = Harness(time_limit=100.0, idle_timeout=10.0, client_held=held)
+@given(st.lists(EVENTS, max_size=25), st.booleans(), st.sampled_from([0.0, 20.0]))
+def test_no_sequence_raises_every_sequence_ends_each_side_gets_at_most_one_close(events, held, resume):
+    h = Harness(time_limit=100.0, idle_timeout=10.0, client_held=held, resume_seconds=resume)
     for event in events:
         _apply(h, event)
     if not h.m.ended:
@@ -470,7 +574,14 @@ def test_no_sequence_raises_every_sequence_ends_each_side_gets_at_most_one_close
         h.do(h.m.abort() if not h.timers else [])
     h.drain()
     for side in (CLIENT, BOT):
-        assert len(h.closes_to(side)) <= 1, (side, h.closes_to(side))
+        # A resumed client is a new connection: each of its connections gets at most one close.
+        connections = [[]]
+        for action in h.actions:
+            if isinstance(action, Detach):
+                connections.append([])
+            elif isinstance(action, (SendClose, ForwardClose, Abandon)) and action.side == side:
+                connections[-1].append(action)
+        assert all(len(c) <= 1 for c in (connections if side == CLIENT else [h.closes_to(side)])), (side, h.actions)
     assert h.m.state is SessionState.ENDED
     assert all(s.paused_since is None for s in h.m.sides.values())
 

@@ -423,7 +423,7 @@ def test_nonce_lifetime_covers_the_validity_and_is_at_least_a_second():
 
 
 def test_verify_compares_signatures_with_compare_digest(monkeypatch):
-    source = inspect.getsource(verify_token)
+    source = inspect.getsource(tokens._signed_claims)     # what verify_token and verify_resume_token share
     assert "hmac.compare_digest" in source
     calls = []
     real = hmac.compare_digest
@@ -438,3 +438,78 @@ def test_verify_compares_signatures_with_compare_digest(monkeypatch):
     payload, _, signature = mint().partition(".")
     refused(payload + "." + ("B" if signature[0] == "A" else "A") + signature[1:])
     assert len(calls) == 2
+
+
+# -- resume tokens (docs/resume.md) ----------------------------------------------------------
+
+from wsrelay.core.tokens import ResumeClaims, mint_resume_token, verify_resume_token  # noqa: E402
+
+
+def mint_resume(service_host="echo.demo", session_id="s-1", *, kid="k2", ttl=300, now=NOW, **kw) -> str:
+    return mint_resume_token(service_host, session_id, keys=KEYS, active_key=kid, ttl=ttl, now=now, **kw)
+
+
+def verify_resume(token, service_host="echo.demo", *, keys=KEYS, now=NOW, leeway=30) -> ResumeClaims:
+    return verify_resume_token(token, service_host=service_host, keys=keys, now=now, leeway=leeway)
+
+
+def test_a_resume_token_names_its_session_and_verifies():
+    claims = verify_resume(mint_resume(nonce="n-1"))
+    assert claims == ResumeClaims("echo.demo", "s-1", NOW + 300, "n-1", "k2")
+    assert claims_of(mint_resume())["typ"] == "resume"
+
+
+def test_each_kind_of_token_refuses_the_other():
+    assert "cannot start a session" in str(refused(mint_resume()))
+    with pytest.raises(AuthError, match="not a resume token") as info:
+        verify_resume(mint(session_id="s-1"))
+    assert info.value.status == 403
+
+
+@pytest.mark.parametrize("token, why", [
+    (lambda: mint_resume(service_host="other.demo"), "another agent"),
+    (lambda: mint_resume(now=NOW - 400), "expired"),
+    (lambda: signed({"typ": "resume", "sh": "echo.demo", "exp": NOW + 9, "nonce": "n", "kid": "k1"},
+                    KEYS["k1"]), "names no session"),
+    (lambda: mint_resume()[:-2] + "AA", "signature"),
+    (lambda: signed({"typ": "resume", "sh": "echo.demo", "sid": "s", "exp": NOW + 9, "nonce": "n", "kid": "k1"},
+                    "not-the-key"), "signature"),
+])
+def test_a_foreign_expired_or_forged_resume_token_is_403(token, why):
+    with pytest.raises(AuthError, match=why) as info:
+        verify_resume(token())
+    assert info.value.status == 403 and info.value.public_reason == "Forbidden"
+
+
+def test_a_resume_token_needs_a_session_and_a_key():
+    with pytest.raises(TokenError):
+        mint_resume(session_id="")
+    with pytest.raises(TokenError):
+        mint_resume(kid="nope")
+
+
+def test_resume_tokens_are_single_use_and_work_without_a_configured_key():
+    import asyncio
+
+    from wsrelay.admission.nonces import MemoryNonceStore
+    from wsrelay.admission.resume_tokens import ResumeTokens
+    from wsrelay.config import AuthConfig
+
+    async def main() -> None:
+        for auth in (AuthConfig(), AuthConfig(keys=KEYS, active_key="k2")):
+            resume = ResumeTokens(auth, MemoryNonceStore(), clock=lambda: NOW)
+            token, nonce = resume.mint("echo.demo", "s-1", ttl=60)
+            claims = resume.verify(token, "echo.demo")
+            assert claims.session_id == "s-1" and claims.nonce == nonce
+            await resume.claim(claims)
+            with pytest.raises(AuthError, match="used already"):
+                await resume.claim(claims)
+            with pytest.raises(AuthError, match="another agent"):
+                resume.verify(token, "other.demo")
+        # A relay's own key is its own: another relay without [auth] keys refuses its tokens.
+        mine = ResumeTokens(AuthConfig(), MemoryNonceStore(), clock=lambda: NOW)
+        theirs = ResumeTokens(AuthConfig(), MemoryNonceStore(), clock=lambda: NOW)
+        with pytest.raises(AuthError, match="unknown key id|signature"):
+            theirs.verify(mine.mint("echo.demo", "s-1", ttl=60)[0], "echo.demo")
+
+    asyncio.run(main())

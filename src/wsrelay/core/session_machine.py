@@ -16,8 +16,20 @@ A provider endpoint's client starts ``HOLDING`` instead (``client_held``): it is
 but its socket is still the gate's, which holds its first frames while the bot is
 contacted (telephony/hold.py); ``opened`` takes it to ``OPEN`` when the held frames are handed
 to the pump, and a close the relay sends it meanwhile ends it at once (the gate lingers
-for the reply), so ``HOLDING ──close sent──▶ CLOSED``. (``DETACHED`` is reserved for
-session resume.) The session is ``CONNECTING`` until both sides are open, ``OPEN`` while frames flow, ``CLOSING`` from the first close or loss, and ``ENDED``
+for the reply), so ``HOLDING ──close sent──▶ CLOSED``.
+
+With session resume on (``resume_seconds`` > 0, docs/resume.md) a client lost without a close
+(its socket gone, or no pong to a keepalive ping) is ``DETACHED`` instead of ``CLOSED``, and its
+bot is told nothing::
+
+    OPEN ──lost without a close──▶ DETACHED ──reattached──▶ OPEN
+                                       │
+                                       └──resume_seconds, buffer full, bot gone, the relay's close──▶ CLOSED
+
+The ``RESUME`` timer bounds the wait: when it fires the bot gets 1001 "client lost", as if
+the client had just gone; a full resume buffer (``buffer_full``) gives it 1011 "resume buffer
+full"; a bot that closes meanwhile has its close answered. The session is ``DETACHED`` while
+so. The session is ``CONNECTING`` until both sides are open, ``OPEN`` while frames flow, ``CLOSING`` from the first close or loss, and ``ENDED``
 once both sockets are gone: then exactly one ``End`` action carries the ``Outcome``.
 
 Rules, each one place:
@@ -74,12 +86,13 @@ class SideState(enum.Enum):
     CLOSING = "closing"         # a close went one way: sent to it or received from it
     CLOSED = "closed"           # its socket is gone
     HOLDING = "holding"         # upgraded, its first frames held by the gate (provider endpoints)
-    DETACHED = "detached"       # reserved: the bot side open while the client reconnects
+    DETACHED = "detached"       # the client lost without a close, its bot open: it may come back
 
 
 class SessionState(enum.Enum):
     CONNECTING = "connecting"
     OPEN = "open"
+    DETACHED = "detached"
     CLOSING = "closing"
     ENDED = "ended"
 
@@ -98,6 +111,7 @@ class Outcome(enum.Enum):
     CLOSE_TIMEOUT = "close timeout"
     STALLED = "stalled"
     ENDED_BY_OPERATOR = "ended by operator"      # DELETE /sessions/{id} on the admin port
+    RESUME_BUFFER_FULL = "resume buffer full"    # the bot sent more than the buffer holds while detached
 
 
 class Timer(enum.Enum):
@@ -105,14 +119,18 @@ class Timer(enum.Enum):
     WATCH = "watch"             # paused sides are checked
     TIME_LIMIT = "time limit"   # max_session_seconds
     IDLE = "idle"               # idle_timeout
+    RESUME = "resume"           # resume_seconds: how long a detached session waits for its client
 
 
 # The members as module names, which the events below use: on Python 3.11 each
 # ``SideState.OPEN`` goes through ``EnumType.__getattr__`` (about 150 ns; 3.12 dropped it),
 # and a session's events read about fifty (3 % of its instructions, benchmarks/gate.py).
-SIDE_CONNECTING, SIDE_OPEN, SIDE_CLOSING, SIDE_CLOSED, SIDE_HOLDING = (
-    SideState.CONNECTING, SideState.OPEN, SideState.CLOSING, SideState.CLOSED, SideState.HOLDING)
-TIMER_CLOSE, TIMER_WATCH, TIMER_TIME_LIMIT, TIMER_IDLE = Timer.CLOSE, Timer.WATCH, Timer.TIME_LIMIT, Timer.IDLE
+SIDE_CONNECTING, SIDE_OPEN, SIDE_CLOSING, SIDE_CLOSED, SIDE_HOLDING, SIDE_DETACHED = (
+    SideState.CONNECTING, SideState.OPEN, SideState.CLOSING, SideState.CLOSED, SideState.HOLDING,
+    SideState.DETACHED)
+TIMER_CLOSE, TIMER_WATCH, TIMER_TIME_LIMIT, TIMER_IDLE, TIMER_RESUME = (
+    Timer.CLOSE, Timer.WATCH, Timer.TIME_LIMIT, Timer.IDLE, Timer.RESUME)
+BUFFER_FULL = (INTERNAL_ERROR, "resume buffer full")
 OUTCOME_CLOSED = Outcome.CLOSED
 
 
@@ -172,6 +190,12 @@ class CancelTimer:
 
 
 @dataclass(frozen=True)
+class Detach:
+    """The client is detached: its socket is gone, the session waits for it (the driver keeps
+    what the bot sends, and notes the time)."""
+
+
+@dataclass(frozen=True)
 class End:
     outcome: Outcome
     detail: str | None = None   # which side, for protocol errors, keepalive and stalls
@@ -183,7 +207,7 @@ window is closed while it answers the window probes (alive, its application read
 
 
 Action = (SendClose | ForwardClose | Abandon | Disconnect | PauseReading | ResumeReading | StartTimer
-          | CancelTimer | End)
+          | CancelTimer | Detach | End)
 
 
 # -- the machine ---------------------------------------------------------------------------
@@ -241,6 +265,7 @@ class SessionMachine:
     time_limit: float | None = None
     idle_timeout: float | None = None
     client_held: bool = False             # a provider endpoint's client: it starts HOLDING
+    resume_seconds: float = 0.0           # > 0: a client lost without a close detaches (docs/resume.md)
     sides: dict[str, Side] = field(default_factory=lambda: {CLIENT: Side(), BOT: Side()})
     first_closer: str | None = None       # "client", "bot" or "relay"
     outcome: Outcome | None = None
@@ -259,12 +284,19 @@ class SessionMachine:
     def state(self) -> SessionState:
         if self.ended:
             return SessionState.ENDED
+        if self.detached:
+            return SessionState.DETACHED
         states = {s.state for s in self.sides.values()}
         if self.first_closer is not None or SIDE_CLOSING in states or SIDE_CLOSED in states:
             return SessionState.CLOSING
         if states == {SIDE_OPEN}:
             return SessionState.OPEN
         return SessionState.CONNECTING
+
+    @property
+    def detached(self) -> bool:
+        """The client is away and may come back (``reattached``)."""
+        return self.sides[CLIENT].state is SIDE_DETACHED and not self.ended
 
     def may_relay_to(self, side: str) -> bool:
         """Frames may still be sent to ``side`` (the pump's per-frame check mirrors this)."""
@@ -324,6 +356,11 @@ class SessionMachine:
         if self.may_relay_to(peer_name):
             actions.append(ForwardClose(peer_name, payload))
             actions += self._mark_close_sent(peer_name, code)
+        elif side == BOT and self.sides[CLIENT].state is SIDE_DETACHED and not s.close_sent:
+            # Nobody to forward it to: the relay answers it for the client, and the session ends.
+            self.sides[CLIENT].state = SIDE_CLOSED
+            actions.append(ForwardClose(BOT, payload))
+            actions += self._mark_close_sent(BOT, code)
         return actions + self._finish_handshakes()
 
     def picows_closed(self, side: str, code: int | None) -> list[Action]:
@@ -336,6 +373,9 @@ class SessionMachine:
         if s.close_sent:
             return []
         code = code if code is not None else PROTOCOL_ERROR
+        if side == CLIENT and code == GOING_AWAY and self._may_detach():
+            # No pong to a keepalive ping: the client's network is gone, as with a reset.
+            return [Disconnect(CLIENT, graceful=False)] + self._detach()
         actions = self._mark_close_sent(side, code)
         if code == GOING_AWAY:
             outcome = Outcome.KEEPALIVE_TIMEOUT
@@ -352,8 +392,10 @@ class SessionMachine:
     def disconnected(self, side: str) -> list[Action]:
         """``side``'s socket is gone: close its peer if that was abrupt; end when both are."""
         s = self.sides[side]
-        if s.gone:
+        if s.gone or s.state is SIDE_DETACHED:
             return []
+        if side == CLIENT and self._may_detach():
+            return self._detach()
         was_connecting = s.state is SIDE_CONNECTING
         s.state = SIDE_CLOSED
         s.paused_since = None
@@ -362,6 +404,8 @@ class SessionMachine:
         actions: list[Action] = []
         peer_name = other(side)
         peer = self.sides[peer_name]
+        if peer.state is SIDE_DETACHED:           # the bot is gone while its client is away
+            peer.state = SIDE_CLOSED
         if peer.open:
             if not peer.close_sent:
                 actions += self._close(peer_name, *(BOT_LOST if side == BOT else CLIENT_LOST))
@@ -424,6 +468,9 @@ class SessionMachine:
             reason = f"session time limit of {self.time_limit:g}s reached"
             return self.close_by_relay((POLICY_VIOLATION, reason), (POLICY_VIOLATION, reason),
                                        Outcome.TIME_LIMIT)
+        if timer is TIMER_RESUME:
+            return self._give_up_client(CLIENT_LOST, Outcome.CLIENT_LOST,
+                                        f"not resumed within {self.resume_seconds:g}s")
         if timer is TIMER_IDLE:
             if activity == self._idle_mark:
                 reason = f"idle for {self.idle_timeout:g}s"
@@ -431,6 +478,28 @@ class SessionMachine:
             self._idle_mark = activity
             return [self._start(TIMER_IDLE, self.idle_timeout or 0)]
         return []
+
+    def buffer_full(self) -> list[Action]:
+        """The bot sent more while the client was away than the resume buffer holds: end the
+        session (1011 "resume buffer full" to the bot). Nothing while the client is attached."""
+        if not self.detached:
+            return []
+        if self.first_closer is None:
+            self.first_closer = "relay"
+        return self._give_up_client(BUFFER_FULL, Outcome.RESUME_BUFFER_FULL)
+
+    def reattached(self) -> list[Action]:
+        """A client came back with the session's resume token: it is ``OPEN`` again (the
+        driver has replayed what it missed). Nothing unless the session is detached."""
+        if not self.detached:
+            return []
+        client = self.sides[CLIENT]
+        client.state = SIDE_OPEN
+        client.close_sent = client.close_received = False
+        client.close_to = client.close_from = None
+        client.acked = -1
+        self._timer_done(TIMER_RESUME)
+        return [CancelTimer(TIMER_RESUME)]
 
     def close_by_relay(self, client: tuple[int, str], bot: tuple[int, str], outcome: Outcome) -> list[Action]:
         """The relay ends the session (time limit, idle, shutdown, the operator): close both
@@ -453,7 +522,7 @@ class SessionMachine:
             s = self.sides[name]
             if s.open:
                 actions.append(Disconnect(name, graceful=False))
-            elif s.state in (SIDE_CONNECTING, SIDE_HOLDING):
+            elif s.state in (SIDE_CONNECTING, SIDE_HOLDING, SIDE_DETACHED):
                 s.state = SIDE_CLOSED        # no socket of the session's to drop
         return actions + self._maybe_end()
 
@@ -463,9 +532,42 @@ class SessionMachine:
         if self.outcome is None:
             self.outcome, self.detail = outcome, detail
 
+    def _may_detach(self) -> bool:
+        """A client lost now detaches: resume is on, frames flowed, and no close went either way."""
+        client, bot = self.sides[CLIENT], self.sides[BOT]
+        return (self.resume_seconds > 0 and not self.ended and self.first_closer is None
+                and client.state is SIDE_OPEN and not client.close_sent and not client.close_received
+                and bot.state is SIDE_OPEN and not bot.close_sent and not bot.close_received)
+
+    def _detach(self) -> list[Action]:
+        client = self.sides[CLIENT]
+        client.state = SIDE_DETACHED
+        client.paused_since = None
+        actions: list[Action] = [Detach()]
+        actions += self._resume(BOT)              # paused because the client could take no more
+        return actions + [self._start(TIMER_RESUME, self.resume_seconds)]
+
+    def _give_up_client(self, bot_close: tuple[int, str], outcome: Outcome, detail: str | None = None) -> list[Action]:
+        """A detached client will not come back: close its bot, bounded, as for a lost client."""
+        if not self.detached:
+            return []
+        self.sides[CLIENT].state = SIDE_CLOSED
+        self._set_outcome(outcome, detail)
+        actions: list[Action] = []
+        if TIMER_RESUME in self._timers:
+            self._timer_done(TIMER_RESUME)
+            actions.append(CancelTimer(TIMER_RESUME))
+        actions += self._close(BOT, *bot_close)
+        actions.append(Disconnect(BOT))
+        return actions + self._arm_close_timer() + self._maybe_end()
+
     def _close(self, side: str, code: int, reason: str) -> list[Action]:
         """The relay's own close to ``side``, if it may still get one."""
         s = self.sides[side]
+        if s.state is SIDE_DETACHED:
+            # Away: it gets no close, and it will not come back to one.
+            s.close_sent, s.close_to, s.state = True, code, SIDE_CLOSED
+            return []
         if s.state is SIDE_CONNECTING:
             # Not open yet, and it never will be: no close frame, its handshake is abandoned.
             s.close_sent, s.close_to, s.state = True, code, SIDE_CLOSED
