@@ -18,6 +18,9 @@ cdef class Side(WSListener):
         public bint is_bot               # True for the bot's socket
         public bint close_sent           # a close was sent to it: relay nothing more to it
         public bint disconnected         # this side's socket is gone
+        # The bot's side of a session with resume on: its core/replay.py ReplayBuffer, given a
+        # bytes copy of each data frame (set by the Session; None otherwise: one comparison a frame).
+        public object replay
         # (both written by the Session as its machine decides; read here per frame)
         readonly uint64_t frames         # data/control frames read from this side
         readonly uint64_t bytes          # their payload bytes

@@ -29,6 +29,7 @@ socket; no Python object is created for it. Close frames, disconnects and flow c
 happen once per session and are handled in Python by ``SessionPair``.
 """
 
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.memoryview cimport PyMemoryView_GET_BUFFER
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy

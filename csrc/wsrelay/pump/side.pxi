@@ -60,12 +60,15 @@ cdef inline int _relay(Side src, WSFrame frame) except -1:
     cdef uint32_t mask
     if frame.msg_type <= WSMsgType.BINARY:       # continuation, text, binary: the stream itself
         _time_arrival(src, _now_ns())
+        if src.replay is not None:
+            _keep(src, frame)
     src.frames += 1
     src.bytes += <uint64_t>size
     _total_frames[src._direction] += 1
     _total_bytes[src._direction] += <uint64_t>size
     if dst is None or peer.close_sent or peer.disconnected:
-        src.dropped += 1
+        if src.replay is None:                   # kept for a resume is not dropped
+            src.dropped += 1
         _flush(src)
         return 0
     if frame.last_in_buffer and src._pending_start == NULL:
@@ -91,6 +94,15 @@ cdef inline int _relay(Side src, WSFrame frame) except -1:
     src._pending_end = frame.payload_ptr + size
     if frame.last_in_buffer:
         _flush(src)
+    return 0
+
+
+cdef int _keep(Side src, WSFrame frame) except -1:
+    """Give the session's resume buffer a copy of a data frame from the bot, before it is
+    re-framed in place (the payload is picows' read buffer, valid only in this call)."""
+    cdef bytes payload = PyBytes_FromStringAndSize(frame.payload_ptr, frame.payload_size)
+    if not src.replay.keep(<int>frame.msg_type, frame.fin, payload):
+        src.session.resume_buffer_full(src)
     return 0
 
 
@@ -135,6 +147,7 @@ cdef class Side(WSListener):
         self.is_bot = is_bot
         self.close_sent = False
         self.disconnected = False
+        self.replay = None
         self.frames = 0
         self.bytes = 0
         self.dropped = 0

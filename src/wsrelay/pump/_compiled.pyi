@@ -21,6 +21,7 @@ class Side(WSListener):
     is_bot: bool
     close_sent: bool
     disconnected: bool
+    replay: Any
     @property
     def frames(self) -> int: ...
     @property

@@ -47,6 +47,9 @@ class Side(WSListener):
         self.is_bot = is_bot
         self.close_sent = False
         self.disconnected = False
+        # The bot's side of a session with resume on: its core/replay.py ReplayBuffer, which
+        # gets a copy of each data frame (set by the Session; None for every other session).
+        self.replay: Any = None
         self.frames = 0
         self.bytes = 0
         self.dropped = 0
@@ -107,6 +110,9 @@ class Side(WSListener):
     def _relay(self, frame: WSFrame) -> None:
         if frame.msg_type in _DATA:
             self._time_arrival(time.monotonic_ns())
+            if self.replay is not None and not self.replay.keep(frame.msg_type, frame.fin,
+                                                                frame.get_payload_as_bytes()):
+                self.session.resume_buffer_full(self)
         size = frame.payload_size
         self.frames += 1
         self.bytes += size
@@ -116,7 +122,8 @@ class Side(WSListener):
         assert peer is not None          # the session pairs its two sides before either connects
         dst = peer.transport
         if dst is None or peer.close_sent or peer.disconnected:
-            self.dropped += 1
+            if self.replay is None:              # kept for a resume is not dropped
+                self.dropped += 1
             return
         _total_sends[self._direction] += 1
         dst.send(frame.msg_type, frame.get_payload_as_bytes(),
