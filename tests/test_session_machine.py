@@ -589,7 +589,7 @@ def test_no_sequence_raises_every_sequence_ends_each_side_gets_at_most_one_close
 def test_the_sans_io_modules_import_neither_asyncio_nor_picows():
     code = ("import sys\n"
             "import wsrelay.core.routing, wsrelay.core.upgrade, wsrelay.core.tokens, wsrelay.core.cors, "
-            "wsrelay.core.session_machine, wsrelay.telephony.providers, wsrelay.core.frames, "
+            "wsrelay.core.session_machine, wsrelay.telephony.providers, wsrelay.core.frames, wsrelay.core.replay, "
             "wsrelay.telephony.signatures\n"
             "print(sorted(m for m in ('asyncio', 'picows', 'uvloop', 'h11', 'httptools') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

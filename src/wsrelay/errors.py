@@ -12,6 +12,7 @@
     │   ├── RouteError                400 malformed / 404 unknown service host or path
     │   ├── AuthError                 401 token missing / 403 token invalid
     │   │   └── NonceStoreUnavailable 503 the shared nonce store (Redis) did not answer
+    │   ├── ResumeRefused             404 the session to resume has ended / 409 ``received`` cannot be replayed
     │   └── CapacityError             429 agent at max_sessions (carries Retry-After)
     │       └── CapacityUnavailable   503 the fleet's Redis did not answer for a capped agent
     ├── UpstreamError                 no bot instance could take the session
@@ -135,6 +136,22 @@ class AuthError(RequestRefused):
         if self.status == 503:          # the nonce store or the signing key is away: it may pass later
             return 1013, "tokens cannot be checked now, try again later"
         return 1008, "forbidden: auth failed"
+
+
+class ResumeRefused(RequestRefused):
+    """A session resume (docs/resume.md) that cannot be: the session has ended (404), or the
+    client's ``received`` is beyond what was sent or older than the buffer (409, saying which)."""
+
+    status = 404
+    public_reason = "Not Found: the session has ended"
+
+    @classmethod
+    def gone(cls, reason: str) -> "ResumeRefused":
+        return cls(reason)
+
+    @classmethod
+    def conflict(cls, why: str) -> "ResumeRefused":
+        return cls(f"resume refused: {why}", status=409, public_reason=f"Conflict: {why}")
 
 
 class NonceStoreUnavailable(AuthError):

@@ -7,10 +7,17 @@ single relay needs. Single use is two checks: the session keeps the nonce of the
 handed out last (an older one is refused even before its expiry), and the nonce store (memory,
 or Redis in a fleet) lets a token be claimed once, so two connections racing with the same
 token cannot both resume.
+
+A session's first token has a nonce derived from its id (``first_nonce``): the start API can
+then hand a browser, which cannot read the headers of a ``101``, the same token as
+``resumeToken`` before the session exists. Using either uses up both.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
 import time
 from typing import Callable
@@ -37,10 +44,17 @@ class ResumeTokens:
             return dict(self.auth.keys), self.auth.active_key or ""
         return self._own, OWN_KEY_ID
 
-    def mint(self, service_host: str, session_id: str, ttl: float) -> tuple[str, str]:
-        """(token, its nonce): the session keeps the nonce, to know its current token."""
+    def first_nonce(self, session_id: str) -> str:
+        """The nonce of a session's first resume token: HMAC of its id with the signing key."""
         keys, active = self._keys()
-        nonce = secrets.token_urlsafe(18)
+        digest = hmac.new(keys[active].encode(), b"wsrelay-resume-nonce:" + session_id.encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(digest.digest()[:18]).decode("ascii")
+
+    def mint(self, service_host: str, session_id: str, ttl: float, *, first: bool = False) -> tuple[str, str]:
+        """(token, its nonce): the session keeps the nonce, to know its current token. ``first``:
+        the session's first token, the one the start API may have handed out already."""
+        keys, active = self._keys()
+        nonce = self.first_nonce(session_id) if first else secrets.token_urlsafe(18)
         token = mint_resume_token(service_host, session_id, keys=keys, active_key=active,
                                   ttl=max(1, int(ttl) + 1), now=self.clock(), nonce=nonce)
         return token, nonce

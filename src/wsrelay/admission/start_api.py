@@ -26,6 +26,7 @@ from ..core.session_ids import new_session_id
 from ..core.upgrade import parse_bearer
 from ..errors import RequestRefused
 from .registry import AgentRegistry
+from .resume_tokens import ResumeTokens
 
 MAX_BODY_JSON = 4096          # the platform's limit for the session body
 MAX_JSON_DEPTH = 64           # arrays and objects inside one another: a session body needs few
@@ -41,7 +42,7 @@ class StartRequest:
 
 
 def handle_start(request: StartRequest, *, registry: AgentRegistry, config: Config,
-                 authenticator: Authenticator, secure: bool) -> dict:
+                 authenticator: Authenticator, secure: bool, resume_tokens: ResumeTokens | None = None) -> dict:
     """The JSON answer for a start request, or RequestRefused with the status to send."""
     if request.method != "POST":
         raise RequestRefused(f"{request.method} on the start API", status=405,
@@ -78,6 +79,11 @@ def handle_start(request: StartRequest, *, registry: AgentRegistry, config: Conf
         answer["body"] = base64.b64encode(body_json).decode()
     if agent.websocket_auth == "token":
         answer["token"] = authenticator.mint(agent.service_host, session_id=session_id)
+        if agent.resume_seconds and resume_tokens is not None:
+            # The session's first resume token (docs/resume.md): a browser cannot read the 101's.
+            answer["resumeToken"] = resume_tokens.mint(
+                agent.service_host, session_id, authenticator.auth.token_ttl + agent.max_session_seconds
+                + agent.resume_seconds + 60, first=True)[0]
     return answer
 
 

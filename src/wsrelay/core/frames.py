@@ -131,14 +131,20 @@ def accept_value(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
 
 
-def switching_protocols(accept: str, subprotocol: str | None = None) -> bytes:
+RESUME_HEADER = "X-Wsrelay-Resume"
+
+
+def switching_protocols(accept: str, subprotocol: str | None = None, resume_token: str | None = None) -> bytes:
     """The relay's one ``101``, for every client: ``accept`` is ``Sec-WebSocket-Accept``
     (``accept_value`` of the client's key), ``subprotocol`` the bot's choice, if any.
 
     Written by the gate when it holds a provider's first messages (no bot has chosen a
     sub-protocol yet), and by picows through ``edge/handover.py``'s ``_Client101`` on the
-    generic endpoint: the same bytes either way.
+    generic endpoint: the same bytes either way. ``resume_token``: the session's next resume
+    token, for a session with resume on (docs/resume.md).
     """
     chosen = b"Sec-WebSocket-Protocol: " + subprotocol.encode("latin-1") + b"\r\n" if subprotocol else b""
+    if resume_token:
+        chosen += b"X-Wsrelay-Resume: " + resume_token.encode("ascii") + b"\r\n"
     return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" + chosen +
             b"Sec-WebSocket-Accept: " + accept.encode("ascii") + b"\r\n\r\n")

@@ -100,6 +100,8 @@ class Route:
     token: str | None             # from the path segment or ?token=; the header is separate
     token_source: str | None      # "path", "query" or None
     forward_query: str            # the query string for the bot, without token/serviceHost
+    resume: str | None = None     # ?resume= (a session resume token, docs/resume.md), generic only
+    received: int | None = None   # ?received= with it: the messages the client has from the bot
 
     @property
     def service_host(self) -> str:
@@ -239,7 +241,36 @@ def route_websocket(target: str, *, max_body: int = MAX_BODY_BYTES) -> Route:
                              public_reason="Bad Request: token given twice")
         if query_token:
             token, source = _check_token_shape(query_token), "query"
+    if "resume" in forward or "received" in forward:
+        return _resume_route(Route(agent, org, token, source, forward))
     return Route(agent, org, token, source, forward)
+
+
+MAX_RECEIVED = 1 << 62
+
+
+def _resume_route(route: Route) -> Route:
+    """A generic route whose query may hold ``resume`` and ``received`` (docs/resume.md): both
+    taken out of what the bot gets; malformed or repeated is 400."""
+    fields = _split_query(route.forward_query)
+    resumes = [v for n, v, _ in fields if n == "resume"]
+    receiveds = [v for n, v, _ in fields if n == "received"]
+    if len(resumes) > 1 or len(receiveds) > 1:
+        raise RouteError("resume or received given more than once", status=400,
+                         public_reason="Bad Request: repeated resume or received parameter")
+    received = None
+    if receiveds:
+        text = receiveds[0]
+        if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > MAX_RECEIVED:
+            raise RouteError(f"received={text[:40]!r} is not a count", status=400,
+                             public_reason="Bad Request: received must be a count of messages (0, 1, 2 ...)")
+        received = int(text)
+        if not resumes:
+            raise RouteError("received without resume", status=400,
+                             public_reason="Bad Request: received goes with resume")
+    forward = "&".join(raw for n, _, raw in fields if n not in ("resume", "received"))
+    return Route(route.agent, route.organization, route.token, route.token_source, forward,
+                 _check_token_shape(resumes[0]) if resumes else None, received)
 
 
 def route_provider(target: str, provider: str, *, service_host_in_query: bool,

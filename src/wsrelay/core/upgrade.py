@@ -32,6 +32,7 @@ NOT_FORWARDED = frozenset({
     "sec-websocket-key", "sec-websocket-accept", "sec-websocket-extensions",
     "sec-websocket-version", "sec-websocket-protocol", "authorization",
     "forwarded", "x-real-ip", "x-session-id", "x-service-host", "x-daily-session-id",
+    "x-wsrelay-resume",
 })
 NOT_FORWARDED_PREFIXES = ("x-forwarded-",)
 
@@ -50,6 +51,7 @@ class UpgradeRequest:
     bearer_token: str | None       # from Authorization: Bearer
     user_agent: str | None
     forward: tuple[tuple[str, str], ...] = field(default=())   # end-to-end headers for the bot
+    resume_token: str | None = None  # X-Wsrelay-Resume: a session resume token (docs/resume.md)
 
 
 def header_values(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[str]:
@@ -165,6 +167,7 @@ def parse_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]], *,
         bearer_token=_bearer(_single(index, b"authorization")),
         user_agent=_single(index, b"user-agent"),
         forward=end_to_end_headers(raw, connection),
+        resume_token=_single(index, b"x-wsrelay-resume"),
     )
 
 

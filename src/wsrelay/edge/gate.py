@@ -245,12 +245,13 @@ class Gate(asyncio.Protocol):
             return
         del pending[:scanner.pos]     # keep only an unfinished frame (at most LINGER_FRAME_BYTES)
 
-    def attach(self, client_side, subprotocol: str | None, key: str) -> bool:
+    def attach(self, client_side, subprotocol: str | None, key: str, resume_token: str | None = None) -> bool:
         """Hand the socket to picows with ``client_side`` as listener and answer ``101``.
 
         Called synchronously from the bot side's ``on_ws_connected``, so the client is
         linked before the bot's first frame (which may share a read with its ``101``).
         Returns False when the client is gone or its handshake did not complete.
+        ``resume_token``: the session's next resume token, for its ``101`` (docs/resume.md).
         """
         if self.state not in ("busy", "holding") or self.transport is None:
             return False
@@ -268,7 +269,7 @@ class Gate(asyncio.Protocol):
         self._dispatch_request = self._on_refused = _upgraded
         return hand_over(self.transport, client_side, stream_class=self._stream_class,
                          subprotocol=subprotocol, key=key, early=early, limits=self._limits,
-                         silent_101=silent)
+                         silent_101=silent, resume_token=resume_token)
 
     def _start_timer(self, seconds: float, name: str) -> None:
         self._timer = (self._deadlines.add(seconds, self, name), name)

@@ -182,20 +182,22 @@ class _Client101(WSUpgradeResponse):
     nothing reaches the wire.
     """
 
-    __slots__ = ("subprotocol", "silent")
+    __slots__ = ("subprotocol", "silent", "resume_token")
 
-    def __init__(self, subprotocol: str | None, silent: bool = False) -> None:
+    def __init__(self, subprotocol: str | None, silent: bool = False, resume_token: str | None = None) -> None:
         self.version = b"HTTP/1.1"
         self.status = SWITCHING_PROTOCOLS
         self.headers = {}   # type: ignore[assignment]  # picows only sets Sec-WebSocket-Accept in it
         self.body = None
         self.subprotocol = subprotocol
         self.silent = silent
+        self.resume_token = resume_token
 
     def to_bytes(self) -> bytearray:
         if self.silent:
             return bytearray()
-        return bytearray(switching_protocols(self.headers["Sec-WebSocket-Accept"], self.subprotocol))
+        return bytearray(switching_protocols(self.headers["Sec-WebSocket-Accept"], self.subprotocol,
+                                             self.resume_token))
 
 
 def bot_protocol(listener_factory: Any, *, host_port: str, resource: str,
@@ -227,16 +229,18 @@ def bot_protocol(listener_factory: Any, *, host_port: str, resource: str,
 
 
 def hand_over(transport, client_side, *, stream_class: Any, subprotocol: str | None, key: str,
-              early: bytes | bytearray, limits: RelayConfig, silent_101: bool = False) -> bool:
+              early: bytes | bytearray, limits: RelayConfig, silent_101: bool = False,
+              resume_token: str | None = None) -> bool:
     """Give ``transport`` to picows with ``client_side`` (the pump's listener) and answer ``101``.
 
     ``early`` are the bytes the client sent after its head (frames it did not wait to send);
     they are fed after the head, through the ``ClientStream``. With ``silent_101`` the client
-    already has its ``101`` (the gate wrote it) and picows' is not written. Returns False when picows
+    already has its ``101`` (the gate wrote it) and picows' is not written; ``resume_token`` goes
+    in the ``101`` as ``X-Wsrelay-Resume`` (docs/resume.md). Returns False when picows
     did not take the connection (the client is gone, or, which cannot happen for a head
     the relay built, picows refused it: the socket is then dropped, never left half-open).
     """
-    response = _Client101(subprotocol, silent=silent_101)
+    response = _Client101(subprotocol, silent_101, resume_token)
     protocol = RelayWSProtocol(
         None, None, False,                                   # host, path, not the client side
         lambda request: WSUpgradeResponseWithListener(response, client_side),

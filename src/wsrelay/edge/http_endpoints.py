@@ -15,6 +15,7 @@ import json
 
 from ..admission.auth import Authenticator
 from ..admission.registry import AgentRegistry
+from ..admission.resume_tokens import ResumeTokens
 from ..admission.start_api import StartRequest, handle_start
 from ..config import Config
 from ..core.cors import CorsPolicy, is_preflight
@@ -42,7 +43,7 @@ def answer_preflight(gate: Gate, cors: CorsPolicy, methods: str | None = None) -
 
 
 def answer_start_api(gate: Gate, agent_name: str, *, registry: AgentRegistry, config: Config,
-                     authenticator: Authenticator, secure: bool) -> None:
+                     authenticator: Authenticator, secure: bool, resume_tokens: ResumeTokens | None = None) -> None:
     """Answer ``POST /v1/public/{agent_name}/start`` (or its preflight) on ``gate``."""
     request = gate.request
     assert request is not None
@@ -55,7 +56,8 @@ def answer_start_api(gate: Gate, agent_name: str, *, registry: AgentRegistry, co
             StartRequest(method=request.method.decode("latin-1"), agent_name=agent_name,
                          authorization=header(request, b"authorization"),
                          host=header(request, b"host"), body=gate.body),
-            registry=registry, config=config, authenticator=authenticator, secure=secure)
+            registry=registry, config=config, authenticator=authenticator, secure=secure,
+            resume_tokens=resume_tokens)
     except RequestRefused as exc:
         exc.headers.update(cors_headers)      # so the page can read why it was refused
         raise

@@ -19,6 +19,11 @@ Session API's (a live session's bot over HTTP) is edge/session_api.py's, which k
 book of the live sessions of agents with ``session_api = true`` (``_admit`` enters them once
 their bot has answered, ``_session_over`` takes them out); it is imported and made with its
 first use, so a relay whose agents do not use it never loads it.
+
+Session resume (docs/resume.md): a generic request with ``?resume=`` or ``X-Wsrelay-Resume`` is
+no new session but a client coming back to one in the book of resumable sessions
+(``_resumable``): ``_resume`` checks the token (admission/resume_tokens.py), the session and its
+replay, every refusal an HTTP answer before the upgrade, and hands the client to the session.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ..admission.auth import Authenticator
 from ..admission.capacity import Capacity, LocalCapacity
 from ..admission.nonces import NonceStore
 from ..admission.registry import AgentRegistry, StaticRegistry
+from ..admission.resume_tokens import ResumeTokens
 from ..config import Config, nonce_store_of
 from ..config.reload import reloaded
 from ..core.cors import CorsPolicy
@@ -42,8 +48,8 @@ from ..core.routing import (EndpointKind, HeldRoute, Route, RouteAt, find_endpoi
                             route_session_api, route_start_api, route_websocket, split_target)
 from ..core.session_machine import Outcome
 from ..core.upgrade import parse_upgrade
-from ..errors import (SHUTDOWN_CLOSE, CapacityError, Draining, ProviderRefused, RequestRefused, SessionRefused,
-                      UpstreamError, WsrelayError)
+from ..errors import (SHUTDOWN_CLOSE, AuthError, CapacityError, Draining, ProviderRefused, RequestRefused,
+                      ResumeRefused, SessionRefused, UpstreamError, WsrelayError)
 from ..fleet.agents import FleetRegistry
 from ..fleet.membership import Fleet
 from ..fleet.nonces import make_nonce_store
@@ -106,6 +112,8 @@ class Relay:
         kind, nonce_url = nonce_store_of(config)
         link = self.fleet.link if self.fleet is not None else None
         self.authenticator = Authenticator(config.auth, nonces or make_nonce_store(kind, nonce_url, link))
+        self.resume_tokens = ResumeTokens(config.auth, self.authenticator.nonces)
+        self._resumable: dict[str, Session] = {}       # session id -> a live session with resume on
         self.deadlines = Deadlines()                   # every session's timers, on one loop timer
         self._upstream_tls = upstream_tls_context(cfg)
         self.upstreams = UpstreamConnector(
@@ -132,7 +140,8 @@ class Relay:
                                           self.metrics.registry)
         self.session_services = SessionServices(
             pump=self.pump, limits=cfg, connect=self.upstreams.connect, deadlines=self.deadlines,
-            secure=self.tls is not None, on_start=self._session_started, on_end=self._session_over)
+            secure=self.tls is not None, on_start=self._session_started, on_end=self._session_over,
+            resume_tokens=self.resume_tokens, on_resume=self._session_resumed)
         self._server: asyncio.Server | None = None
         self._idle = asyncio.Event()
         self._idle.set()
@@ -242,7 +251,7 @@ class Relay:
         self.config, waiting = reloaded(self.config, config)
         if waiting:
             log.warning("config reload: %s changed but take effect only after a restart", ", ".join(waiting))
-        self.authenticator.auth = self.config.auth
+        self.authenticator.auth = self.resume_tokens.auth = self.config.auth
         if isinstance(self.registry, (StaticRegistry, FleetRegistry)):
             self.registry.replace(self.config.agents)
 
@@ -269,7 +278,8 @@ class Relay:
                 raise RequestRefused(f"no endpoint at {path[:200]!r}", status=404, public_reason="Not Found")
             if endpoint.kind is START_API_ENDPOINT:
                 answer_start_api(gate, route_start_api(path) or "", registry=self.registry, config=self.config,
-                                 authenticator=self.authenticator, secure=self.tls is not None)
+                                 authenticator=self.authenticator, secure=self.tls is not None,
+                                 resume_tokens=self.resume_tokens)
                 return
             if endpoint.kind is SESSION_API_ENDPOINT:   # live sessions' bots answer while the relay drains
                 session_api = route_session_api(path)
@@ -298,6 +308,9 @@ class Relay:
             upgrade = parse_upgrade(request.method, request.raw_headers, http_version=request.http_version)
         except RequestRefused as exc:
             self._refuse(gate, exc)
+            return
+        if provider is None and isinstance(route, Route) and (route.resume or upgrade.resume_token):
+            gate.task = self.deadlines.loop.create_task(self._resume(gate, route, upgrade))
             return
         gate.task = self.deadlines.loop.create_task(
             self._admit(gate, route, agent, upgrade, Held(provider, target[:200]) if provider else None))
@@ -362,6 +375,8 @@ class Relay:
                               **(self._held_session(gate, held, upgrade) if held else
                                  {"upgrade": upgrade, "refuse_client": gate.refuse}))
             self.sessions.add(session)
+            if session.resume is not None:
+                self._resumable[session.id] = session
             if slot is not None and slot[1] is not None:
                 self._lease_of[session] = slot[1]
             slot = None                                         # the session gives it back
@@ -393,6 +408,37 @@ class Relay:
                 hold.close()
             if slot is not None:
                 self._give_slot(*slot)
+
+    async def _resume(self, gate: Gate, route: Route, upgrade: "UpgradeRequest") -> None:
+        """A client coming back to its session (docs/resume.md): the token (403: bad, used,
+        expired, another agent's, not the session's latest), the session (404: ended), the
+        replay (409), then the session takes the client. Every refusal is before the upgrade."""
+        token = route.resume or upgrade.resume_token or ""
+        try:
+            if route.resume and upgrade.resume_token and route.resume != upgrade.resume_token:
+                raise RequestRefused("two different resume tokens", status=400,
+                                     public_reason="Bad Request: two different resume tokens")
+            claims = self.resume_tokens.verify(token, route.service_host)
+            session = self._resumable.get(claims.session_id)
+            if session is None:
+                raise ResumeRefused.gone(f"no live session {claims.session_id} to resume")
+            if session.resume is None or claims.nonce != session.resume.nonce:
+                raise AuthError("resume token replayed: the session has handed out a newer one", status=403)
+            session.replay_for(route.received)                   # 409 before the token is used up
+            await self.resume_tokens.claim(claims)
+            if self._resumable.get(claims.session_id) is not session:
+                raise ResumeRefused.gone(f"session {claims.session_id} ended while its resume was checked")
+            if claims.nonce != session.resume.nonce:
+                raise AuthError("resume token replayed: another connection resumed with it", status=403)
+            if not session.reattach(gate.attach, upgrade.key, route.received):
+                self.metrics.resume_failed("client left")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, WsrelayError):               # a bug: answer, never hang
+                log.exception("a session resume failed unexpectedly")
+            self.metrics.resume_failed(_resume_failure(exc))
+            self._refuse(gate, exc)
 
     def _held_session(self, gate: Gate, held: "Held", upgrade: "UpgradeRequest") -> dict:
         """A provider call's Session arguments: no sub-protocol (the gate's 101 chose none), the
@@ -455,6 +501,8 @@ class Relay:
         if session not in self.sessions:
             return
         self.sessions.discard(session)
+        if session.resume is not None:
+            self._resumable.pop(session.id, None)
         if session.agent.session_api and self._session_api is not None:
             self._session_api.over(session)
         self._give_slot(session.agent.service_host, self._lease_of.pop(session, None))
@@ -475,10 +523,15 @@ class Relay:
             self.webhooks.session_started(SessionStart(
                 session.id, agent.name, agent.organization, session.endpoint, self.config.relay.region))
 
+    def _session_resumed(self, session: Session) -> None:
+        self.metrics.session_resumed(session.agent.name, session.agent.organization)
+
     def _session_ended(self, session: Session) -> None:
         timing = session.timing()
         summary = session.summary(timing)
         log_session(summary)
+        if session.resume is not None and session.resume.ended_detached:
+            self.metrics.session_ended_detached(session.agent.name, session.agent.organization)
         if session.connected_at is not None:
             self.metrics.session_ended(session.agent.name, session.agent.organization,
                                        session.outcome, summary["duration_s"], timing)
@@ -495,3 +548,14 @@ class Relay:
         self.rejections[status] += 1
         log_refusal(status=status, reason=reason, client=gate.peer,
                     target=gate.request.target.decode("latin-1")[:200] if gate.request else None)
+
+
+def _resume_failure(exc: BaseException) -> str:
+    """A refused resume's metric label: what kind of refusal, never the token."""
+    if isinstance(exc, ResumeRefused):
+        return "conflict" if exc.status == 409 else "session gone"
+    if isinstance(exc, AuthError):
+        return "token unavailable" if exc.status == 503 else "token"
+    if isinstance(exc, RequestRefused):
+        return "draining" if isinstance(exc, Draining) else "bad request"
+    return "internal error"

@@ -14,6 +14,12 @@ this driver writes, as the machine's actions say.
 
 Nothing here calls back up: the upstream connector, the client hand-over and what to do
 at the end are callables handed in by the relay.
+
+Session resume (docs/resume.md): for an agent with ``resume_seconds`` the bot's side gets a
+``ReplayBuffer`` (core/replay.py) that the pump hands a copy of each data frame; the machine's
+``Detach`` leaves the bot connected and the buffer counting; ``reattach`` (the relay's call, for
+a client that came back with the session's token) gives the session a new client ``Side``, whose
+``101`` carries the next token, and replays what the client missed before anything else.
 """
 
 from __future__ import annotations
@@ -26,9 +32,12 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from picows import WSListener, WSMsgType, WSUpgradeRequest, WSUpgradeResponse
 
-from ..core.session_machine import (BOT, CLIENT, SIDE_CONNECTING, TIMER_WATCH, Abandon, CancelTimer, Disconnect,
-                                   End, ForwardClose, PauseReading, ResumeReading, SendClose, SessionMachine,
-                                   StartTimer, Timer)
+from ..core.replay import ReplayBuffer
+from ..core.session_machine import (BOT, CLIENT, SIDE_CONNECTING, TIMER_WATCH, Abandon, CancelTimer, Detach,
+                                   Disconnect, End, ForwardClose, PauseReading, ResumeReading, SendClose,
+                                   SessionMachine, StartTimer, Timer)
+from ..core.replay import ReplayConflict
+from ..errors import ResumeRefused
 from ..core.session_ids import new_session_id
 from . import peer_watch
 from .deadlines import Deadlines
@@ -41,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wsrelay.session")
 
 Connector = Callable[..., Awaitable[Any]]
-Attach = Callable[[Any, "str | None", str], bool]
+Attach = Callable[..., bool]             # the gate's attach(side, subprotocol, key[, resume_token])
 Refuse = Callable[..., None]             # the gate's refuse(status, public_reason, reason=...)
 
 CLOSE_FRAME = WSMsgType.CLOSE          # as a module name: an enum member read costs more on 3.11
@@ -62,6 +71,28 @@ class SessionServices:
     secure: bool
     on_start: Callable[["Session"], None]
     on_end: Callable[["Session"], None]
+    # Session resume (docs/resume.md): mints the tokens of sessions with resume on
+    # (admission/resume_tokens.py); ``on_resume`` counts a client that came back.
+    resume_tokens: Any = None
+    on_resume: Callable[["Session"], None] | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class ResumeState:
+    """What only a session with resume on keeps (docs/resume.md); other sessions hold None."""
+
+    seconds: float                         # the agent's resume_seconds
+    nonce: str | None = None               # of the one resume token that may be used next
+    resumes: int = 0
+    detached_s: float = 0.0                # time without a client, over the ended detaches
+    detached_at: float | None = None       # time.monotonic() of the current detach
+    ended_detached: bool = False
+    up_before: tuple[int, int, int] = (0, 0, 0)   # frames, bytes, dropped of earlier client sockets
+    replay: list | None = None             # what a reattaching client gets before anything else
+
+    def away(self, now: float) -> float:
+        """Seconds without a client in all, up to ``now``."""
+        return self.detached_s + (now - self.detached_at if self.detached_at is not None else 0.0)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -82,7 +113,7 @@ class Session:
     __slots__ = ("route", "agent", "upgrade", "client_address", "endpoint", "id", "created_at", "connected_at",
                  "connected_ns", "ended_at", "upstream_seconds", "subprotocol", "machine", "client", "bot",
                  "instance", "_services", "_attach", "_bot_response", "_timers", "_close_held", "_client_first_ns",
-                 "_refuse_client", "_connecting")
+                 "_refuse_client", "_connecting", "resume")
 
     def __init__(self, services: SessionServices, *, route: "Route", agent: "AgentConfig",
                  upgrade: "UpgradeRequest", client_address: str, attach: Attach, session_id: str | None = None,
@@ -127,15 +158,21 @@ class Session:
         self._refuse_client = refuse_client
         self._connecting: asyncio.Task | None = None
         pump = services.pump
+        # Resume (docs/resume.md): generic endpoint only, and only with a way to mint tokens.
+        resume_seconds = agent.resume_seconds
+        self.resume = ResumeState(resume_seconds) \
+            if resume_seconds and endpoint == "generic" and services.resume_tokens is not None else None
         self.machine = SessionMachine(
             close_timeout=limits.close_timeout, stall_timeout=limits.stall_timeout,
             time_limit=agent.max_session_seconds or None, idle_timeout=agent.idle_timeout,
-            client_held=held is not None)
+            client_held=held is not None, resume_seconds=resume_seconds if self.resume is not None else 0.0)
         self.client = pump.Side(self, False)
         self.bot = pump.Side(self, True)
         self.client.peer = self.bot
         self.bot.peer = self.client
         self.client.gap_threshold_ns = self.bot.gap_threshold_ns = int(limits.gap_threshold_ms * 1_000_000)
+        if self.resume is not None:
+            self.bot.replay = ReplayBuffer(agent.resume_buffer_bytes)
 
     # -- the relay's calls ------------------------------------------------------------------
 
@@ -229,7 +266,10 @@ class Session:
         limits = self._services.limits
         side.transport.underlying_transport.set_write_buffer_limits(limits.write_buffer_high, limits.write_buffer_low)
         if not side.is_bot:
-            self._do(self.machine.opened(CLIENT))
+            if self.machine.detached:
+                self._reattached()
+            else:
+                self._do(self.machine.opened(CLIENT))
             return
         self._do(self.machine.opened(BOT))
         response = self._bot_response
@@ -240,7 +280,8 @@ class Session:
         # The client's 101 is written inside attach(): its time is taken before, so a first-frame
         # time is never shorter than the client's own wait after its 101 (as on the gate's 101).
         before_101_ns = time.monotonic_ns()
-        if attach is not None and attach(self.client, self.subprotocol, key):
+        if attach is not None and (attach(self.client, self.subprotocol, key, self._next_resume_token())
+                                   if self.resume is not None else attach(self.client, self.subprotocol, key)):
             self.connected_at = time.monotonic()
             self.connected_ns = self.connected_ns or before_101_ns
             # The client is upgraded: what only a not-yet-upgraded client needed goes, and with
@@ -253,22 +294,108 @@ class Session:
 
     def close_frame(self, side, payload: bytes) -> None:
         """``side`` sent a close frame (its payload: code and reason, exactly as sent)."""
+        if side is not self.client and side is not self.bot:
+            return                               # a resumed client's earlier socket
         self._note_picows_close(side)
         self._do(self.machine.close_frame(_name(side), payload))
 
     def protocol_error(self, side) -> None:
         """picows closed ``side`` itself (it sent a close the relay did not ask for)."""
-        self._note_picows_close(side)
+        if side is self.client or side is self.bot:
+            self._note_picows_close(side)
 
     def side_disconnected(self, side) -> None:
+        if side is not self.client and side is not self.bot:
+            return                               # a resumed client's earlier socket
         self._note_picows_close(side)
         self._do(self.machine.disconnected(_name(side)))
 
     def pause_source_of(self, side) -> None:
-        self._do(self.machine.write_high(_name(side), self._services.deadlines.loop.time()))
+        if side is self.client or side is self.bot:
+            self._do(self.machine.write_high(_name(side), self._services.deadlines.loop.time()))
 
     def resume_source_of(self, side) -> None:
-        self._do(self.machine.write_low(_name(side)))
+        if side is self.client or side is self.bot:
+            self._do(self.machine.write_low(_name(side)))
+
+    def resume_buffer_full(self, side) -> None:
+        """The pump: the bot sent more while its client was away than the buffer holds."""
+        actions = self.machine.buffer_full()
+        if actions:
+            self.bot.replay = None               # the session ends: nothing more is kept
+        self._do(actions)
+
+    # -- session resume (docs/resume.md) ----------------------------------------------------------
+
+    @property
+    def resumable(self) -> bool:
+        """A client may come back to this session now (detached, or attached and detachable)."""
+        return self.bot.replay is not None and (self.machine.detached or self.machine.may_detach())
+
+    def replay_for(self, received: int | None) -> list:
+        """The frames a client that has ``received`` messages would be replayed; ResumeRefused
+        (409) when the buffer cannot (changes nothing)."""
+        replay = self.bot.replay
+        if replay is None:
+            raise ResumeRefused.gone(f"session {self.id} can no longer be resumed")
+        try:
+            return replay.since(received)
+        except ReplayConflict as exc:
+            raise ResumeRefused.conflict(str(exc)) from None
+
+    def reattach(self, attach: Attach, key: str, received: int | None) -> bool:
+        """A client came back with this session's current resume token (checked and used up by
+        the relay): give it a new client side, write its ``101`` with the next token, then the
+        replay (from ``side_connected``). A client still attached (its old socket not yet seen
+        gone) is detached first, its socket dropped. ResumeRefused (404, 409) before any upgrade
+        when the session cannot be resumed; False when the new client left meanwhile."""
+        if not self.resumable or self.resume is None:
+            raise ResumeRefused.gone(f"session {self.id} can no longer be resumed")
+        frames = self.replay_for(received)
+        state = self.resume
+        old = self.client
+        if not self.machine.detached:
+            self._do(self.machine.disconnected(CLIENT))          # detaches it (Detach)
+            if old.transport is not None and not old.disconnected:
+                old.transport.disconnect(False)
+        f, b, d = state.up_before
+        state.up_before = (f + old.frames, b + old.bytes, d + old.dropped)
+        side = self._services.pump.Side(self, False)
+        side.gap_threshold_ns = old.gap_threshold_ns
+        side.peer = self.bot
+        self.client = self.bot.peer = side
+        state.replay = frames
+        return attach(side, self.subprotocol, key, self._next_resume_token())
+
+    def _next_resume_token(self) -> str:
+        """A new resume token for the next ``101``; the one it replaces can no longer be used."""
+        assert self.resume is not None
+        ttl = (self.agent.max_session_seconds or 0) + self.resume.seconds + 60
+        token, self.resume.nonce = self._services.resume_tokens.mint(self.agent.service_host, self.id, ttl,
+                                                                     first=self.resume.nonce is None)
+        return token
+
+    def _reattached(self) -> None:
+        """The resumed client's WebSocket is open: it is attached again (so backpressure from
+        here on pauses the bot), then gets what it missed, then the pump goes on."""
+        state = self.resume
+        assert state is not None
+        frames, state.replay = state.replay or [], None
+        now = time.monotonic()
+        state.detached_s = state.away(now)
+        state.detached_at = None
+        state.resumes += 1
+        self._do(self.machine.reattached())
+        replay = self.bot.replay
+        if replay is not None:
+            replay.attach()
+        transport = self.client.transport
+        for _, opcode, fin, payload in frames:
+            if self.client.disconnected:
+                break
+            transport.send(opcode, payload, fin)
+        if self._services.on_resume is not None:
+            self._services.on_resume(self)
 
     # -- carrying out actions -----------------------------------------------------------------
 
@@ -332,8 +459,20 @@ class Session:
         if handle is not None:
             self._services.deadlines.remove(handle, self, action.timer)
 
+    def _detach(self, action: Detach) -> None:
+        """The client is gone without a close and the session waits for it (docs/resume.md)."""
+        if self.resume is not None:
+            self.resume.detached_at = time.monotonic()
+        if self.bot.replay is not None:
+            self.bot.replay.detach()
+
     def _end(self, action: End) -> None:
         self.ended_at = time.monotonic()
+        state = self.resume
+        if state is not None and state.detached_at is not None:
+            state.ended_detached = True
+            state.detached_s = state.away(self.ended_at)
+            state.detached_at = None
         self._services.on_end(self)
         if self.client.disconnected and self.bot.disconnected:
             self._unlink()
@@ -374,8 +513,11 @@ class Session:
 
         On a provider endpoint both count from the 101 the gate wrote, and the client's first
         frame from its arrival at the gate (the pump sees it only when it is handed over)."""
-        return {"up": _direction_timing(self.client, self.connected_ns, self._client_first_ns),
-                "down": _direction_timing(self.bot, self.connected_ns)}
+        up = _direction_timing(self.client, self.connected_ns, self._client_first_ns)
+        if self.resume is not None:              # the earlier client sockets' frames count too
+            up["frames"] += self.resume.up_before[0]
+            up["bytes"] += self.resume.up_before[1]
+        return {"up": up, "down": _direction_timing(self.bot, self.connected_ns)}
 
     def summary(self, timing: dict[str, dict] | None = None) -> dict:
         """The fields of the session's one log line (``timing``: this session's ``timing()``,
@@ -383,15 +525,16 @@ class Session:
         m = self.machine
         client, bot = m.sides[CLIENT], m.sides[BOT]
         end = self.ended_at or time.monotonic()
-        return {
+        timing = timing or self.timing()
+        line = {
             "event": "session_end",
             "session_id": self.id,
             "agent": self.agent.name,
             "organization": self.agent.organization,
             "client": self.client_address,
             "subprotocol": self.subprotocol,
-            "frames_up": self.client.frames,
-            "bytes_up": self.client.bytes,
+            "frames_up": timing["up"]["frames"],
+            "bytes_up": timing["up"]["bytes"],
             "frames_down": self.bot.frames,
             "bytes_down": self.bot.bytes,
             "dropped": self.client.dropped + self.bot.dropped,
@@ -402,10 +545,15 @@ class Session:
             "first_closer": m.first_closer,
             "end_reason": m.end_reason or "closed",
             "upstream_connect_ms": round((self.upstream_seconds or 0) * 1000, 3),
-            **{f"{name}_{direction}": value for direction, figures in (timing or self.timing()).items()
+            **{f"{name}_{direction}": value for direction, figures in timing.items()
                for name, value in figures.items() if name not in ("frames", "bytes")},
             "duration_s": round(end - (self.connected_at or self.created_at), 3),
         }
+        if self.resume is not None:              # only sessions with resume on have these fields
+            line["dropped"] += self.resume.up_before[2]
+            line["resumes"] = self.resume.resumes
+            line["detached_s"] = round(self.resume.away(end), 3)
+        return line
 
     @property
     def outcome(self) -> str:
@@ -417,7 +565,7 @@ _CARRY_OUT: dict[type, Callable[[Session, Any], None]] = {
     SendClose: Session._send_close, ForwardClose: Session._send_close, Abandon: Session._abandon,
     Disconnect: Session._disconnect,
     PauseReading: Session._pause, ResumeReading: Session._resume, StartTimer: Session._start_timer,
-    CancelTimer: Session._cancel_timer, End: Session._end,
+    CancelTimer: Session._cancel_timer, Detach: Session._detach, End: Session._end,
 }
 
 

@@ -41,6 +41,8 @@ def session_view(session: Any, now: float | None = None) -> dict:
         "subprotocol": session.subprotocol,
         "state": _state(sides[CLIENT].state, sides[BOT].state),
         **session.timing(),
+        **({"resumes": session.resume.resumes, "detached_s": round(session.resume.away(now), 3)}
+           if getattr(session, "resume", None) is not None else {}),
     }
 
 
@@ -49,6 +51,8 @@ def _state(client: SideState, bot: SideState) -> str:
         return "connecting"
     if client is SideState.OPEN and bot is SideState.OPEN:
         return "open"
+    if client is SideState.DETACHED:
+        return "detached"
     return "closing"
 
 

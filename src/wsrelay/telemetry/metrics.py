@@ -152,6 +152,21 @@ class SessionCollector:
                 silent.add_metric([direction], m.silent[direction])
         yield gaps
         yield silent
+        resumes = CounterMetricFamily("wsrelay_session_resumes", "Clients that came back to their session "
+                                      "(session resume)", labels=["agent", "organization"])
+        for labels, count in m.resumes.items():
+            resumes.add_metric(list(labels), count)
+        yield resumes
+        failures = CounterMetricFamily("wsrelay_session_resume_failures", "Resumes refused, by reason",
+                                       labels=["reason"])
+        for reason, count in m.resume_failures.items():
+            failures.add_metric([reason], count)
+        yield failures
+        detached = CounterMetricFamily("wsrelay_sessions_ended_detached", "Sessions that ended while their "
+                                       "client was away (session resume)", labels=["agent", "organization"])
+        for labels, count in m.ended_detached.items():
+            detached.add_metric(list(labels), count)
+        yield detached
 
 
 def _histogram(name: str, documentation: str, tally: Tally) -> HistogramMetricFamily:
@@ -177,6 +192,9 @@ class RelayMetrics:
         self.timing: dict[tuple[str, str], Tally] = {}                  # (figure, direction)
         self.gaps: dict[str, int] = {}
         self.silent: dict[str, int] = {}
+        self.resumes: dict[tuple[str, str], int] = {}                  # session resume (docs/resume.md)
+        self.resume_failures: dict[str, int] = {}                      # reason
+        self.ended_detached: dict[tuple[str, str], int] = {}
         self.registry.register(SessionCollector(self))
 
     def session_started(self, agent: str, organization: str) -> None:
@@ -207,6 +225,17 @@ class RelayMetrics:
                 tally.observe(figures[key_ms] / 1000)
             if figures["gaps"]:
                 self.gaps[direction] = self.gaps.get(direction, 0) + figures["gaps"]
+
+    def session_resumed(self, agent: str, organization: str) -> None:
+        key = (agent, organization)
+        self.resumes[key] = self.resumes.get(key, 0) + 1
+
+    def resume_failed(self, reason: str) -> None:
+        self.resume_failures[reason] = self.resume_failures.get(reason, 0) + 1
+
+    def session_ended_detached(self, agent: str, organization: str) -> None:
+        key = (agent, organization)
+        self.ended_detached[key] = self.ended_detached.get(key, 0) + 1
 
     def upstream_connected(self, seconds: float) -> None:
         self.upstream_connect.observe(seconds)
