@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+from dataclasses import replace
 
 import pytest
 from picows import WSMsgType
@@ -16,6 +17,7 @@ from support import Bot, Frame, arun, connect_client, masked_frame, relay_config
 T, B, C, PING, PONG = WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION, WSMsgType.PING, WSMsgType.PONG
 COMPARED = ("frames_up", "bytes_up", "frames_down", "bytes_down", "dropped", "close_from_client",
             "close_from_bot", "close_to_client", "close_to_bot", "first_closer", "end_reason")
+RESUME_FIELDS = ("resumes",)
 
 
 class SessionLines(logging.Handler):
@@ -79,12 +81,39 @@ async def _oversized_frame(port: int, bot: Bot) -> None:
     await asyncio.wait_for(rec.disconnected.wait(), 5)
 
 
+async def _client_resumes(port: int, bot: Bot) -> list:
+    """Session resume (docs/resume.md): the bot's frames before and while the client is away,
+    fragments and a ping among them, and the replay from the second message."""
+    client, rec = await connect_client(f"ws://127.0.0.1:{port}/ws/generic/echo.demo")
+    token = client.response.headers["X-Wsrelay-Resume"]
+    bot_rec = await bot.session()
+    before = [Frame(T, b"a"), Frame(T, b"frag", fin=False), Frame(C, b"ment"), Frame(PING, b"p"), Frame(B, b"\0" * 9)]
+    for f in before:
+        send_frame(bot_rec.transport, f)
+    await rec.wait_for(lambda: len(rec.frames) >= len(before))
+    client.disconnect(False)                     # gone without a close frame: the session detaches
+    await asyncio.wait_for(rec.disconnected.wait(), 5)
+    await asyncio.sleep(0.1)
+    for f in (Frame(T, b"b"), Frame(B, b"c" * 3000), Frame(T, b"x", fin=False), Frame(C, b"y")):
+        send_frame(bot_rec.transport, f)
+    await asyncio.sleep(0.1)
+    again, rec2 = await connect_client(f"ws://127.0.0.1:{port}/ws/generic/echo.demo?resume={token}&received=1")
+    await rec2.wait_for(lambda: len(rec2.frames) >= 7)
+    again.send_close(1000, b"")
+    await asyncio.wait_for(bot_rec.disconnected.wait(), 5)
+    return [(f.msg_type, f.payload, f.fin) for f in rec2.frames]
+
+
+RESUMING = {"client resumes": _client_resumes}     # run with resume_seconds on
+
+
 SCENARIOS = {
     "frames both ways": _frames_both_ways,
     "bot breaks the protocol": _bot_breaks_the_protocol,
     "client vanishes": _client_vanishes,
     "two closes in one write": _two_closes_in_one_write,
     "oversized frame": _oversized_frame,
+    **RESUMING,
 }
 
 
@@ -97,8 +126,11 @@ def _run(pump: str, scenario) -> tuple:
         logger.setLevel(logging.INFO)
         try:
             bot = await Bot(reply_close=True).start()
-            relay = await start_relay(relay_config({"echo.demo": [bot.url]}, max_frame_size=4096), pump)
-            await scenario(relay.port, bot)
+            config = relay_config({"echo.demo": [bot.url]}, max_frame_size=4096)
+            if scenario in RESUMING.values():
+                config = replace(config, agents=tuple(replace(a, resume_seconds=5.0) for a in config.agents))
+            relay = await start_relay(config, pump)
+            client_seen = await scenario(relay.port, bot)
             deadline = asyncio.get_running_loop().time() + 5
             while (relay.sessions or not handler.lines) and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.02)
@@ -109,7 +141,8 @@ def _run(pump: str, scenario) -> tuple:
             logger.setLevel(previous)
         bot_seen = [(f.msg_type, f.payload, f.fin, f.rsv1) for s in bot.sessions for f in s.frames]
         assert len(handler.lines) == 1, handler.lines
-        return bot_seen, {k: handler.lines[0][k] for k in COMPARED}
+        return bot_seen, client_seen, {k: handler.lines[0][k] for k in COMPARED + RESUME_FIELDS
+                                       if k in handler.lines[0]}
     return arun(main())
 
 
@@ -118,3 +151,7 @@ def test_both_pumps_relay_and_log_the_same(name):
     compiled = _run("cython", SCENARIOS[name])
     pure = _run("python", SCENARIOS[name])
     assert compiled == pure
+    if name in RESUMING:                        # and the replay is what the client missed
+        _, client_seen, line = compiled
+        assert [p for t, p, _ in client_seen if t != 8] == [b"frag", b"ment", b"\0" * 9, b"b", b"c" * 3000, b"x", b"y"]
+        assert line["resumes"] == 1 and line["dropped"] == 0 and line["end_reason"] == "closed"

@@ -18,9 +18,6 @@ cdef class Side(WSListener):
         public bint is_bot               # True for the bot's socket
         public bint close_sent           # a close was sent to it: relay nothing more to it
         public bint disconnected         # this side's socket is gone
-        # The bot's side of a session with resume on: its core/replay.py ReplayBuffer, given a
-        # bytes copy of each data frame (set by the Session; None otherwise: one comparison a frame).
-        public object replay
         # (both written by the Session as its machine decides; read here per frame)
         readonly uint64_t frames         # data/control frames read from this side
         readonly uint64_t bytes          # their payload bytes
@@ -40,3 +37,10 @@ cdef class Side(WSListener):
         # Non-NULL only inside one read's on_ws_frame calls; picows' buffer, valid until then.
         char* _pending_start
         char* _pending_end
+
+
+cdef class ResumableSide(Side):
+    # The bot's side of a session with resume on (docs/resume.md): its core/replay.py
+    # ReplayBuffer, given a bytes copy of each data frame the bot sends. A subclass, so the
+    # per-frame path of every other session is the same code as before resume existed.
+    cdef public object replay

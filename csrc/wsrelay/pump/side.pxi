@@ -60,15 +60,12 @@ cdef inline int _relay(Side src, WSFrame frame) except -1:
     cdef uint32_t mask
     if frame.msg_type <= WSMsgType.BINARY:       # continuation, text, binary: the stream itself
         _time_arrival(src, _now_ns())
-        if src.replay is not None:
-            _keep(src, frame)
     src.frames += 1
     src.bytes += <uint64_t>size
     _total_frames[src._direction] += 1
     _total_bytes[src._direction] += <uint64_t>size
     if dst is None or peer.close_sent or peer.disconnected:
-        if src.replay is None:                   # kept for a resume is not dropped
-            src.dropped += 1
+        src.dropped += 1
         _flush(src)
         return 0
     if frame.last_in_buffer and src._pending_start == NULL:
@@ -94,15 +91,6 @@ cdef inline int _relay(Side src, WSFrame frame) except -1:
     src._pending_end = frame.payload_ptr + size
     if frame.last_in_buffer:
         _flush(src)
-    return 0
-
-
-cdef int _keep(Side src, WSFrame frame) except -1:
-    """Give the session's resume buffer a copy of a data frame from the bot, before it is
-    re-framed in place (the payload is picows' read buffer, valid only in this call)."""
-    cdef bytes payload = PyBytes_FromStringAndSize(frame.payload_ptr, frame.payload_size)
-    if not src.replay.keep(<int>frame.msg_type, frame.fin, payload):
-        src.session.resume_buffer_full(src)
     return 0
 
 
@@ -147,7 +135,6 @@ cdef class Side(WSListener):
         self.is_bot = is_bot
         self.close_sent = False
         self.disconnected = False
-        self.replay = None
         self.frames = 0
         self.bytes = 0
         self.dropped = 0
@@ -235,3 +222,23 @@ cdef class Side(WSListener):
 
     cpdef resume_writing(self):
         self.session.resume_source_of(self)
+
+
+cdef class ResumableSide(Side):
+    """The bot's ``Side`` of a session with resume on (docs/resume.md): before a data frame takes
+    ``Side``'s path (re-framed in place and sent, or dropped while the client is away), the
+    session's resume buffer gets a ``bytes`` copy of it (the payload is picows' read buffer,
+    valid only in this call; the copy is the buffer's until evicted). Frames dropped while the
+    client is away are counted ``dropped`` by ``Side``; the buffer counts those it kept."""
+
+    def __init__(self, session, bint is_bot):
+        Side.__init__(self, session, is_bot)
+        self.replay = None
+
+    cpdef on_ws_frame(self, WSTransport transport, WSFrame frame):
+        cdef bytes payload
+        if frame.msg_type <= WSMsgType.BINARY and self.replay is not None:
+            payload = PyBytes_FromStringAndSize(frame.payload_ptr, frame.payload_size)
+            if not self.replay.keep(<int>frame.msg_type, frame.fin, payload):
+                self.session.resume_buffer_full(self)
+        Side.on_ws_frame(self, transport, frame)

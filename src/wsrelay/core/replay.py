@@ -15,8 +15,8 @@ ever got it means the buffer is full (``keep`` returns False, and the session en
 
 Who owns a payload: ``keep`` is handed a ``bytes`` copy made by the pump (picows' read
 buffer is reused after ``on_ws_frame``); the buffer holds it until it is evicted or the
-session ends. Only sessions with resume on have a buffer: the pump's per-frame check is one
-pointer comparison for the others.
+session ends. Only sessions with resume on have a buffer: their bot's side is the pump's
+``ResumableSide``, so every other session's per-frame path is unchanged.
 """
 
 from __future__ import annotations
@@ -37,11 +37,12 @@ Frame = tuple[int, int, bool, bytes]     # (message number, opcode, fin, payload
 class ReplayBuffer:
     """The bot's latest messages to the client, numbered from 1."""
 
-    __slots__ = ("limit", "count", "_frames", "_bytes", "_reach", "_sent", "_detached")
+    __slots__ = ("limit", "count", "kept_away", "_frames", "_bytes", "_reach", "_sent", "_detached")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.count = 0                   # messages the bot has begun (the last one may be incomplete)
+        self.kept_away = 0               # frames kept while the client was away (the pump dropped them)
         self._frames: deque[Frame] = deque()
         self._bytes = 0
         self._reach = 1                  # the oldest message whose every frame is still kept
@@ -63,6 +64,8 @@ class ReplayBuffer:
         got no longer fits (the session ends; the buffer is left as it is)."""
         if opcode != CONTINUATION:
             self.count += 1
+        if self._detached:
+            self.kept_away += 1
         frames = self._frames
         frames.append((self.count, opcode, fin, payload))
         self._bytes += len(payload) + FRAME_OVERHEAD

@@ -373,7 +373,7 @@ class SessionMachine:
         if s.close_sent:
             return []
         code = code if code is not None else PROTOCOL_ERROR
-        if side == CLIENT and code == GOING_AWAY and self.may_detach():
+        if self.resume_seconds and side == CLIENT and code == GOING_AWAY and self.may_detach():
             # No pong to a keepalive ping: the client's network is gone, as with a reset.
             return [Disconnect(CLIENT, graceful=False)] + self._detach()
         actions = self._mark_close_sent(side, code)
@@ -394,7 +394,7 @@ class SessionMachine:
         s = self.sides[side]
         if s.gone or s.state is SIDE_DETACHED:
             return []
-        if side == CLIENT and self.may_detach():
+        if self.resume_seconds and side == CLIENT and self.may_detach():
             return self._detach()
         was_connecting = s.state is SIDE_CONNECTING
         s.state = SIDE_CLOSED

@@ -167,7 +167,7 @@ def parse_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]], *,
         bearer_token=_bearer(_single(index, b"authorization")),
         user_agent=_single(index, b"user-agent"),
         forward=end_to_end_headers(raw, connection),
-        resume_token=_single(index, b"x-wsrelay-resume"),
+        resume_token=_single(index, b"x-wsrelay-resume") if b"x-wsrelay-resume" in index else None,
     )
 
 

@@ -89,6 +89,7 @@ class ResumeState:
     ended_detached: bool = False
     up_before: tuple[int, int, int] = (0, 0, 0)   # frames, bytes, dropped of earlier client sockets
     replay: list | None = None             # what a reattaching client gets before anything else
+    buffer: ReplayBuffer | None = None     # the bot's latest messages (also the bot side's ``replay``)
 
     def away(self, now: float) -> float:
         """Seconds without a client in all, up to ``now``."""
@@ -167,12 +168,12 @@ class Session:
             time_limit=agent.max_session_seconds or None, idle_timeout=agent.idle_timeout,
             client_held=held is not None, resume_seconds=resume_seconds if self.resume is not None else 0.0)
         self.client = pump.Side(self, False)
-        self.bot = pump.Side(self, True)
+        self.bot = pump.Side(self, True) if self.resume is None else pump.ResumableSide(self, True)
         self.client.peer = self.bot
         self.bot.peer = self.client
         self.client.gap_threshold_ns = self.bot.gap_threshold_ns = int(limits.gap_threshold_ms * 1_000_000)
         if self.resume is not None:
-            self.bot.replay = ReplayBuffer(agent.resume_buffer_bytes)
+            self.bot.replay = self.resume.buffer = ReplayBuffer(agent.resume_buffer_bytes)
 
     # -- the relay's calls ------------------------------------------------------------------
 
@@ -266,7 +267,7 @@ class Session:
         limits = self._services.limits
         side.transport.underlying_transport.set_write_buffer_limits(limits.write_buffer_high, limits.write_buffer_low)
         if not side.is_bot:
-            if self.machine.detached:
+            if self.resume is not None and self.machine.detached:
                 self._reattached()
             else:
                 self._do(self.machine.opened(CLIENT))
@@ -330,12 +331,13 @@ class Session:
     @property
     def resumable(self) -> bool:
         """A client may come back to this session now (detached, or attached and detachable)."""
-        return self.bot.replay is not None and (self.machine.detached or self.machine.may_detach())
+        return self.resume is not None and getattr(self.bot, "replay", None) is not None \
+            and (self.machine.detached or self.machine.may_detach())
 
     def replay_for(self, received: int | None) -> list:
         """The frames a client that has ``received`` messages would be replayed; ResumeRefused
         (409) when the buffer cannot (changes nothing)."""
-        replay = self.bot.replay
+        replay = getattr(self.bot, "replay", None)
         if replay is None:
             raise ResumeRefused.gone(f"session {self.id} can no longer be resumed")
         try:
@@ -386,7 +388,7 @@ class Session:
         state.detached_at = None
         state.resumes += 1
         self._do(self.machine.reattached())
-        replay = self.bot.replay
+        replay = getattr(self.bot, "replay", None)
         if replay is not None:
             replay.attach()
         transport = self.client.transport
@@ -463,8 +465,8 @@ class Session:
         """The client is gone without a close and the session waits for it (docs/resume.md)."""
         if self.resume is not None:
             self.resume.detached_at = time.monotonic()
-        if self.bot.replay is not None:
-            self.bot.replay.detach()
+            if self.resume.buffer is not None:
+                self.resume.buffer.detach()
 
     def _end(self, action: End) -> None:
         self.ended_at = time.monotonic()
@@ -525,7 +527,6 @@ class Session:
         m = self.machine
         client, bot = m.sides[CLIENT], m.sides[BOT]
         end = self.ended_at or time.monotonic()
-        timing = timing or self.timing()
         line = {
             "event": "session_end",
             "session_id": self.id,
@@ -533,8 +534,8 @@ class Session:
             "organization": self.agent.organization,
             "client": self.client_address,
             "subprotocol": self.subprotocol,
-            "frames_up": timing["up"]["frames"],
-            "bytes_up": timing["up"]["bytes"],
+            "frames_up": self.client.frames,
+            "bytes_up": self.client.bytes,
             "frames_down": self.bot.frames,
             "bytes_down": self.bot.bytes,
             "dropped": self.client.dropped + self.bot.dropped,
@@ -545,12 +546,15 @@ class Session:
             "first_closer": m.first_closer,
             "end_reason": m.end_reason or "closed",
             "upstream_connect_ms": round((self.upstream_seconds or 0) * 1000, 3),
-            **{f"{name}_{direction}": value for direction, figures in timing.items()
+            **{f"{name}_{direction}": value for direction, figures in (timing or self.timing()).items()
                for name, value in figures.items() if name not in ("frames", "bytes")},
             "duration_s": round(end - (self.connected_at or self.created_at), 3),
         }
         if self.resume is not None:              # only sessions with resume on have these fields
-            line["dropped"] += self.resume.up_before[2]
+            frames, size, dropped = self.resume.up_before     # the client's earlier sockets'
+            line["frames_up"] += frames
+            line["bytes_up"] += size
+            line["dropped"] += dropped - (self.resume.buffer.kept_away if self.resume.buffer else 0)
             line["resumes"] = self.resume.resumes
             line["detached_s"] = round(self.resume.away(end), 3)
         return line

@@ -21,7 +21,6 @@ class Side(WSListener):
     is_bot: bool
     close_sent: bool
     disconnected: bool
-    replay: Any
     @property
     def frames(self) -> int: ...
     @property
@@ -42,6 +41,13 @@ class Side(WSListener):
     def on_ws_connected(self, transport: WSTransport) -> None: ...
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None: ...
     def on_ws_disconnected(self, transport: WSTransport) -> None: ...
+
+
+class ResumableSide(Side):
+    """The bot's side of a session with resume on: ``replay`` (core/replay.py) gets a copy of
+    each data frame before ``Side``'s path."""
+
+    replay: Any
 
 
 class ClientStream:

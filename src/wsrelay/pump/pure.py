@@ -47,9 +47,6 @@ class Side(WSListener):
         self.is_bot = is_bot
         self.close_sent = False
         self.disconnected = False
-        # The bot's side of a session with resume on: its core/replay.py ReplayBuffer, which
-        # gets a copy of each data frame (set by the Session; None for every other session).
-        self.replay: Any = None
         self.frames = 0
         self.bytes = 0
         self.dropped = 0
@@ -110,9 +107,6 @@ class Side(WSListener):
     def _relay(self, frame: WSFrame) -> None:
         if frame.msg_type in _DATA:
             self._time_arrival(time.monotonic_ns())
-            if self.replay is not None and not self.replay.keep(frame.msg_type, frame.fin,
-                                                                frame.get_payload_as_bytes()):
-                self.session.resume_buffer_full(self)
         size = frame.payload_size
         self.frames += 1
         self.bytes += size
@@ -122,8 +116,7 @@ class Side(WSListener):
         assert peer is not None          # the session pairs its two sides before either connects
         dst = peer.transport
         if dst is None or peer.close_sent or peer.disconnected:
-            if self.replay is None:              # kept for a resume is not dropped
-                self.dropped += 1
+            self.dropped += 1
             return
         _total_sends[self._direction] += 1
         dst.send(frame.msg_type, frame.get_payload_as_bytes(),
@@ -148,6 +141,21 @@ class Side(WSListener):
 
     def resume_writing(self) -> None:
         self.session.resume_source_of(self)
+
+
+class ResumableSide(Side):
+    """The bot's side of a session with resume on (see the compiled ``ResumableSide``): its
+    ``replay`` (core/replay.py) gets a copy of each data frame before ``Side``'s path."""
+
+    def __init__(self, session: Any, is_bot: bool) -> None:
+        super().__init__(session, is_bot)
+        self.replay: Any = None
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type in _DATA and self.replay is not None \
+                and not self.replay.keep(frame.msg_type, frame.fin, frame.get_payload_as_bytes()):
+            self.session.resume_buffer_full(self)
+        super().on_ws_frame(transport, frame)
 
 
 class ClientStream:
