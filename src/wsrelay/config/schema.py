@@ -216,6 +216,12 @@ class FleetConfig:
         extra={"want": "1-128 characters of A-Z, a-z, 0-9 and ._:@/- (default: hostname:pid)"})] | None = None
     lease_seconds: Annotated[float, _seconds(
         1, 3600, "A dead relay's capacity slots come back after this.")] = 10.0
+    internal_url: Annotated[str, Meta(
+        pattern="^ws://[A-Za-z0-9._:\\[\\]-]{1,255}$",
+        description="Where the fleet's other relays reach this relay's public listener, e.g. "
+                    "\"ws://10.0.0.7:8765\": a session resume that reaches another relay is carried here "
+                    "(docs/resume.md); left out: resumes stay on the relay they reach.",
+        extra={"want": "ws://host:port (the relay's own address inside the fleet)"})] | None = None
 
     @property
     def enabled(self) -> bool:

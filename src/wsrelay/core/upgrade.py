@@ -32,7 +32,7 @@ NOT_FORWARDED = frozenset({
     "sec-websocket-key", "sec-websocket-accept", "sec-websocket-extensions",
     "sec-websocket-version", "sec-websocket-protocol", "authorization",
     "forwarded", "x-real-ip", "x-session-id", "x-service-host", "x-daily-session-id",
-    "x-wsrelay-resume",
+    "x-wsrelay-resume", "x-wsrelay-hop",
 })
 NOT_FORWARDED_PREFIXES = ("x-forwarded-",)
 

@@ -271,6 +271,18 @@ class Gate(asyncio.Protocol):
                          subprotocol=subprotocol, key=key, early=early, limits=self._limits,
                          silent_101=silent, resume_token=resume_token)
 
+    def hand_off(self) -> tuple[Any, bytes] | None:
+        """Give up the client's socket, not upgraded, with the bytes that followed its head (a
+        resume carried to another relay: edge/hop.py sets its protocol). None when it is gone."""
+        if self.state != "busy" or self.transport is None:
+            return None
+        self.state = "upgraded"                  # it reads no more requests, and answers none
+        early, self.early = bytes(self.early), bytearray()
+        self.request = None
+        self.task = None
+        self._dispatch_request = self._on_refused = _upgraded
+        return self.transport, early
+
     def _start_timer(self, seconds: float, name: str) -> None:
         self._timer = (self._deadlines.add(seconds, self, name), name)
 

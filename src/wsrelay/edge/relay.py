@@ -53,6 +53,7 @@ from ..errors import (SHUTDOWN_CLOSE, AuthError, CapacityError, Draining, Provid
 from ..fleet.agents import FleetRegistry
 from ..fleet.membership import Fleet
 from ..fleet.nonces import make_nonce_store
+from ..fleet.redis_link import RedisDown
 from ..telemetry.logs import log_refusal, log_session, log_session_refused
 from ..telemetry.metrics import RelayMetrics
 from ..telemetry.upstream_metrics import UpstreamCollector
@@ -61,6 +62,8 @@ from ..telephony.signatures import candidate_urls
 from .deadlines import Deadlines
 from .discovery import Resolver
 from .gate import Gate
+from .hop import HopError, hop_head, hopped
+from .hop import connect as connect_hop
 from .http import Request, json_error
 from .http_endpoints import answer_start_api
 from .session import HeldClient, Session, SessionServices
@@ -377,6 +380,8 @@ class Relay:
             self.sessions.add(session)
             if session.resume is not None:
                 self._resumable[session.id] = session
+                if self.fleet is not None and self.config.fleet.internal_url:
+                    self.fleet.resumable.publish_text(session.id, self.config.fleet.internal_url)
             if slot is not None and slot[1] is not None:
                 self._lease_of[session] = slot[1]
             slot = None                                         # the session gives it back
@@ -421,6 +426,8 @@ class Relay:
             claims = self.resume_tokens.verify(token, route.service_host)
             session = self._resumable.get(claims.session_id)
             if session is None:
+                if await self._hop(gate, claims.session_id):
+                    return
                 raise ResumeRefused.gone(f"no live session {claims.session_id} to resume")
             if session.resume is None or claims.nonce != session.resume.nonce:
                 raise AuthError("resume token replayed: the session has handed out a newer one", status=403)
@@ -439,6 +446,35 @@ class Relay:
                 log.exception("a session resume failed unexpectedly")
             self.metrics.resume_failed(_resume_failure(exc))
             self._refuse(gate, exc)
+
+    async def _hop(self, gate: Gate, session_id: str) -> bool:
+        """Carry a resume for a session this relay does not hold to the fleet's relay that does
+        (edge/hop.py); False when none does (or this request was carried here already)."""
+        own = self.config.fleet.internal_url
+        request = gate.request
+        if self.fleet is None or request is None or hopped(request.raw_headers):
+            return False
+        try:
+            address = await self.fleet.resumable.lookup_text(session_id)
+        except RedisDown as exc:
+            raise RequestRefused(f"the fleet's Redis did not answer where session {session_id} is: {exc}",
+                                 status=503, public_reason="Service Unavailable: try again",
+                                 headers={"Retry-After": CAPACITY_RETRY_AFTER}) from None
+        if not address or address == own:
+            return False
+        head = hop_head(request.method, request.target, request.raw_headers, self.fleet.relay_id)
+        try:
+            hop = await connect_hop(address, timeout=self.config.relay.upstream_connect_timeout)
+        except HopError as exc:
+            raise RequestRefused(f"resume of session {session_id}: {exc}", status=502,
+                                 public_reason="Bad Gateway: the session's relay cannot be reached") from None
+        taken = gate.hand_off()
+        if taken is None:                                       # the client left meanwhile
+            hop.close()
+        else:
+            hop.join(taken[0], taken[1], head)
+            self.metrics.resume_carried()
+        return True
 
     def _held_session(self, gate: Gate, held: "Held", upgrade: "UpgradeRequest") -> dict:
         """A provider call's Session arguments: no sub-protocol (the gate's 101 chose none), the
@@ -503,6 +539,8 @@ class Relay:
         self.sessions.discard(session)
         if session.resume is not None:
             self._resumable.pop(session.id, None)
+            if self.fleet is not None:
+                self.fleet.resumable.withdraw(session.id)
         if session.agent.session_api and self._session_api is not None:
             self._session_api.over(session)
         self._give_slot(session.agent.service_host, self._lease_of.pop(session, None))

@@ -39,6 +39,7 @@ class Fleet:
         self.registry = FleetRegistry(file_agents, self.link, region=region)
         self.leases = FleetCapacity(self.link, relay_id=self.relay_id, lease_seconds=config.lease_seconds)
         self._sessions: "SessionDirectory | None" = None
+        self._resumable: "SessionDirectory | None" = None
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -58,8 +59,9 @@ class Fleet:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.leases.close()
-        if self._sessions is not None:
-            await self._sessions.close()
+        for directory in (self._sessions, self._resumable):
+            if directory is not None:
+                await directory.close()
         await self.link.close()
 
     def session_directory(self) -> "SessionDirectory":
@@ -70,3 +72,14 @@ class Fleet:
             self._sessions = SessionDirectory(self.link, lease_seconds=self.config.lease_seconds)
             self._tasks.append(asyncio.get_running_loop().create_task(self._sessions.run()))
         return self._sessions
+
+    @property
+    def resumable(self) -> "SessionDirectory":
+        """Which relay holds each resumable session (its internal_url), for session resume; made
+        and renewed from its first use on (a relay's first resumable session or resume)."""
+        if self._resumable is None:
+            from .session_directory import RESUME_PREFIX, SessionDirectory
+            self._resumable = SessionDirectory(self.link, lease_seconds=self.config.lease_seconds,
+                                               prefix=RESUME_PREFIX)
+            self._tasks.append(asyncio.get_running_loop().create_task(self._resumable.run()))
+        return self._resumable

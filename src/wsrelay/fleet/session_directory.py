@@ -1,4 +1,4 @@
-"""Where a fleet's live sessions are, for the Session API: one Redis entry per session.
+"""Where a fleet's live sessions are, for the Session API and session resume: one Redis entry per session.
 
 A Session API request may reach any relay of a fleet; the session's bot instance is found
 here and the request proxied to it directly (docs/session-api.md). For each live session
@@ -14,6 +14,10 @@ Writes never hold up a session: they run in tasks, bounded by the link's timeout
 Redis that is away costs the Session API its answers (503), never a frame. An entry
 withdrawn while a renewal is in flight is deleted once more after it, since that renewal
 may have written it back.
+
+Session resume (docs/resume.md) keeps a second directory the same way, under
+``wsrelay:resume:{sessionId}``: the ``internal_url`` of the relay that holds a resumable session,
+so a client coming back to another relay is carried there.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .redis_link import RedisDown, RedisLink
 log = logging.getLogger("wsrelay.fleet")
 
 KEY_PREFIX = "wsrelay:session:"
+RESUME_PREFIX = "wsrelay:resume:"
 RESTORE_SECONDS = 0.5          # renewal period while the last renewal failed
 
 
@@ -37,8 +42,9 @@ def entry_key(session_id: str) -> str:
 class SessionDirectory:
     """This relay's entries in the fleet's session directory, and lookups of everyone's."""
 
-    def __init__(self, link: RedisLink, *, lease_seconds: float) -> None:
+    def __init__(self, link: RedisLink, *, lease_seconds: float, prefix: str = KEY_PREFIX) -> None:
         self.link = link
+        self.prefix = prefix
         self.ttl_ms = int(lease_seconds * 1000)
         self.interval = max(0.2, lease_seconds / 3)
         self.held: dict[str, str] = {}             # session id -> its entry's text
@@ -49,7 +55,11 @@ class SessionDirectory:
 
     def publish(self, session_id: str, instance: BotInstance) -> None:
         """The session is live at ``instance``: write its entry now (in a task) and keep it renewed."""
-        text = self.held[session_id] = instance.to_text()
+        self.publish_text(session_id, instance.to_text())
+
+    def publish_text(self, session_id: str, text: str) -> None:
+        """Write ``text`` as the session's entry now (in a task) and keep it renewed."""
+        self.held[session_id] = text
         self._later(self._write(session_id, text))
 
     def withdraw(self, session_id: str) -> None:
@@ -63,8 +73,13 @@ class SessionDirectory:
     async def lookup(self, session_id: str) -> BotInstance | None:
         """The instance serving ``session_id`` anywhere in the fleet, or None; RedisDown if Redis
         does not answer within the link's timeout."""
-        text = await self.link.call(lambda: self.link.client.get(entry_key(session_id)))
+        text = await self.lookup_text(session_id)
         return BotInstance.from_text(text) if text is not None else None
+
+    async def lookup_text(self, session_id: str) -> str | None:
+        """The entry of ``session_id`` anywhere in the fleet, or None; RedisDown as ``lookup``."""
+        text = await self.link.call(lambda: self.link.client.get(self.prefix + session_id))
+        return text.decode() if isinstance(text, bytes) else text
 
     def _later(self, call) -> None:
         task = asyncio.get_running_loop().create_task(call)
@@ -73,7 +88,7 @@ class SessionDirectory:
 
     async def _write(self, session_id: str, text: str) -> None:
         try:
-            await self.link.call(lambda: self.link.client.set(entry_key(session_id), text, px=self.ttl_ms))
+            await self.link.call(lambda: self.link.client.set(self.prefix + session_id, text, px=self.ttl_ms))
         except RedisDown:
             return                                 # the renewal writes it when Redis is back
         if session_id not in self.held:            # ended while the write was on its way
@@ -81,7 +96,7 @@ class SessionDirectory:
 
     async def _delete(self, session_id: str) -> None:
         try:
-            await self.link.call(lambda: self.link.client.delete(entry_key(session_id)))
+            await self.link.call(lambda: self.link.client.delete(self.prefix + session_id))
         except RedisDown:
             pass                                   # it lapses within lease_seconds
 
@@ -95,7 +110,7 @@ class SessionDirectory:
             def pipeline():
                 pipe = self.link.client.pipeline(transaction=False)
                 for session_id in ids:
-                    pipe.set(entry_key(session_id), self.held.get(session_id) or "", px=self.ttl_ms)
+                    pipe.set(self.prefix + session_id, self.held.get(session_id) or "", px=self.ttl_ms)
                 return pipe.execute()
             await self.link.call(pipeline)
         finally:

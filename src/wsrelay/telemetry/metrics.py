@@ -167,6 +167,10 @@ class SessionCollector:
         for labels, count in m.ended_detached.items():
             detached.add_metric(list(labels), count)
         yield detached
+        carried = CounterMetricFamily("wsrelay_session_resumes_carried", "Resumes carried to the fleet's "
+                                      "relay that holds the session")
+        carried.add_metric([], m.resumes_carried)
+        yield carried
 
 
 def _histogram(name: str, documentation: str, tally: Tally) -> HistogramMetricFamily:
@@ -195,6 +199,7 @@ class RelayMetrics:
         self.resumes: dict[tuple[str, str], int] = {}                  # session resume (docs/resume.md)
         self.resume_failures: dict[str, int] = {}                      # reason
         self.ended_detached: dict[tuple[str, str], int] = {}
+        self.resumes_carried = 0
         self.registry.register(SessionCollector(self))
 
     def session_started(self, agent: str, organization: str) -> None:
@@ -232,6 +237,9 @@ class RelayMetrics:
 
     def resume_failed(self, reason: str) -> None:
         self.resume_failures[reason] = self.resume_failures.get(reason, 0) + 1
+
+    def resume_carried(self) -> None:
+        self.resumes_carried += 1
 
     def session_ended_detached(self, agent: str, organization: str) -> None:
         key = (agent, organization)
