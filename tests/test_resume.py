@@ -14,6 +14,7 @@ from picows import WSMsgType
 from resume_support import RESET, SILENT, CuttingProxy, StreamingBot, numbers, resume_relay
 from support import arun, connect_client, raw_request, relay_config, start_relay, status_of, upgrade_head
 from wsrelay.client import ResumingClient
+from wsrelay.telemetry.live_sessions import session_view
 
 KEEPALIVE = {"keepalive_interval": 0.3, "keepalive_timeout": 0.3}
 
@@ -227,6 +228,8 @@ def test_the_log_line_and_metrics_count_resumes_and_time_detached(pump):
         try:
             await asyncio.sleep(0.2)
             (session,) = relay.sessions
+            view = session_view(session)                     # what /sessions shows of it
+            assert view["state"] == "detached" and view["resumes"] == 0 and view["detached_s"] >= 0.2
             client, rec = await connect_client(
                 f"ws://127.0.0.1:{relay.port}/ws/generic/echo.demo?resume={token}&received={got}")
             await rec.wait_for(lambda: len(rec.frames) >= 2)

@@ -337,3 +337,37 @@ def test_every_form_routes_to_the_same_service_host(agent, org, token, extra, fo
     assert route.service_host == host.lower()
     assert route.token == expect
     assert route.forward_query == query
+
+
+# -- session resume (docs/resume.md) ------------------------------------------------------------
+
+def test_resume_and_received_are_taken_out_of_what_the_bot_gets():
+    route = route_websocket("/ws/generic/echo.demo?a=1&resume=abc.def&received=12&b=2")
+    assert (route.resume, route.received, route.forward_query) == ("abc.def", 12, "a=1&b=2")
+    route = route_websocket("/ws/generic/echo.demo?resume=abc.def")
+    assert (route.resume, route.received) == ("abc.def", None)
+    assert route_websocket("/ws/generic/echo.demo?resumed=1").forward_query == "resumed=1"
+    assert route_websocket("/ws/generic/echo.demo?x=1").resume is None
+
+
+@pytest.mark.parametrize("query, words", [
+    ("resume=a.b&resume=c.d", "repeated resume"),
+    ("resume=a.b&received=-1", "received must be a count"),
+    ("resume=a.b&received=1e3", "received must be a count"),
+    ("resume=a.b&received=99999999999999999999", "received must be a count"),
+    ("received=3", "received goes with resume"),
+    ("resume=a%20b", "malformed token"),
+])
+def test_a_malformed_resume_is_400(query, words):
+    exc = refusal(f"/ws/generic/echo.demo?{query}", 400)
+    assert words in exc.public_reason
+
+
+def test_the_resume_header_never_reaches_the_bot():
+    from wsrelay.core.upgrade import parse_upgrade
+    headers = [(b"Host", b"relay.test"), (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
+               (b"Sec-WebSocket-Version", b"13"), (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+               (b"X-Wsrelay-Resume", b"abc.def"), (b"X-Wsrelay-Hop", b"relay-a"), (b"X-Other", b"1")]
+    upgrade = parse_upgrade(b"GET", headers, http_version=b"1.1")
+    assert upgrade.resume_token == "abc.def"
+    assert upgrade.forward == (("X-Other", "1"),)
