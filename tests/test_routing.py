@@ -342,12 +342,15 @@ def test_every_form_routes_to_the_same_service_host(agent, org, token, extra, fo
 # -- session resume (docs/resume.md) ------------------------------------------------------------
 
 def test_resume_and_received_are_taken_out_of_what_the_bot_gets():
+    from wsrelay.core.routing import ResumeRoute
     route = route_websocket("/ws/generic/echo.demo?a=1&resume=abc.def&received=12&b=2")
+    assert isinstance(route, ResumeRoute)
     assert (route.resume, route.received, route.forward_query) == ("abc.def", 12, "a=1&b=2")
     route = route_websocket("/ws/generic/echo.demo?resume=abc.def")
-    assert (route.resume, route.received) == ("abc.def", None)
+    assert isinstance(route, ResumeRoute) and (route.resume, route.received) == ("abc.def", None)
+    assert type(route_websocket("/ws/generic/echo.demo?resumed=1")) is Route     # any other request
     assert route_websocket("/ws/generic/echo.demo?resumed=1").forward_query == "resumed=1"
-    assert route_websocket("/ws/generic/echo.demo?x=1").resume is None
+    assert type(route_websocket("/ws/generic/echo.demo?x=1")) is Route
 
 
 @pytest.mark.parametrize("query, words", [
@@ -364,10 +367,10 @@ def test_a_malformed_resume_is_400(query, words):
 
 
 def test_the_resume_header_never_reaches_the_bot():
-    from wsrelay.core.upgrade import parse_upgrade
+    from wsrelay.core.upgrade import ResumeUpgrade, parse_upgrade
     headers = [(b"Host", b"relay.test"), (b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"),
                (b"Sec-WebSocket-Version", b"13"), (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
                (b"X-Wsrelay-Resume", b"abc.def"), (b"X-Wsrelay-Hop", b"relay-a"), (b"X-Other", b"1")]
     upgrade = parse_upgrade(b"GET", headers, http_version=b"1.1")
-    assert upgrade.resume_token == "abc.def"
+    assert isinstance(upgrade, ResumeUpgrade) and upgrade.resume_token == "abc.def"
     assert upgrade.forward == (("X-Other", "1"),)

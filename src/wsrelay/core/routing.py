@@ -100,8 +100,6 @@ class Route:
     token: str | None             # from the path segment or ?token=; the header is separate
     token_source: str | None      # "path", "query" or None
     forward_query: str            # the query string for the bot, without token/serviceHost
-    resume: str | None = None     # ?resume= (a session resume token, docs/resume.md), generic only
-    received: int | None = None   # ?received= with it: the messages the client has from the bot
 
     @property
     def service_host(self) -> str:
@@ -249,6 +247,15 @@ def route_websocket(target: str, *, max_body: int = MAX_BODY_BYTES) -> Route:
 MAX_RECEIVED = 1 << 62
 
 
+@dataclass(frozen=True)
+class ResumeRoute(Route):
+    """A generic route with ``?resume=`` (docs/resume.md): a client coming back to its session.
+    Its own class, so the routes of every other request carry no more fields than before."""
+
+    resume: str | None = None     # the session resume token
+    received: int | None = None   # ?received=: the messages the client has from the bot
+
+
 def _resume_route(route: Route) -> Route:
     """A generic route whose query may hold ``resume`` and ``received`` (docs/resume.md): both
     taken out of what the bot gets; malformed or repeated is 400."""
@@ -269,8 +276,10 @@ def _resume_route(route: Route) -> Route:
             raise RouteError("received without resume", status=400,
                              public_reason="Bad Request: received goes with resume")
     forward = "&".join(raw for n, _, raw in fields if n not in ("resume", "received"))
-    return Route(route.agent, route.organization, route.token, route.token_source, forward,
-                 _check_token_shape(resumes[0]) if resumes else None, received)
+    if not resumes:
+        return Route(route.agent, route.organization, route.token, route.token_source, forward)
+    return ResumeRoute(route.agent, route.organization, route.token, route.token_source, forward,
+                       _check_token_shape(resumes[0]), received)
 
 
 def route_provider(target: str, provider: str, *, service_host_in_query: bool,

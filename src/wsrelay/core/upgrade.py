@@ -51,7 +51,14 @@ class UpgradeRequest:
     bearer_token: str | None       # from Authorization: Bearer
     user_agent: str | None
     forward: tuple[tuple[str, str], ...] = field(default=())   # end-to-end headers for the bot
-    resume_token: str | None = None  # X-Wsrelay-Resume: a session resume token (docs/resume.md)
+
+
+@dataclass(frozen=True)
+class ResumeUpgrade(UpgradeRequest):
+    """A handshake with ``X-Wsrelay-Resume`` (docs/resume.md). Its own class, so every other
+    handshake carries no more fields than before."""
+
+    resume_token: str = ""
 
 
 def header_values(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[str]:
@@ -160,15 +167,18 @@ def parse_upgrade(method: bytes, headers: Sequence[tuple[bytes, bytes]], *,
     if offer is not None and len(offer) > MAX_SUBPROTOCOLS_HEADER:
         raise RequestRefused("Sec-WebSocket-Protocol offer too long", status=400,
                              public_reason="Bad Request: Sec-WebSocket-Protocol too long")
-    return UpgradeRequest(
+    request = UpgradeRequest(
         host=_single(index, b"host") or "",
         key=key.strip(),
         subprotocols=offer,
         bearer_token=_bearer(_single(index, b"authorization")),
         user_agent=_single(index, b"user-agent"),
         forward=end_to_end_headers(raw, connection),
-        resume_token=_single(index, b"x-wsrelay-resume") if b"x-wsrelay-resume" in index else None,
     )
+    if b"x-wsrelay-resume" in index:                # a client coming back to its session
+        return ResumeUpgrade(request.host, request.key, request.subprotocols, request.bearer_token,
+                             request.user_agent, request.forward, _single(index, b"x-wsrelay-resume") or "")
+    return request
 
 
 def end_to_end_headers(raw_headers, connection_tokens: set[str]) -> tuple[tuple[str, str], ...]:

@@ -44,10 +44,10 @@ from ..admission.resume_tokens import ResumeTokens
 from ..config import Config, nonce_store_of
 from ..config.reload import reloaded
 from ..core.cors import CorsPolicy
-from ..core.routing import (EndpointKind, HeldRoute, Route, RouteAt, find_endpoint, route_provider,
+from ..core.routing import (EndpointKind, HeldRoute, ResumeRoute, Route, RouteAt, find_endpoint, route_provider,
                             route_session_api, route_start_api, route_websocket, split_target)
 from ..core.session_machine import Outcome
-from ..core.upgrade import parse_upgrade
+from ..core.upgrade import ResumeUpgrade, parse_upgrade
 from ..errors import (SHUTDOWN_CLOSE, AuthError, CapacityError, Draining, ProviderRefused, RequestRefused,
                       ResumeRefused, SessionRefused, UpstreamError, WsrelayError)
 from ..fleet.agents import FleetRegistry
@@ -312,7 +312,8 @@ class Relay:
         except RequestRefused as exc:
             self._refuse(gate, exc)
             return
-        if provider is None and isinstance(route, Route) and (route.resume or upgrade.resume_token):
+        if (type(route) is ResumeRoute or type(upgrade) is ResumeUpgrade) and provider is None:
+            assert isinstance(route, Route)
             gate.task = self.deadlines.loop.create_task(self._resume(gate, route, upgrade))
             return
         gate.task = self.deadlines.loop.create_task(
@@ -418,9 +419,12 @@ class Relay:
         """A client coming back to its session (docs/resume.md): the token (403: bad, used,
         expired, another agent's, not the session's latest), the session (404: ended), the
         replay (409), then the session takes the client. Every refusal is before the upgrade."""
-        token = route.resume or upgrade.resume_token or ""
+        in_query = route.resume if isinstance(route, ResumeRoute) else None
+        in_header = upgrade.resume_token if isinstance(upgrade, ResumeUpgrade) else None
+        received = route.received if isinstance(route, ResumeRoute) else None
+        token = in_query or in_header or ""
         try:
-            if route.resume and upgrade.resume_token and route.resume != upgrade.resume_token:
+            if in_query and in_header and in_query != in_header:
                 raise RequestRefused("two different resume tokens", status=400,
                                      public_reason="Bad Request: two different resume tokens")
             claims = self.resume_tokens.verify(token, route.service_host)
@@ -431,13 +435,13 @@ class Relay:
                 raise ResumeRefused.gone(f"no live session {claims.session_id} to resume")
             if session.resume is None or claims.nonce != session.resume.nonce:
                 raise AuthError("resume token replayed: the session has handed out a newer one", status=403)
-            session.replay_for(route.received)                   # 409 before the token is used up
+            session.replay_for(received)                         # 409 before the token is used up
             await self.resume_tokens.claim(claims)
             if self._resumable.get(claims.session_id) is not session:
                 raise ResumeRefused.gone(f"session {claims.session_id} ended while its resume was checked")
             if claims.nonce != session.resume.nonce:
                 raise AuthError("resume token replayed: another connection resumed with it", status=403)
-            if not session.reattach(gate.attach, upgrade.key, route.received):
+            if not session.reattach(gate.attach, upgrade.key, received):
                 self.metrics.resume_failed("client left")
         except asyncio.CancelledError:
             raise

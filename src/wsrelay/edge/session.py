@@ -166,13 +166,14 @@ class Session:
         self.machine = SessionMachine(
             close_timeout=limits.close_timeout, stall_timeout=limits.stall_timeout,
             time_limit=agent.max_session_seconds or None, idle_timeout=agent.idle_timeout,
-            client_held=held is not None, resume_seconds=resume_seconds if self.resume is not None else 0.0)
+            client_held=held is not None)
         self.client = pump.Side(self, False)
         self.bot = pump.Side(self, True) if self.resume is None else pump.ResumableSide(self, True)
         self.client.peer = self.bot
         self.bot.peer = self.client
         self.client.gap_threshold_ns = self.bot.gap_threshold_ns = int(limits.gap_threshold_ms * 1_000_000)
         if self.resume is not None:
+            self.machine.resume_seconds = resume_seconds
             self.bot.replay = self.resume.buffer = ReplayBuffer(agent.resume_buffer_bytes)
 
     # -- the relay's calls ------------------------------------------------------------------
