@@ -298,3 +298,13 @@ def test_the_start_apis_resume_token_resumes_the_session_it_names(pump):
             bot.close()
 
     arun(main())
+
+
+def test_resume_with_several_workers_is_refused_with_a_sentence():
+    """As wsrelay serve and check refuse it (cli.py: require_shared_nonces)."""
+    from wsrelay.config import ConfigError, parse_config, require_shared_nonces
+    text = ("[relay]\nworkers = 2\n\n[[agents]]\nname = \"a\"\norganization = \"o\"\n"
+            "upstreams = [\"ws://127.0.0.1:9/\"]\nresume_seconds = 30\n")
+    with pytest.raises(ConfigError, match="resume_seconds with 2 workers.*run one worker") as info:
+        require_shared_nonces(parse_config(text))
+    assert info.value.key == "relay.workers" and info.value.line == 2

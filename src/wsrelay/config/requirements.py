@@ -35,6 +35,7 @@ def require_shared_nonces(config: Config, relay: RelayConfig | None = None) -> N
     """
     relay = relay or config.relay
     require_shared_session_book(config, relay)
+    require_one_worker_for_resume(config, relay)
     needing = [a.service_host for a in config.agents if a.websocket_auth == "token"]
     if needing and relay.workers > 1 and relay.nonce_store != "redis" and not config.fleet.enabled:
         # Point at what the user wrote: workers (file or --workers), else the token agent;
@@ -64,6 +65,21 @@ def require_shared_session_book(config: Config, relay: RelayConfig) -> None:
             "worker knows only its own sessions, so a Session API request could reach one that does "
             "not serve the session: set [fleet] redis_url (the sessions are found through Redis), "
             "or run one worker", key=key, line=config.lines.get(key), source=config.source)
+
+
+def require_one_worker_for_resume(config: Config, relay: RelayConfig) -> None:
+    """Agents with ``resume_seconds`` need one worker: a session lives in one process, and a
+    client coming back lands on any worker of the port (SO_REUSEPORT), which cannot carry it
+    to the right one (docs/resume.md)."""
+    needing = [a.service_host for a in config.agents if a.resume_seconds]
+    if needing and relay.workers > 1:
+        key = "relay.workers" if "relay.workers" in config.lines else \
+            f"agents[{next(i for i, a in enumerate(config.agents) if a.resume_seconds)}].resume_seconds"
+        raise ConfigError(
+            f"agents {', '.join(needing)} set resume_seconds with {relay.workers} workers, but a session "
+            "lives in one worker and a client coming back could reach another: run one worker (several "
+            "relays in a fleet carry resumes to each other)", key=key, line=config.lines.get(key),
+            source=config.source)
 
 
 def nonce_store_of(config: Config) -> tuple[str, str | None]:
