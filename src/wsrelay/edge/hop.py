@@ -48,12 +48,12 @@ class _End(asyncio.Protocol):
         self.transport: Any = None
         self.other: "_End | None" = None
         self.pending = bytearray()              # read before the other side was connected
-        self.connected = asyncio.Event()
+        self.lost = False
+        self.on_lost: Any = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
-        self.connected.set()
 
     def data_received(self, data: bytes) -> None:
         other = self.other
@@ -69,7 +69,10 @@ class _End(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
         self._end()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def pause_writing(self) -> None:            # the other side reads slower than this one is fed
         if self.other is not None and self.other.transport is not None:
@@ -90,14 +93,21 @@ class _End(asyncio.Protocol):
 
 
 class Hop:
-    """A connection to the holder, until ``join`` gives it the client or ``close`` drops it."""
+    """A connection to the holder, until ``join`` gives it the client or ``close`` drops it.
+    ``on_ended`` is called once both sockets are gone (the relay keeps its live hops until then;
+    no coroutine waits on a hop)."""
 
     def __init__(self, holder: _End) -> None:
         self.holder = holder
+        self.client: _End | None = None
+        self.on_ended: Any = None
+        holder.on_lost = self._lost
 
     def join(self, client_transport: Any, early: bytes, head: bytes) -> None:
         """Send ``head`` and the client's ``early`` bytes to the holder; then copy both ways."""
         client, holder = _End(), self.holder
+        self.client = client
+        client.on_lost = self._lost
         client_transport.set_protocol(client)
         client.connection_made(client_transport)
         client.other, holder.other = holder, client
@@ -108,8 +118,15 @@ class Hop:
         client_transport.resume_reading()
 
     def close(self) -> None:
-        if self.holder.transport is not None:
-            self.holder.transport.abort()
+        """Drop both sockets now (the relay stops, or the client left before ``join``)."""
+        for end in (self.holder, self.client):
+            if end is not None and end.transport is not None:
+                end.transport.abort()
+
+    def _lost(self) -> None:
+        if self.holder.lost and (self.client is None or self.client.lost) and self.on_ended is not None:
+            on_ended, self.on_ended = self.on_ended, None
+            on_ended(self)
 
 
 async def connect(address: str, *, timeout: float) -> Hop:

@@ -117,6 +117,7 @@ class Relay:
         self.authenticator = Authenticator(config.auth, nonces or make_nonce_store(kind, nonce_url, link))
         self.resume_tokens = ResumeTokens(config.auth, self.authenticator.nonces)
         self._resumable: dict[str, Session] = {}       # session id -> a live session with resume on
+        self._hops: set = set()                        # resumes carried to another relay, live (edge/hop.py)
         self.deadlines = Deadlines()                   # every session's timers, on one loop timer
         self._upstream_tls = upstream_tls_context(cfg)
         self.upstreams = UpstreamConnector(
@@ -230,6 +231,8 @@ class Relay:
                                        public_reason=SHUTDOWN_CLOSE[1]))
         for session in list(self.sessions):
             session.close(*SHUTDOWN_CLOSE, Outcome.SHUTDOWN)
+        for hop in list(self._hops):                  # the holding relay's sessions go on: their clients resume
+            hop.close()
         if self.sessions:
             try:
                 await asyncio.wait_for(self._idle.wait(), self.config.relay.close_timeout + 1)
@@ -476,6 +479,8 @@ class Relay:
         if taken is None:                                       # the client left meanwhile
             hop.close()
         else:
+            self._hops.add(hop)
+            hop.on_ended = self._hops.discard
             hop.join(taken[0], taken[1], head)
             self.metrics.resume_carried()
         return True
