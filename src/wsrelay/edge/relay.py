@@ -62,8 +62,6 @@ from ..telephony.signatures import candidate_urls
 from .deadlines import Deadlines
 from .discovery import Resolver
 from .gate import Gate
-from .hop import HopError, hop_head, hopped
-from .hop import connect as connect_hop
 from .http import Request, json_error
 from .http_endpoints import answer_start_api
 from .session import HeldClient, Session, SessionServices
@@ -456,7 +454,11 @@ class Relay:
 
     async def _hop(self, gate: Gate, session_id: str) -> bool:
         """Carry a resume for a session this relay does not hold to the fleet's relay that does
-        (edge/hop.py); False when none does (or this request was carried here already)."""
+        (edge/hop.py); False when none does (or this request was carried here already).
+        edge/hop.py is imported here, by the first resume that needs it: a module every relay
+        loads costs each session a share of the cyclic GC's full collections."""
+        from .hop import HopError, hop_head, hopped
+        from .hop import connect as connect_hop
         own = self.config.fleet.internal_url
         request = gate.request
         if self.fleet is None or request is None or hopped(request.raw_headers):

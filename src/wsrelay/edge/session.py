@@ -32,17 +32,16 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from picows import WSListener, WSMsgType, WSUpgradeRequest, WSUpgradeResponse
 
-from ..core.replay import ReplayBuffer
 from ..core.session_machine import (BOT, CLIENT, SIDE_CONNECTING, TIMER_WATCH, Abandon, CancelTimer, Detach,
                                    Disconnect, End, ForwardClose, PauseReading, ResumeReading, SendClose,
                                    SessionMachine, StartTimer, Timer)
-from ..core.replay import ReplayConflict
 from ..errors import ResumeRefused
 from ..core.session_ids import new_session_id
 from . import peer_watch
 from .deadlines import Deadlines
 
 if TYPE_CHECKING:
+    from ..core.replay import ReplayBuffer
     from ..config import AgentConfig, RelayConfig
     from ..core.upgrade import UpgradeRequest
     from ..core.routing import Route
@@ -174,6 +173,7 @@ class Session:
         self.client.gap_threshold_ns = self.bot.gap_threshold_ns = int(limits.gap_threshold_ms * 1_000_000)
         if self.resume is not None:
             self.machine.resume_seconds = resume_seconds
+            from ..core.replay import ReplayBuffer    # loaded by the first resumable session only
             self.bot.replay = self.resume.buffer = ReplayBuffer(agent.resume_buffer_bytes)
 
     # -- the relay's calls ------------------------------------------------------------------
@@ -338,6 +338,7 @@ class Session:
     def replay_for(self, received: int | None) -> list:
         """The frames a client that has ``received`` messages would be replayed; ResumeRefused
         (409) when the buffer cannot (changes nothing)."""
+        from ..core.replay import ReplayConflict
         replay = getattr(self.bot, "replay", None)
         if replay is None:
             raise ResumeRefused.gone(f"session {self.id} can no longer be resumed")
