@@ -128,6 +128,12 @@ def test_event_bodies():
     }
     a, b = new_event("session.ended", END, 0.0), new_event("session.ended", END, 0.0)
     assert a.id != b.id and a.id.startswith("msg_")
+    # A session of an agent with resume on also says how often its client came back, and how long
+    # it was away; other sessions' events have neither key (above).
+    resumed = SessionEnd.from_summary({**SUMMARY, "resumes": 2, "detached_s": 1.75}, endpoint="generic",
+                                      outcome="closed")
+    data = msgspec.json.decode(new_event("session.ended", resumed, 0.0).body)["data"]
+    assert (data["resumes"], data["detachedSeconds"]) == (2, 1.75)
 
 
 def test_schedule_first_soon_then_doubling_to_half_an_hour_for_a_day():

@@ -76,6 +76,10 @@ class SessionEnd(msgspec.Struct, frozen=True, rename="camel"):
     duration_seconds: float = 0.0
     up: Direction = Direction()
     down: Direction = Direction()
+    # Session resume (docs/resume.md), only for an agent with it on: clients that came back, and
+    # the time the session spent without one (left out of other sessions' events).
+    resumes: int | msgspec.UnsetType = msgspec.UNSET
+    detached_seconds: float | msgspec.UnsetType = msgspec.UNSET
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any], *, endpoint: str, outcome: str,
@@ -95,7 +99,9 @@ class SessionEnd(msgspec.Struct, frozen=True, rename="camel"):
                                    from_bot=summary.get("close_from_bot"),
                                    to_client=summary.get("close_to_client"), to_bot=summary.get("close_to_bot")),
             first_closer=summary.get("first_closer"), duration_seconds=summary.get("duration_s") or 0.0,
-            up=direction("up"), down=direction("down"))
+            up=direction("up"), down=direction("down"),
+            resumes=summary.get("resumes", msgspec.UNSET),
+            detached_seconds=summary.get("detached_s", msgspec.UNSET))
 
 
 class Event(msgspec.Struct, frozen=True):
