@@ -48,14 +48,15 @@ def test_every_case_keeps_its_verdict_through_the_relay(pump):
         # Two closes in one write: the client must get the bot's 1000, not a 1002.
         assert relayed["7.1.2"] == direct["7.1.2"] == ("OK", "OK")
         changed = {case: (direct[case], relayed[case]) for case in direct if relayed[case] != direct[case]}
-        # The one allowed difference: sections 3 and 4 send a valid frame with a bad one right
-        # behind it. Whether the echo of the valid frame still arrives before the 1002 is a
-        # race (in the bot alone too: under load the direct run flips as well); Autobahn
-        # rates a missing echo NON-STRICT rather than OK. Anything FAILED, or any other close
-        # behaviour, is not tolerated.
+        # The one allowed difference: sections 3 and 4, and case 5.15 (a fragmented message, then
+        # a continuation with nothing to continue, in one write), send a valid message with a
+        # bad frame right behind it. Whether the echo of the valid message still arrives before
+        # the 1002 is a race (in the bot alone too: under load the direct run flips as well);
+        # Autobahn rates a missing echo NON-STRICT rather than OK. Anything FAILED, or any
+        # other close behaviour, is not tolerated.
         racy = {("OK", "OK"), ("NON-STRICT", "OK")}
         tolerated = {case for case, (was, now) in changed.items()
-                     if case.split(".")[0] in ("3", "4") and was in racy and now in racy}
+                     if (case.split(".")[0] in ("3", "4") or case == "5.15") and was in racy and now in racy}
         assert set(changed) == tolerated, changed
     arun(main(), timeout=240)
 
