@@ -69,6 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -569,6 +570,11 @@ class Soak:
             self.connect_ms.append((time.monotonic() - began) * 1000)
         self.live.add(stream)
         try:
+            if stream.gone.done():
+                # The connection went between the handshake and this task's turn (a bot killed
+                # just then, and the relay closed at once): picows' callbacks run before the
+                # task that awaited ws_connect resumes. Nothing to send on; the record says how.
+                return
             stream.start_sending()
             await asyncio.wait([stream.gone, self.stop_future], timeout=lifetime, return_when=asyncio.FIRST_COMPLETED)
             if not await self.may_end(stream):
@@ -723,7 +729,10 @@ class Soak:
             self.fail(f"{len(pending)} sessions did not close within 60 s of the end")
         for task in [*helpers, *lanes]:
             if task.done() and not task.cancelled() and task.exception() is not None:
-                self.fail(f"the soak's own task failed: {task.exception()!r}", "soak")
+                exc = task.exception()
+                where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+                at = f" at {Path(where.filename).name}:{where.lineno} ({where.name})" if where else ""
+                self.fail(f"the soak's own task failed{at}: {exc!r}", "soak")
         for task in [*helpers, watch, *pending]:
             task.cancel()
         await asyncio.gather(*helpers, watch, *pending, return_exceptions=True)
